@@ -1,0 +1,54 @@
+"""`create_backbone`: the one entry point to every backbone, random or from a checkpoint."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from .checkpoints import detect_source, load_into, read_state_dict, to_official
+from .configs import ConvNeXtConfig, ViTConfig, get_config
+from .convnext import ConvNeXt
+from .vit import DinoVisionTransformer
+
+
+def build_backbone(name_or_cfg: str | ViTConfig | ConvNeXtConfig, device=None) -> nn.Module:
+    cfg = get_config(name_or_cfg) if isinstance(name_or_cfg, str) else name_or_cfg
+    if isinstance(cfg, ViTConfig):
+        return DinoVisionTransformer(cfg, device=device)
+    return ConvNeXt(cfg, device=device)
+
+
+def create_backbone(
+    name: str,
+    weights: str | os.PathLike | dict | None = None,
+    *,
+    source: str = "auto",
+    attn_impl: str = "sdpa",
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Build backbone `name` in eval mode; random init when `weights` is None, else load the
+    checkpoint (path or state dict) strictly after converting its layout to ours."""
+    cfg = get_config(name)
+    sd = None
+    if weights is not None:
+        sd = dict(weights) if isinstance(weights, dict) else read_state_dict(weights)
+        src = detect_source(sd) if source == "auto" else source
+        sd = to_official(sd, cfg, src)
+        # Satellite ViT-L weights carry the training-only local_cls_norm; build it so they load.
+        if isinstance(cfg, ViTConfig) and not cfg.local_cls_norm and any(k.startswith("local_cls_norm.") for k in sd):
+            from dataclasses import replace
+
+            cfg = replace(cfg, local_cls_norm=True)
+    model = build_backbone(cfg, device=device)
+    if sd is not None:
+        what = f"checkpoint {weights}" if not isinstance(weights, dict) else "state dict"
+        load_into(model, sd, what=what)
+    model.set_attn_impl(attn_impl)
+    return model.eval()
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Parameters, counting tensors shared between modules once (ConvNeXt's norm / norms.3)."""
+    return sum(p.numel() for p in model.parameters())

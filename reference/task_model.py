@@ -1,0 +1,125 @@
+"""Backbone + head per task, with the `forward` that export traces and the `predict` that
+inference and evaluation use."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .heads import BinsDepthHead, LinearClsHead, LinearSegHead, select_layers
+
+TASKS = ("features", "seg", "depth", "cls")
+
+
+@dataclass
+class HeadSpec:
+    """Everything needed to rebuild a head (written beside its weights as JSON)."""
+
+    task: str
+    backbone: str
+    n_classes: int = 0
+    layers: str = "last"  # last | four_last | four_even
+    head_type: str = "linear"  # seg/cls: linear; depth: bins (linear) | dpt
+    class_names: list[str] = field(default_factory=list)
+    palette: list[list[int]] = field(default_factory=list)
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    input_size: int = 512
+    min_depth: float = 0.001
+    max_depth: float = 10.0
+    n_bins: int = 256
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HeadSpec:
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+class TaskModel(nn.Module):
+    """forward(x) -> dict of the task's low-resolution outputs (what export traces):
+      features: cls [B,D], storage [B,S,D], patch [B,HW,D]
+      seg:      logits [B,C,h,w] at patch resolution
+      depth:    depth [B,1,h,w] in metres at patch resolution
+      cls:      logits [B,C]
+    """
+
+    def __init__(self, backbone: nn.Module, spec: HeadSpec, head: nn.Module | None = None) -> None:
+        super().__init__()
+        if spec.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got '{spec.task}'")
+        self.backbone = backbone
+        self.spec = spec
+        self.layer_ids = select_layers(spec.layers, backbone.n_blocks)
+        self.head = head if head is not None else build_head(spec, backbone, self.layer_ids)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        task = self.spec.task
+        if task == "features":
+            f = self.backbone.forward_features(x)
+            return {"cls": f["x_norm_clstoken"], "storage": f["x_storage_tokens"], "patch": f["x_norm_patchtokens"]}
+        if task == "cls":
+            f = self.backbone.forward_features(x)
+            return {"logits": self.head(f["x_norm_clstoken"], f["x_norm_patchtokens"])}
+        maps = self.backbone.get_intermediate_layers(x, n=self.layer_ids, reshape=True, norm=True)
+        if task == "seg":
+            return {"logits": self.head(list(maps))}
+        return {"depth": self.head(list(maps))}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, rescale_to: tuple[int, int] | None = None) -> torch.Tensor:
+        """Seg logits / depth upsampled (bilinear, align_corners=False) to rescale_to (default the
+        input size); class logits for cls; the patch tokens for features."""
+        out = self.forward(x)
+        task = self.spec.task
+        if task in ("features", "cls"):
+            return out["patch"] if task == "features" else out["logits"]
+        y = out["logits"] if task == "seg" else out["depth"]
+        size = rescale_to or tuple(x.shape[-2:])
+        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+
+
+def build_head(spec: HeadSpec, backbone: nn.Module, layer_ids: list[int]) -> nn.Module | None:
+    dims = getattr(backbone, "embed_dims", None)
+    in_ch = sum(dims[i] for i in layer_ids) if dims is not None else backbone.embed_dim * len(layer_ids)
+    if spec.task == "features":
+        return None
+    if spec.task == "seg":
+        return LinearSegHead(in_ch, spec.n_classes)
+    if spec.task == "cls":
+        return LinearClsHead(backbone.embed_dim, spec.n_classes)
+    if spec.head_type == "dpt":
+        from .dpt import DPTDepthHead  # written with the trainer; optional
+
+        return DPTDepthHead(backbone, layer_ids, spec)
+    return BinsDepthHead(in_ch, spec.n_bins, spec.min_depth, spec.max_depth)
+
+
+def build_task_model(
+    task: str,
+    backbone: str | nn.Module,
+    *,
+    n_classes: int = 0,
+    layers: str = "last",
+    backbone_weights=None,
+    head_type: str = "linear",
+    attn_impl: str = "sdpa",
+    **spec_kwargs,
+) -> TaskModel:
+    """A task model with a randomly initialised head (or none for features)."""
+    from .factory import create_backbone
+
+    if isinstance(backbone, str):
+        name = backbone
+        backbone = create_backbone(name, backbone_weights, attn_impl=attn_impl)
+    else:
+        name = backbone.cfg.name
+    if task in ("seg", "cls") and n_classes <= 0:
+        raise ValueError(f"task '{task}' needs n_classes > 0")
+    spec = HeadSpec(task=task, backbone=name, n_classes=n_classes, layers=layers, head_type=head_type, **spec_kwargs)
+    return TaskModel(backbone, spec).eval()
