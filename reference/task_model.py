@@ -38,6 +38,9 @@ class HeadSpec:
     @classmethod
     def from_dict(cls, d: dict) -> HeadSpec:
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        for k in ("mean", "std"):  # JSON gives lists
+            if k in known:
+                known[k] = tuple(float(v) for v in known[k])
         return cls(**known)
 
 

@@ -1,0 +1,158 @@
+"""Head checkpoints: the head's weights (safetensors, never the backbone) + `config.json`.
+
+    ckpt/
+      config.json        {"format": "dinov3-deploy-head", "version": 1, "spec": HeadSpec, "layer_ids": [...], ...}
+      head.safetensors   head state dict (parameters and BatchNorm statistics)
+
+The directory is written under a temporary name beside the target and renamed when complete, so
+a reader never sees half a checkpoint. The exporter's `--head` and `eval --head` read it with
+`load_task_model`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from dinov3_deploy.errors import CheckpointError
+
+from .task_model import HeadSpec, TaskModel
+
+FORMAT = "dinov3-deploy-head"
+VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "head.safetensors"
+
+
+def save_head_checkpoint(path: str | os.PathLike, task_model: TaskModel, extra: dict | None = None) -> Path:
+    """Write task_model's head and spec to directory `path` atomically (replacing an old one)."""
+    from safetensors.torch import save_file
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    head = task_model.head
+    tensors = {} if head is None else {k: v.detach().cpu().contiguous().clone() for k, v in head.state_dict().items()}
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "spec": task_model.spec.to_dict(),
+        "layer_ids": list(task_model.layer_ids),
+        "patch_size": int(getattr(task_model.backbone, "patch_size", 16)),
+        "input_multiple": int(task_model.backbone.cfg.input_multiple),
+        "extra": dict(extra or {}),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        for f in (tmp / WEIGHTS_NAME, tmp / CONFIG_NAME):
+            os.chmod(f, 0o644)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
+        if target.exists():
+            old = target.parent / f".{target.name}.old-{os.getpid()}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The checkpoint directory itself, or a training output directory holding one in `head/`."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"head checkpoint not found: {p}")
+    if not p.is_dir():
+        raise CheckpointError(f"a head checkpoint is a directory with {CONFIG_NAME} and {WEIGHTS_NAME}; got file {p}")
+    if not (p / CONFIG_NAME).exists() and (p / "head" / CONFIG_NAME).exists():
+        p = p / "head"
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (p / name).exists():
+            raise CheckpointError(
+                f"{p} is not a head checkpoint: {name} is missing (write one with `dinov3-deploy train`)"
+            )
+    return p
+
+
+def read_head_config(path: str | os.PathLike) -> dict:
+    """config.json of a head checkpoint, validated."""
+    p = resolve_checkpoint_dir(path)
+    try:
+        config = json.loads((p / CONFIG_NAME).read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{p / CONFIG_NAME} is not valid JSON: {exc}") from exc
+    if config.get("format") != FORMAT:
+        raise CheckpointError(f"{p / CONFIG_NAME} is not a {FORMAT} config (format={config.get('format')!r})")
+    if int(config.get("version", 0)) > VERSION:
+        raise CheckpointError(
+            f"{p} was written by a newer dinov3-deploy (head format {config['version']} > {VERSION}); upgrade"
+        )
+    if "spec" not in config or "task" not in config["spec"] or "backbone" not in config["spec"]:
+        raise CheckpointError(f"{p / CONFIG_NAME} lacks the head spec (task, backbone)")
+    return config
+
+
+def read_head_spec(path: str | os.PathLike) -> HeadSpec:
+    return HeadSpec.from_dict(read_head_config(path)["spec"])
+
+
+def load_task_model(
+    ckpt_dir: str | os.PathLike,
+    backbone_weights: str | os.PathLike | dict | None = None,
+    attn_impl: str = "sdpa",
+) -> TaskModel:
+    """Rebuild the TaskModel of a head checkpoint in eval mode. The backbone comes from
+    `backbone_weights` (any format `create_backbone` reads) or is randomly initialised (the head
+    is then only meaningful with the same random backbone, e.g. in tests)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .factory import create_backbone
+
+    p = resolve_checkpoint_dir(ckpt_dir)
+    config = read_head_config(p)
+    spec = HeadSpec.from_dict(config["spec"])
+    backbone = create_backbone(spec.backbone, backbone_weights, attn_impl=attn_impl)
+    model = TaskModel(backbone, spec)
+    if list(model.layer_ids) != list(config.get("layer_ids", model.layer_ids)):
+        raise CheckpointError(
+            f"{p}: head was trained on blocks {config['layer_ids']} but '{spec.layers}' of {spec.backbone} "
+            f"selects {model.layer_ids}"
+        )
+    try:
+        sd = load_file(str(p / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read {p / WEIGHTS_NAME}: {exc}") from exc
+    if model.head is None:
+        if sd:
+            raise CheckpointError(f"{p}: task '{spec.task}' has no head but the checkpoint holds {len(sd)} tensors")
+        return model.eval()
+    expected = model.head.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    wrong = sorted(k for k in set(sd) & set(expected) if tuple(sd[k].shape) != tuple(expected[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            shapes = [f"{k}: {tuple(sd[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5]]
+            parts.append("wrong shapes " + ", ".join(shapes))
+        raise CheckpointError(
+            f"{p / WEIGHTS_NAME} does not fit a {spec.task}/{spec.head_type} head on {spec.backbone} "
+            f"({'; '.join(parts)})"
+        )
+    with torch.no_grad():
+        model.head.load_state_dict(sd, strict=True)
+    return model.eval()
