@@ -9,9 +9,12 @@ Nothing beyond tensors is ever unpickled (`torch.load(weights_only=True)` or saf
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -81,15 +84,43 @@ def _read_hf_dir(p: Path) -> StateDict:
 
 
 # -- layouts ---------------------------------------------------------------------------------
+_HF_PATTERNS = re.compile(
+    r"(embeddings\.|rope_embeddings\.|layer\.\d+\.|layer_norm\.|stages\.\d+\.(layers|downsample_layers)\.)"
+)
+_TIMM_PATTERNS = re.compile(r"(reg_token$|blocks\.\d+\.gamma_[12]$|blocks\.\d+\.attn\.[qv]_bias$|stem\.[01]\.|"
+                            r"stages\.\d+\.(blocks|downsample)\.|head\.norm\.)")
+_OFFICIAL_PATTERNS = re.compile(r"(storage_tokens$|rope_embed\.periods$|blocks\.\d+\.ls[12]\.gamma$|"
+                                r"downsample_layers\.\d+\.|stages\.\d+\.\d+\.)")
+
+
 def detect_source(sd: Mapping[str, torch.Tensor]) -> str:
+    """"official" | "hf" | "timm", from the key names (ViT and ConvNeXt layouts of each).
+
+    Hugging Face keys may carry any number of leading `model.` (wrappers, transformers >= 5).
+    Decided by counting keys that only one layout uses, so a stray key does not flip it."""
+    votes = {"official": 0, "hf": 0, "timm": 0}
+    for k in sd:
+        bare = k
+        while bare.startswith("model."):
+            bare = bare[len("model."):]
+        if _HF_PATTERNS.match(bare):
+            votes["hf"] += 1
+        elif _TIMM_PATTERNS.match(k):
+            votes["timm"] += 1
+        elif _OFFICIAL_PATTERNS.match(k):
+            votes["official"] += 1
+    best = max(votes, key=lambda s: (votes[s], s == "official"))
+    return best if votes[best] else "official"
+
+
+def detect_family(sd: Mapping[str, torch.Tensor]) -> str | None:
+    """"vit" | "convnext" | None, from the key names of any supported layout."""
     keys = list(sd)
-    if any(k.startswith(("embeddings.", "layer.", "model.embeddings.", "stages.0.layers.")) for k in keys):
-        return "hf"
-    if any(k.startswith("model.") and ".embeddings." in k for k in keys):
-        return "hf"
-    if "reg_token" in sd or any(".gamma_1" in k or k.startswith("stem.") for k in keys):
-        return "timm"
-    return "official"
+    if any(re.search(r"(^|\.)(blocks|layer)\.\d+\.(attn|attention)\.", k) for k in keys):
+        return "vit"
+    if any(re.search(r"(^|\.)(stages\.\d+\.|downsample_layers\.|stem\.)", k) for k in keys):
+        return "convnext"
+    return None
 
 
 def _converter(source: str):
@@ -110,8 +141,9 @@ def from_official(sd: StateDict, cfg: BackboneConfig, target: str) -> StateDict:
 
 
 # -- fitting ---------------------------------------------------------------------------------
-def load_into(model: torch.nn.Module, sd: StateDict, *, what: str = "checkpoint") -> None:
-    """Strict load with a message that names the keys and the likely cause."""
+def check_fits(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, what: str = "checkpoint") -> None:
+    """Raise CheckpointError unless `sd` has exactly the model's keys with the model's shapes.
+    Works on a meta-device model, so a conversion can be checked without allocating weights."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -122,6 +154,13 @@ def load_into(model: torch.nn.Module, sd: StateDict, *, what: str = "checkpoint"
     ]
     if missing or unexpected or shape_bad:
         raise CheckpointError(_mismatch_message(model, missing, unexpected, shape_bad, what))
+
+
+def load_into(model: torch.nn.Module, sd: StateDict, *, what: str = "checkpoint") -> None:
+    """Strict load with a message that names the keys and the likely cause. Buffers come from
+    the checkpoint too: stored RoPE periods (bf16-rounded in Meta's files) and bias masks are used
+    as stored, never recomputed."""
+    check_fits(model, sd, what=what)
     with torch.no_grad():
         model.load_state_dict(sd, strict=True)
 
@@ -138,15 +177,17 @@ def _mismatch_message(model, missing, unexpected, shape_bad, what) -> str:
 
 
 def _likely_cause(model, missing, unexpected, shape_bad) -> str:
-    vit_keys = any(k.startswith(("blocks.", "cls_token")) for k in unexpected)
-    cnx_keys = any(k.startswith(("stages.", "downsample_layers.")) for k in unexpected)
+    found = detect_family(dict.fromkeys(unexpected))
     family = getattr(getattr(model, "cfg", None), "family", "")
-    if family == "vit" and cnx_keys:
+    if family == "vit" and found == "convnext":
         return "this is a ConvNeXt checkpoint; pick a convnext_* model"
-    if family == "convnext" and vit_keys:
+    if family == "convnext" and found == "vit":
         return "this is a ViT checkpoint; pick a vit*16 model"
     if any(k.startswith("local_cls_norm") for k in unexpected) and not missing:
-        return "satellite (SAT-493M) weights carry local_cls_norm; they load with the matching model name"
+        return ("satellite (SAT-493M) weights carry the training-only local_cls_norm; load them through "
+                "create_backbone, which builds it for such files")
+    if family == "vit" and any(k.startswith("local_cls_norm") for k in missing) and not unexpected:
+        return "the model expects local_cls_norm (7B / satellite weights) and the file has none: another model?"
     if shape_bad:
         return "the checkpoint is for another model size; check --model against the file name"
     if any(k.startswith("blocks.") for k in unexpected) or any(k.startswith("blocks.") for k in missing):
@@ -169,13 +210,48 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False):
+    """Yield a temporary directory beside `path`; on success it replaces `path` in one rename."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path} exists; pass --force to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / "x")
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_state_dict(sd: StateDict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write .safetensors (preferred) or .pth, atomically. Shared tensors are cloned for safetensors."""
+    """Write .safetensors (preferred) or .pth, atomically. Shared tensors are cloned for safetensors;
+    .pth holds a plain dict of tensors, readable with torch.load(weights_only=True)."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
         tensors = {k: v.detach().contiguous().clone() for k, v in sd.items()}
-        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+        meta = {"format": "pt", **(metadata or {})}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     else:
-        atomic_write(path, lambda tmp: torch.save({k: v.detach() for k, v in sd.items()}, tmp))
+        atomic_write(path, lambda tmp: torch.save({k: v.detach().clone() for k, v in sd.items()}, tmp))
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a .safetensors file ({} for anything else)."""
+    p = Path(path)
+    if p.suffix != ".safetensors" or not p.is_file():
+        return {}
+    from safetensors import safe_open
+
+    with safe_open(str(p), framework="pt") as f:
+        return dict(f.metadata() or {})

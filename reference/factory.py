@@ -21,16 +21,17 @@ def build_backbone(name_or_cfg: str | ViTConfig | ConvNeXtConfig, device=None) -
 
 
 def create_backbone(
-    name: str,
+    name: str | ViTConfig | ConvNeXtConfig,
     weights: str | os.PathLike | dict | None = None,
     *,
     source: str = "auto",
     attn_impl: str = "sdpa",
     device: str | torch.device | None = None,
 ) -> nn.Module:
-    """Build backbone `name` in eval mode; random init when `weights` is None, else load the
-    checkpoint (path or state dict) strictly after converting its layout to ours."""
-    cfg = get_config(name)
+    """Build backbone `name` (a registry name or a config) in eval mode; random init when `weights`
+    is None, else load the checkpoint (path, Hugging Face directory or state dict) strictly after
+    converting its layout ("official" | "hf" | "timm", detected from the keys when "auto") to ours."""
+    cfg = get_config(name) if isinstance(name, str) else name
     sd = None
     if weights is not None:
         sd = dict(weights) if isinstance(weights, dict) else read_state_dict(weights)
