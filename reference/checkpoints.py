@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -161,8 +162,27 @@ def load_into(model: torch.nn.Module, sd: StateDict, *, what: str = "checkpoint"
     the checkpoint too: stored RoPE periods (bf16-rounded in Meta's files) and bias masks are used
     as stored, never recomputed."""
     check_fits(model, sd, what=what)
+    sd = repair_bias_masks(sd)
     with torch.no_grad():
         model.load_state_dict(sd, strict=True)
+
+
+def repair_bias_masks(sd: StateDict) -> StateDict:
+    """Meta's code before dinov3 PR #155 created `bias_mask` full of NaN and set it only in
+    init_weights, so a file saved from a model that skipped it holds NaN (NaN * bias = NaN
+    features). The mask's meaning is fixed (1 for q, 0 for k, 1 for v): restore it, with a warning."""
+    bad = [k for k, v in sd.items() if k.endswith("bias_mask") and not torch.isfinite(v).all()]
+    if not bad:
+        return sd
+    warnings.warn(f"{len(bad)} bias_mask buffer(s) hold NaN/inf (e.g. {bad[0]}); restored to 1/0/1 for q/k/v",
+                  stacklevel=3)
+    sd = dict(sd)
+    for k in bad:
+        n = sd[k].numel() // 3
+        mask = torch.ones(3 * n, dtype=sd[k].dtype)
+        mask[n:2 * n] = 0
+        sd[k] = mask
+    return sd
 
 
 def _mismatch_message(model, missing, unexpected, shape_bad, what) -> str:
@@ -177,22 +197,45 @@ def _mismatch_message(model, missing, unexpected, shape_bad, what) -> str:
 
 
 def _likely_cause(model, missing, unexpected, shape_bad) -> str:
+    cfg = getattr(model, "cfg", None)
+    family = getattr(cfg, "family", "")
     found = detect_family(dict.fromkeys(unexpected))
-    family = getattr(getattr(model, "cfg", None), "family", "")
     if family == "vit" and found == "convnext":
         return "this is a ConvNeXt checkpoint; pick a convnext_* model"
     if family == "convnext" and found == "vit":
         return "this is a ViT checkpoint; pick a vit*16 model"
+    foreign = detect_source(dict.fromkeys(unexpected)) if unexpected else "official"
+    if foreign != "official":
+        return f"keys of the '{foreign}' layout were left unconverted; pass --source {foreign}"
     if any(k.startswith("local_cls_norm") for k in unexpected) and not missing:
         return ("satellite (SAT-493M) weights carry the training-only local_cls_norm; load them through "
-                "create_backbone, which builds it for such files")
+                "create_backbone, which builds it for such files (and use the SAT-493M mean/std)")
     if family == "vit" and any(k.startswith("local_cls_norm") for k in missing) and not unexpected:
         return "the model expects local_cls_norm (7B / satellite weights) and the file has none: another model?"
     if shape_bad:
         return "the checkpoint is for another model size; check --model against the file name"
-    if any(k.startswith("blocks.") for k in unexpected) or any(k.startswith("blocks.") for k in missing):
-        return "a different depth or FFN type (MLP vs SwiGLU: '...plus' models use SwiGLU)"
+    swiglu = any(".mlp.w1." in k for k in unexpected) and any(".mlp.fc1." in k for k in missing)
+    mlp = any(".mlp.fc1." in k for k in unexpected) and any(".mlp.w1." in k for k in missing)
+    if swiglu:
+        return "the checkpoint has SwiGLU FFNs: pick the '...plus' model (or vit7b16)"
+    if mlp:
+        return "the checkpoint has plain MLP FFNs: pick the model without 'plus'"
+    if family == "vit":
+        expected = list(model.state_dict())
+        present = [k for k in expected if k not in set(missing)] + list(unexpected)
+        n_file, n_model = _max_index(present) + 1, _max_index(expected) + 1
+        if n_file != n_model:
+            return f"the checkpoint has {n_file} blocks and '{cfg.name}' has {n_model}: another model size"
+    if missing and not unexpected:
+        return "keys are missing: a truncated, filtered or partially saved checkpoint"
+    if unexpected and not missing:
+        return "extra keys: weights of a larger model (a head or adapter?) or another layout (try --source)"
     return "a different model or an unknown key layout (try --source official|hf|timm)"
+
+
+def _max_index(keys) -> int:
+    idx = [int(m[1]) for k in keys if (m := re.match(r"blocks\.(\d+)\.", k))]
+    return max(idx) if idx else -1
 
 
 # -- writing ---------------------------------------------------------------------------------
