@@ -3,6 +3,9 @@ import os
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: kernels run on the CPU
+
 # Two cores on CI: one intra-op thread per test process keeps timings predictable.
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 

@@ -1,0 +1,257 @@
+"""Non-causal scaled-dot-product attention (online softmax, fp32 accumulation) in Triton.
+
+    out[b, h] = softmax(q[b, h] @ k[b, h]^T * scale) @ v[b, h]
+
+q, k, v and the output are 4-D [B, H, N, head_dim] tensors with *any* strides (last stride 1),
+so the fused path can read V straight out of the packed qkv activation and write the output in
+[B, N, H, head_dim] order (= [B, N, D], ready for the projection) without copies.
+
+One program computes BLOCK_M query rows of one (batch, head) against all keys, streaming
+BLOCK_N keys at a time. Key blocks are loaded unmasked except the last, partial one (sequence
+lengths such as 1029 or 4101 are not multiples of any block), whose missing columns are set to
+-inf before the softmax. Programs are ordered query-block fastest so that the programs of one
+head run together and share its K/V in L2. For small grids (B=1 and few heads) the launcher
+halves BLOCK_M so the grid still covers the SMs, instead of splitting the keys (which needs
+scratch memory and a second pass).
+
+Two variants, one kernel body:
+  * pointer loads (`use_tma=False`): no TMA descriptors, no scratch memory; the variant meant
+    for TensorRT plugins / AOT PTX (engines/plugins.py);
+  * host-side TMA tensor descriptors (`use_tma=True`, Hopper only): the bulk copy engine moves
+    the tiles, out-of-range rows are zero-filled / clipped by the hardware.
+Head dims 64 and 128 are what the GPU configurations are tuned for; any power of two >= 16
+works (the tests also run 32).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from dinov3_deploy.errors import DeployError
+
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------
+# kernel
+# ----------------------------------------------------------------------------------------------
+@triton.jit
+def _attn_kv_step(
+    acc, m_i, l_i, q, k_src, v_src, b, h, start_n, N, qk_scale,
+    sk_n, sv_n,
+    HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
+):
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    if USE_TMA:
+        k = k_src.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+    elif MASKED:
+        k = tl.load(k_src + offs_n[:, None] * sk_n + offs_d[None, :], mask=offs_n[:, None] < N, other=0.0)
+    else:
+        k = tl.load(k_src + offs_n[:, None] * sk_n + offs_d[None, :])
+    s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_M, BLOCK_N] fp32, in log2 units
+    if MASKED:
+        s = tl.where(offs_n[None, :] < N, s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.math.exp2(s - m_new[:, None])
+    alpha = tl.math.exp2(m_i - m_new)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    if USE_TMA:
+        v = v_src.load([b, start_n, h, 0]).reshape(BLOCK_N, HEAD_DIM)
+    elif MASKED:
+        v = tl.load(v_src + offs_n[:, None] * sv_n + offs_d[None, :], mask=offs_n[:, None] < N, other=0.0)
+    else:
+        v = tl.load(v_src + offs_n[:, None] * sv_n + offs_d[None, :])
+    acc = tl.dot(p.to(v.dtype), v, acc)
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V,
+    sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, sv_b, sv_h, sv_n, so_b, so_h, so_n,
+    H, N,
+    Out,
+    QK_SCALE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    USE_TMA: tl.constexpr,
+):
+    # Parameter order (tensor inputs, integer scalars, tensor outputs; float scale a constexpr)
+    # is the calling convention of TensorRT's AOT plugins: the same kernel serves both.
+    qk_scale = QK_SCALE
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m[:, None] < N
+
+    if USE_TMA:
+        q = Q.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, HEAD_DIM)
+        k_src = K
+        v_src = V
+    else:
+        q_base = Q + b.to(tl.int64) * sq_b + h.to(tl.int64) * sq_h
+        q = tl.load(q_base + offs_m[:, None] * sq_n + offs_d[None, :], mask=row_ok, other=0.0)
+        k_src = K + b.to(tl.int64) * sk_b + h.to(tl.int64) * sk_h
+        v_src = V + b.to(tl.int64) * sv_b + h.to(tl.int64) * sv_h
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    n_full = (N // BLOCK_N) * BLOCK_N
+    for start_n in range(0, n_full, BLOCK_N):
+        acc, m_i, l_i = _attn_kv_step(
+            acc, m_i, l_i, q, k_src, v_src, b, h, start_n, N, qk_scale, sk_n, sv_n,
+            HEAD_DIM, BLOCK_N, False, USE_TMA,
+        )
+    if n_full < N:
+        acc, m_i, l_i = _attn_kv_step(
+            acc, m_i, l_i, q, k_src, v_src, b, h, n_full, N, qk_scale, sk_n, sv_n,
+            HEAD_DIM, BLOCK_N, True, USE_TMA,
+        )
+
+    out = acc / l_i[:, None]
+    if USE_TMA:
+        Out.store([b, pid_m * BLOCK_M, h, 0], out.to(Out.dtype).reshape(1, BLOCK_M, 1, HEAD_DIM))
+    else:
+        o_base = Out + b.to(tl.int64) * so_b + h.to(tl.int64) * so_h
+        tl.store(o_base + offs_m[:, None] * so_n + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok)
+
+
+# ----------------------------------------------------------------------------------------------
+# launcher
+# ----------------------------------------------------------------------------------------------
+def interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def check_device(*tensors: torch.Tensor) -> None:
+    if interpreting():
+        return
+    for t in tensors:
+        if t.device.type != "cuda":
+            raise DeployError(
+                f"the Triton kernels need CUDA tensors, got one on '{t.device}'. Run on a GPU, use "
+                "attn_impl='sdpa', or set TRITON_INTERPRET=1 (before importing triton) for the slow CPU interpreter."
+            )
+
+
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def attention_config(B: int, H: int, N: int, head_dim: int, device: torch.device) -> dict:
+    """Block sizes / warps / stages. GPU: BLOCK_N 64, BLOCK_M 128 (8 warps) unless the grid would
+    leave SMs idle, then BLOCK_M 64 (4 warps). Interpreter: small blocks, so tiny tests still
+    cover several blocks and a partial last one."""
+    if interpreting() or device.type != "cuda":
+        return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+    sms = _sm_count(device)
+    if triton.cdiv(N, 128) * B * H >= sms:
+        return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=3 if head_dim <= 64 else 2)
+    return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3 if head_dim <= 64 else 2)
+
+
+def _tma_ok(q, k, v, out) -> bool:
+    if interpreting():
+        return True
+    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] < 9:
+        return False
+    for t in (q, k, v, out):
+        if t.data_ptr() % 16 or any((s * t.element_size()) % 16 for s in t.stride()[:-1]):
+            return False
+    return True
+
+
+def attention_into(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    scale: float | None = None,
+    *,
+    use_tma: bool = False,
+    config: dict | None = None,
+) -> torch.Tensor:
+    """Write softmax(q k^T * scale) v into `out`. All four are [B, H, N, hd] (views allowed, last
+    stride 1). use_tma=True uses host TMA descriptors; the default pointer variant needs neither
+    descriptors nor scratch memory."""
+    check_device(q, k, v, out)
+    B, H, N, hd = q.shape
+    if k.shape != q.shape or v.shape != q.shape or out.shape != q.shape:
+        raise ValueError(f"q, k, v, out shapes differ: {q.shape} {k.shape} {v.shape} {out.shape}")
+    if hd < 16 or hd & (hd - 1):
+        raise ValueError(f"head dim must be a power of two >= 16, got {hd}")
+    if any(t.stride(-1) != 1 for t in (q, k, v, out)):
+        raise ValueError("q, k, v and out need a contiguous last dimension")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k, v dtypes differ: {q.dtype} {k.dtype} {v.dtype}")
+    scale = hd**-0.5 if scale is None else float(scale)
+    cfg = dict(config or attention_config(B, H, N, hd, q.device))
+    bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
+    grid = (triton.cdiv(N, bm), B * H)
+    if use_tma and _tma_ok(q, k, v, out):
+        from triton.tools.tensor_descriptor import TensorDescriptor
+
+        # K/V/O are indexed in (b, n, h) order where that is their memory order (packed qkv,
+        # [B, N, D] output); Q and K in (b, h, n). Out-of-range rows: zero-filled / clipped.
+        qd = TensorDescriptor(q, list(q.shape), list(q.stride()), [1, 1, bm, hd])
+        kd = TensorDescriptor(k, list(k.shape), list(k.stride()), [1, 1, bn, hd])
+        vt, ot = v.transpose(1, 2), out.transpose(1, 2)
+        vd = TensorDescriptor(vt, list(vt.shape), list(vt.stride()), [1, bn, 1, hd])
+        od = TensorDescriptor(ot, list(ot.shape), list(ot.stride()), [1, bm, 1, hd])
+        _attn_fwd_kernel[grid](
+            qd, kd, vd, *([0] * 12), H, N, od,
+            QK_SCALE=scale * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn, USE_TMA=True, **cfg,
+        )
+        return out
+    _attn_fwd_kernel[grid](
+        q, k, v,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+        H, N, out,
+        QK_SCALE=scale * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn, USE_TMA=False, **cfg,
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# custom op (torch.compile / export can trace it through the fake implementation)
+# ----------------------------------------------------------------------------------------------
+@torch.library.custom_op("dinov3_deploy::attention", mutates_args=())
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale) v for [B, H, N, hd] q/k/v; returns a fresh [B, H, N, hd] tensor."""
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    return attention_into(q, k, v, out, scale)
+
+
+@attention.register_fake
+def _(q, k, v, scale=None):
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
+# ----------------------------------------------------------------------------------------------
+# reference
+# ----------------------------------------------------------------------------------------------
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Plain PyTorch, scores and softmax in fp32; result in q's dtype."""
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    s = (q.float() @ k.float().transpose(-2, -1)) * scale
+    return (s.softmax(-1) @ v.float()).to(q.dtype)
+
+
+def attention_flops(B: int, H: int, N: int, head_dim: int) -> float:
+    """Two matmuls of 2*N*N*hd flops per (batch, head): the figure TFLOP/s are quoted against."""
+    return 4.0 * B * H * N * N * head_dim
+
+
+__all__ = ["attention", "attention_into", "attention_reference", "attention_config", "attention_flops"]

@@ -1,0 +1,85 @@
+"""Sliding-window stitch kernel vs reference.sliding_window.slide_inference (the official semantics)."""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
+
+from dinov3_deploy.kernels.stitch import stitch, stitch_into, windows_from_geometry  # noqa: E402
+from dinov3_deploy.reference.sliding_window import slide_inference, window_grid  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def reference_logits(logits, image_size, crop, stride, out_size):
+    """Feed the per-window logits through the reference slide_inference, window by window."""
+    it = iter(logits)
+    fn = lambda crops: torch.stack([next(it) for _ in range(crops.shape[0])])
+    image = torch.zeros(1, 3, *image_size, device=logits.device)
+    return slide_inference(fn, image, logits.shape[1], crop, stride, out_size)[0]
+
+
+def check(H, W, crop, stride, out_size, C, low, dtype=torch.float32):
+    n = len(window_grid(H, W, crop, stride))
+    logits = torch.randn(n, C, *low, device=DEV).to(dtype)
+    ref = reference_logits(logits.float(), (H, W), crop, stride, out_size)  # [C, OH, OW] fp32
+    OH, OW = ref.shape[-2:]
+    labels = torch.full((OH, OW), -7, dtype=torch.int64, device=DEV)  # poisoned
+    probs = torch.full((C, OH, OW), float("nan"), device=DEV)
+    stitch_into(logits, (H, W), crop, stride, labels, probs)
+    tol = 2e-6 if DEV == "cpu" else 1e-5  # fused multiply-adds on the GPU
+    torch.testing.assert_close(probs, ref.softmax(0), atol=tol, rtol=1e-5)
+    # argmax agrees wherever the reference's top two classes are not a rounding error apart
+    top2 = ref.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > 1e-4
+    assert clear.float().mean() > 0.95
+    assert torch.equal(labels[clear], ref.argmax(0)[clear])
+    assert labels.min() >= 0 and labels.max() < C
+
+
+@pytest.mark.parametrize(
+    "H,W,crop,stride,out_size,C,low",
+    [
+        (20, 30, 12, 8, None, 5, (3, 3)),  # 2x3 overlapping windows, no final resize
+        (20, 30, 12, 8, (15, 23), 5, (3, 3)),  # final bilinear resize to a smaller label size
+        (10, 33, 16, (6, 10), (13, 40), 7, (2, 4)),  # crop taller than the image: one row of windows
+        (9, 14, 32, 8, None, 3, (2, 2)),  # crop larger than both sides: crop = shorter side
+    ],
+)
+def test_stitch_matches_slide_inference(H, W, crop, stride, out_size, C, low):
+    check(H, W, crop, stride, out_size, C, low)
+
+
+def test_stitch_half_precision_logits():
+    check(16, 20, 10, 6, None, 4, (2, 2), dtype=torch.float16)
+
+
+def test_window_geometry_matches_reference_grid():
+    for h, w, crop, stride in [(512, 683, 512, 341), (1024, 2048, 512, 341), (300, 200, 512, 341),
+                               (700, 500, (512, 256), (341, 100)), (50, 50, 20, 40)]:
+        assert windows_from_geometry(h, w, crop, stride) == window_grid(h, w, crop, stride)
+
+
+def test_stitch_custom_op_fake_and_labels_only():
+    n = len(window_grid(12, 16, 8, 6))
+    logits = torch.randn(n, 3, 2, 2, device=DEV)
+    labels, probs = stitch(logits, 12, 16, 8, 8, 6, 6, 12, 16, False)
+    assert probs.numel() == 0 and labels.dtype == torch.int64
+    assert torch.equal(labels, reference_logits(logits, (12, 16), 8, 6, None).argmax(0))
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fl, fp = torch.ops.dinov3_deploy.stitch(mode.from_tensor(logits), 12, 16, 8, 8, 6, 6, 30, 40, True)
+    assert fl.shape == (30, 40) and fp.shape == (3, 30, 40)
+
+
+def test_stitch_rejects_wrong_window_count():
+    with pytest.raises(ValueError, match="windows"):
+        stitch_into(torch.randn(3, 2, 2, 2, device=DEV), (12, 16), 8, 6, torch.empty(12, 16, dtype=torch.int64))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("H,W,out_size", [(512, 683, None), (1024, 2048, None), (512, 683, (480, 640))])
+def test_stitch_gpu_real_sizes(H, W, out_size):
+    check(H, W, 512, 341, out_size, 150, (32, 32))
