@@ -39,17 +39,33 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
     if p.is_dir():
         return _read_hf_dir(p)
     if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        return _load_safetensors(p)
+    return _torch_load(p)
 
-        return dict(load_file(str(p)))
+
+def _torch_load(p: Path) -> StateDict:
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            obj = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:  # legacy (non-zip) files cannot be memory-mapped
+            if "mmap" not in str(exc):
+                raise
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle with code, truncated file, not a checkpoint at all
         raise CheckpointError(
             f"cannot read {p} as a tensor-only checkpoint ({type(exc).__name__}: {exc}). "
             "Only state dicts of tensors are accepted; nothing else is unpickled."
         ) from exc
     return _unwrap(obj, p)
+
+
+def _load_safetensors(p: Path) -> StateDict:
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(p)))
+    except Exception as exc:  # truncated file, bad header, not safetensors at all
+        raise CheckpointError(f"cannot read {p} as safetensors ({type(exc).__name__}: {exc})") from exc
 
 
 def _unwrap(obj, p: Path) -> StateDict:
@@ -68,19 +84,17 @@ def _unwrap(obj, p: Path) -> StateDict:
 
 
 def _read_hf_dir(p: Path) -> StateDict:
-    from safetensors.torch import load_file
-
     index = p / "model.safetensors.index.json"
     if index.exists():
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         sd: StateDict = {}
         for f in files:
-            sd.update(load_file(str(p / f)))
+            sd.update(_load_safetensors(p / f))
         return sd
     if (p / "model.safetensors").exists():
-        return dict(load_file(str(p / "model.safetensors")))
+        return _load_safetensors(p / "model.safetensors")
     if (p / "pytorch_model.bin").exists():
-        return _unwrap(torch.load(p / "pytorch_model.bin", map_location="cpu", weights_only=True), p)
+        return _torch_load(p / "pytorch_model.bin")
     raise CheckpointError(f"{p} is a directory without model.safetensors or pytorch_model.bin")
 
 

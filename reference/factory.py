@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -37,17 +38,21 @@ def create_backbone(
         sd = dict(weights) if isinstance(weights, dict) else read_state_dict(weights)
         src = detect_source(sd) if source == "auto" else source
         sd = to_official(sd, cfg, src)
-        # Satellite ViT-L weights carry the training-only local_cls_norm; build it so they load.
-        if isinstance(cfg, ViTConfig) and not cfg.local_cls_norm and any(k.startswith("local_cls_norm.") for k in sd):
-            from dataclasses import replace
-
-            cfg = replace(cfg, local_cls_norm=True)
+        cfg = config_for_weights(cfg, sd)
     model = build_backbone(cfg, device=device)
     if sd is not None:
         what = f"checkpoint {weights}" if not isinstance(weights, dict) else "state dict"
         load_into(model, sd, what=what)
     model.set_attn_impl(attn_impl)
     return model.eval()
+
+
+def config_for_weights(cfg: ViTConfig | ConvNeXtConfig, sd: dict) -> ViTConfig | ConvNeXtConfig:
+    """`cfg`, adjusted to what an official-layout state dict legitimately adds: satellite (SAT-493M)
+    ViT-L weights carry the training-only local_cls_norm, so the model builds it to load strictly."""
+    if isinstance(cfg, ViTConfig) and not cfg.local_cls_norm and any(k.startswith("local_cls_norm.") for k in sd):
+        return replace(cfg, local_cls_norm=True)
+    return cfg
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -394,3 +394,17 @@ def test_load_into_is_strict_even_when_called_directly(g):
     sd.pop("mask_token")
     with pytest.raises(CheckpointError, match="mask_token"):
         load_into(model, sd)
+
+
+@pytest.mark.parametrize("source", ["hf", "timm"])
+def test_official_keys_pass_any_explicit_source_unchanged(g, source):
+    """A wrong --source on an official file is harmless: keys already in our layout win over what a
+    converter would synthesise (zero q/v biases, recomputed periods, a zero mask_token)."""
+    from dinov3_deploy.reference.checkpoints import to_official
+
+    for name in ("vit_tiny_test", "convnext_tiny_test"):
+        sd = _official(name, g)
+        if "rope_embed.periods" in sd:
+            sd["rope_embed.periods"] = sd["rope_embed.periods"].to(torch.bfloat16).float()
+        out = to_official(sd, _cfg(name), source)
+        assert out.keys() == sd.keys() and all(torch.equal(out[k], sd[k]) for k in sd)
