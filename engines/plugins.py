@@ -1,0 +1,210 @@
+"""The Triton attention and stitch kernels as TensorRT Quickly Deployable Plugins (ahead-of-time PTX).
+
+Two halves:
+
+* `compile_attention_ptx` / `compile_stitch_ptx`: compile the kernels of `dinov3_deploy.kernels`
+  to PTX for a GPU target with `triton.compile` and a `GPUTarget` -- no GPU, no driver and no
+  TensorRT needed (only triton's bundled LLVM/ptxas). They compile the engine variants: pointer
+  loads, no TMA descriptors, no scratch memory (checked), so the PTX launches with plain
+  pointer/int arguments.
+* `register_plugins()`: registers `dinov3_deploy::attention` and `dinov3_deploy::stitch` with
+  `tensorrt.plugin` (`@trtp.register` shape/type description + `@trtp.aot_impl` returning the PTX,
+  launch grid and the integer scalar arguments as symbolic shape expressions). Needs the full
+  `tensorrt` package (the `trt` extra): `tensorrt_rtx` ships no `tensorrt.plugin` module.
+
+Calling convention. TensorRT launches an AOT plugin kernel as (inputs..., extra int32 scalars...,
+outputs...); the kernels' parameters are declared in that order and every float (softmax scale,
+resize scales) is a compile-time constant or computed in the kernel. Triton appends two pointer
+parameters (global / profile scratch) to every kernel; both sizes are 0 for these kernels, so the
+kernels never read them (asserted at compile time).
+
+What could not be run here (no GPU, no `tensorrt`): the registration itself, an engine build
+with these plugins, and executing the PTX. The PTX compilation is tested (tests/test_kernel_aot.py).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from dinov3_deploy.errors import require
+
+ATTENTION_PLUGIN = "dinov3_deploy::attention"
+STITCH_PLUGIN = "dinov3_deploy::stitch"
+_TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "int32": "i32", "int64": "i64"}
+
+
+@dataclass(frozen=True)
+class AotKernel:
+    """One kernel compiled ahead of time: what an AOT plugin hands TensorRT."""
+
+    name: str
+    ptx: str
+    num_warps: int
+    shared: int  # bytes of dynamic shared memory the launch needs
+    target: str
+
+    @property
+    def block_x(self) -> int:
+        return self.num_warps * 32
+
+
+def _compile(fn, signature: dict, constexprs: dict, divisible16: list[str], arch: int, **options) -> AotKernel:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = list(fn.arg_names)
+    sig = dict(signature)
+    for name in constexprs:
+        sig[name] = "constexpr"
+    missing = [n for n in names if n not in sig]
+    if missing:
+        raise ValueError(f"no type for kernel arguments {missing}")
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible16}
+    src = ASTSource(fn=fn, signature={n: sig[n] for n in names}, constexprs=constexprs, attrs=attrs)
+    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
+    md = compiled.metadata
+    if md.global_scratch_size or md.profile_scratch_size or md.tensordesc_meta:
+        raise RuntimeError(f"{md.name}: the engine variant must use no scratch memory and no TMA descriptors")
+    return AotKernel(md.name, compiled.asm["ptx"], md.num_warps, md.shared, f"sm_{arch}")
+
+
+def _interpreted(kernel) -> bool:
+    return type(kernel).__name__ == "InterpretedFunction"
+
+
+def attention_engine_config(head_dim: int) -> dict:
+    """One configuration for every shape (a plugin has no autotuning here): BLOCK_M 128 x
+    BLOCK_N 64, 8 warps; 2 pipeline stages (1 for head dim 128) keep shared memory within the 48 KB a launch gets
+    without an opt-in."""
+    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2 if head_dim <= 64 else 1)
+
+
+def compile_attention_ptx(dtype: str = "float16", head_dim: int = 64, arch: int = 90, config: dict | None = None):
+    """PTX of the attention kernel for contiguous [B, H, N, head_dim] q/k/v/out of `dtype`."""
+    from dinov3_deploy.kernels.attention import LOG2E
+    from dinov3_deploy.kernels.attention import _attn_fwd_kernel as kernel
+
+    if _interpreted(kernel):
+        raise RuntimeError("TRITON_INTERPRET=1 is set: the kernels were defined for the interpreter; "
+                           "compile PTX in a process without it")
+    t = "*" + _TRITON_TYPES[dtype]
+    cfg = dict(config or attention_engine_config(head_dim))
+    ints = ["sq_b", "sq_h", "sq_n", "sk_b", "sk_h", "sk_n", "sv_b", "sv_h", "sv_n", "so_b", "so_h", "so_n", "H", "N"]
+    sig = {"Q": t, "K": t, "V": t, "Out": t, **{n: "i32" for n in ints}}
+    constexprs = dict(QK_SCALE=head_dim**-0.5 * LOG2E, HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M"],
+                      BLOCK_N=cfg["BLOCK_N"], USE_TMA=False)
+    strides = [n for n in ints if n.startswith("s")]
+    return _compile(kernel, sig, constexprs, ["Q", "K", "V", "Out", *strides], arch,
+                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+def stitch_engine_config() -> dict:
+    return dict(BLOCK_P=128, BLOCK_C=16, num_warps=4, num_stages=1)
+
+
+def compile_stitch_ptx(logits_dtype: str = "float32", labels_dtype: str = "int32", resize: bool = False,
+                       arch: int = 90, config: dict | None = None) -> AotKernel:
+    """PTX of the stitch kernel (labels only) for [n_windows, C, h', w'] logits."""
+    from dinov3_deploy.kernels.stitch import _stitch_kernel
+
+    if _interpreted(_stitch_kernel):
+        raise RuntimeError("TRITON_INTERPRET=1 is set: compile PTX in a process without it")
+    cfg = dict(config or stitch_engine_config())
+    ints = ["H", "W", "C", "LH", "LW", "crop_h", "crop_w", "stride_h", "stride_w", "OH", "OW"]
+    sig = {"LOGITS": "*" + _TRITON_TYPES[logits_dtype], "LABELS": "*" + _TRITON_TYPES[labels_dtype],
+           **{n: "i32" for n in ints}}
+    constexprs = dict(PROBS=None, RESIZE=resize, WRITE_PROBS=False, BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"])
+    return _compile(_stitch_kernel, sig, constexprs, ["LOGITS", "LABELS"], arch,
+                    num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+# ----------------------------------------------------------------------------------------------
+# TensorRT Quickly Deployable Plugins (full `tensorrt` only)
+# ----------------------------------------------------------------------------------------------
+_registered: list[str] = []
+
+
+def register_plugins() -> list[str]:
+    """Register both plugins with `tensorrt.plugin` (idempotent); returns their ids.
+
+    Raises MissingDependencyError (naming the `trt` extra) without the full `tensorrt` package.
+    """
+    trt = require("tensorrt", "trt")
+    trtp = require("tensorrt.plugin", "trt")
+    if _registered:
+        return list(_registered)
+    _register_attention(trt, trtp)
+    _register_stitch(trt, trtp)
+    _registered.extend([ATTENTION_PLUGIN, STITCH_PLUGIN])
+    return list(_registered)
+
+
+def _const(expr, what: str) -> int:
+    if not expr.is_constant:
+        raise ValueError(f"{what} must be static in the network (it is compiled into the kernel)")
+    return int(expr.constant_value)
+
+
+def _register_attention(trt, trtp) -> None:
+    dtypes = {trt.float16: "float16", trt.bfloat16: "bfloat16"}
+
+    @trtp.register(ATTENTION_PLUGIN)
+    def attention_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc) -> trtp.TensorDesc:
+        return q.like()
+
+    @trtp.autotune(ATTENTION_PLUGIN)
+    def attention_autotune(q, k, v, outputs):
+        return [trtp.AutoTuneCombination("FP16|BF16, FP16|BF16, FP16|BF16, FP16|BF16", "LINEAR")]
+
+    @trtp.aot_impl(ATTENTION_PLUGIN)
+    def attention_aot(q, k, v, outputs, tactic):
+        hd = _const(q.shape_expr[3], "the attention head dim")
+        cfg = attention_engine_config(hd)
+        kern = compile_attention_ptx(dtypes[q.dtype], hd, config=cfg)
+        B, H, N = q.shape_expr[0], q.shape_expr[1], q.shape_expr[2]
+        launch = trtp.KernelLaunchParams()
+        launch.grid_x = trtp.cdiv(N, cfg["BLOCK_M"])
+        launch.grid_y = B * H
+        launch.block_x = kern.block_x
+        launch.shared_mem = kern.shared
+        # [B, H, N, hd] contiguous q, k, v, out: strides (H*N*hd, N*hd, hd) each, then H, N
+        strides = [H * N * hd, N * hd, hd] * 4
+        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(e) for e in [*strides, H, N]])
+        return kern.name, kern.ptx, launch, extra
+
+
+def _register_stitch(trt, trtp) -> None:
+    @trtp.register(STITCH_PLUGIN)
+    def stitch_desc(logits: trtp.TensorDesc, image_h: int, image_w: int, crop_h: int, crop_w: int, stride_h: int,
+                    stride_w: int, out_h: int, out_w: int) -> trtp.TensorDesc:
+        labels = logits.like()
+        labels.dtype = trt.int32
+        labels.shape_expr = trtp.ShapeExprs(2)
+        labels.shape_expr[0] = out_h
+        labels.shape_expr[1] = out_w
+        return labels
+
+    @trtp.autotune(STITCH_PLUGIN)
+    def stitch_autotune(logits, image_h, image_w, crop_h, crop_w, stride_h, stride_w, out_h, out_w, outputs):
+        return [trtp.AutoTuneCombination("FP32|FP16, INT32", "LINEAR")]
+
+    @trtp.aot_impl(STITCH_PLUGIN)
+    def stitch_aot(logits, image_h: int, image_w: int, crop_h: int, crop_w: int, stride_h: int, stride_w: int,
+                   out_h: int, out_w: int, outputs, tactic):
+        from dinov3_deploy.kernels.stitch import window_geometry
+
+        g = window_geometry(image_h, image_w, (crop_h, crop_w), (stride_h, stride_w))
+        cfg = stitch_engine_config()
+        dt = "float16" if logits.dtype == trt.float16 else "float32"
+        kern = compile_stitch_ptx(dt, "int32", resize=(out_h, out_w) != (image_h, image_w), config=cfg)
+        C, LH, LW = logits.shape_expr[1], logits.shape_expr[2], logits.shape_expr[3]
+        launch = trtp.KernelLaunchParams()
+        launch.grid_x = math.ceil(out_w / cfg["BLOCK_P"])
+        launch.grid_y = out_h
+        launch.block_x = kern.block_x
+        launch.shared_mem = kern.shared
+        vals = [image_h, image_w, C, LH, LW, g["crop_h"], g["crop_w"], g["stride_h"], g["stride_w"], out_h, out_w]
+        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(v) for v in vals])
+        return kern.name, kern.ptx, launch, extra

@@ -1,0 +1,74 @@
+"""Ahead-of-time PTX for Hopper without a GPU (triton.compile + GPUTarget), and the TensorRT
+plugin registration's dependency error. The compile runs in a subprocess: the test session runs
+the kernels in the interpreter (TRITON_INTERPRET=1), which replaces them with Python functions."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dinov3_deploy.errors import MissingDependencyError
+
+SCRIPT = r"""
+import json
+from dinov3_deploy.engines.plugins import compile_attention_ptx, compile_stitch_ptx
+out = {}
+for dt, hd in [("float16", 64), ("bfloat16", 128)]:
+    k = compile_attention_ptx(dt, hd, arch=90)
+    out[f"attn_{dt}_{hd}"] = dict(name=k.name, shared=k.shared, block_x=k.block_x, ptx=k.ptx)
+k = compile_stitch_ptx("float32", "int32", resize=True, arch=90)
+out["stitch"] = dict(name=k.name, shared=k.shared, block_x=k.block_x, ptx=k.ptx)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def aot():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""  # prove no device is involved
+    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=300)
+    if r.returncode and "ptxas" in r.stderr and "not found" in r.stderr:
+        pytest.skip(f"triton cannot compile without its bundled ptxas here: {r.stderr[-300:]}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _entry_params(ptx: str, name: str) -> int:
+    start = ptx.index(f".entry {name}(")
+    return ptx[start : ptx.index(")", start)].count(".param")
+
+
+def test_attention_ptx_for_sm90_without_gpu(aot):
+    for key in ("attn_float16_64", "attn_bfloat16_128"):
+        k = aot[key]
+        assert ".target sm_90" in k["ptx"]  # sm_90a: Hopper's wgmma allowed
+        assert "wgmma" in k["ptx"]  # the tensor-core path of Hopper, not the Ampere mma fallback
+        assert "cp.async.bulk.tensor" not in k["ptx"]  # engine variant: no TMA
+        assert k["shared"] <= 48 * 1024  # launchable without a shared-memory opt-in
+        assert k["block_x"] == 256
+        # q, k, v, 14 int32 scalars, out (+ Triton's two unused scratch pointers)
+        assert _entry_params(k["ptx"], k["name"]) == 3 + 14 + 1 + 2
+
+
+def test_stitch_ptx_for_sm90_without_gpu(aot):
+    k = aot["stitch"]
+    assert ".target sm_90" in k["ptx"] and "cp.async.bulk.tensor" not in k["ptx"]
+    # logits, 11 int32 scalars, labels (probs compiled out) + Triton's two scratch pointers
+    assert _entry_params(k["ptx"], k["name"]) == 1 + 11 + 1 + 2
+
+
+def test_register_plugins_names_the_trt_extra():
+    pytest.importorskip("triton")
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        from dinov3_deploy.engines.plugins import register_plugins
+
+        with pytest.raises(MissingDependencyError, match=r"dinov3-deploy\[trt\]"):
+            register_plugins()
+    else:  # pragma: no cover - full TensorRT present (GPU machines)
+        from dinov3_deploy.engines.plugins import register_plugins
+
+        assert register_plugins() == ["dinov3_deploy::attention", "dinov3_deploy::stitch"]
