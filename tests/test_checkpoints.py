@@ -68,7 +68,7 @@ def official_convnext_state_dict(cfg, g: torch.Generator) -> dict[str, torch.Ten
     for i in range(1, 4):
         sd |= {f"downsample_layers.{i}.0.weight": 1 + r(d[i - 1]), f"downsample_layers.{i}.0.bias": r(d[i - 1]),
                f"downsample_layers.{i}.1.weight": r(d[i], d[i - 1], 2, 2), f"downsample_layers.{i}.1.bias": r(d[i])}
-    for s, (depth, c) in enumerate(zip(cfg.depths, d)):
+    for s, (depth, c) in enumerate(zip(cfg.depths, d, strict=True)):
         for b in range(depth):
             p = f"stages.{s}.{b}."
             sd |= {p + "gamma": 0.5 + r(c), p + "dwconv.weight": r(c, 1, 7, 7), p + "dwconv.bias": r(c),

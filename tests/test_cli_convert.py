@@ -1,6 +1,7 @@
 """`dinov3-deploy convert` end to end through click's CliRunner."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -51,6 +52,10 @@ def test_official_to_hf_to_official_is_bit_exact(tmp_path, name):
     # the HF directory itself loads through create_backbone, to the same weights
     assert _equal(create_backbone(name, tmp_path / "hf").state_dict(), sd)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporaries left
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in [tmp_path / "hf", *(tmp_path / "hf").iterdir()]}
+    assert modes == {"hf": 0o777 & ~umask, "config.json": 0o666 & ~umask, "model.safetensors": 0o666 & ~umask}
 
 
 def test_hf_directory_is_loadable_by_transformers(tmp_path):

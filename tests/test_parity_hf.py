@@ -89,7 +89,7 @@ def test_hf_vit_to_ours_matches(vit_pair, hw):
     assert rel_err(ours_tokens(f), ref.last_hidden_state) <= TOL
     assert rel_err(f["x_prenorm"], ref.hidden_states[-1]) <= TOL
     # HF hidden_states[0] is the embedding output; [i + 1] is block i.
-    for (patches, cls), i in zip(inter, [0, cfg.depth - 1]):
+    for (patches, cls), i in zip(inter, [0, cfg.depth - 1], strict=True):
         assert rel_err(patches, ref.hidden_states[i + 1][:, 5:]) <= TOL
         assert rel_err(cls, ref.hidden_states[i + 1][:, 0]) <= TOL
 
@@ -190,6 +190,19 @@ def test_train_mode_rope_augmentation_matches_hf_draw_for_draw(vit_pair):
     assert rel_err(a, c) > 10 * TOL
 
 
+def test_rope_coordinates_are_normalised_per_axis():
+    """"separate" normalisation: each axis by its own patch count, so a 2x3 grid spans [-1, 1] on both
+    axes. HF computes the same centres; a 'max' normalisation (the other official option) would not."""
+    from transformers.models.dinov3_vit.modeling_dinov3_vit import get_patches_center_coordinates
+
+    hf = get_patches_center_coordinates(2, 3, dtype=torch.float32, device=torch.device("cpu"))
+    h = ((torch.arange(2) + 0.5) / 2) * 2 - 1
+    w = ((torch.arange(3) + 0.5) / 3) * 2 - 1
+    facts = torch.stack(torch.meshgrid(h, w, indexing="ij"), -1).reshape(-1, 2)
+    assert torch.allclose(hf, facts, atol=1e-7)
+    assert not torch.allclose(facts[:, 0], ((torch.arange(2) + 0.5) / 3 * 2 - 1).repeat_interleave(3))
+
+
 def test_prefix_tokens_are_not_rotated():
     """Facts and HF agree: the cls and storage tokens skip RoPE, only the patch tokens rotate."""
     from dinov3_deploy.reference.layers.rope import RopePositionEmbedding, rope_apply
@@ -224,7 +237,7 @@ def test_hf_convnext_to_ours_matches(cnx_pair, hw):
     tokens = torch.cat([f["x_norm_clstoken"][:, None], f["x_norm_patchtokens"]], dim=1)
     assert rel_err(tokens, ref.last_hidden_state) <= TOL
     assert rel_err(f["x_norm_clstoken"], ref.pooler_output) <= TOL
-    for mine, theirs in zip(stages, ref.hidden_states[1:]):  # [0] is the input image
+    for mine, theirs in zip(stages, ref.hidden_states[1:], strict=True):  # [0] is the input image
         assert rel_err(mine, theirs) <= TOL
 
 
