@@ -29,8 +29,21 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "head.safetensors"
 
 
-def save_head_checkpoint(path: str | os.PathLike, task_model: TaskModel, extra: dict | None = None) -> Path:
-    """Write task_model's head and spec to directory `path` atomically (replacing an old one)."""
+def random_backbone(name: str, seed: int, attn_impl: str = "sdpa"):
+    """A randomly initialised backbone that depends on `seed` only (the global RNG is left alone).
+    Heads trained on such a backbone record the seed, so `load_task_model` rebuilds the same one."""
+    from .factory import create_backbone
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_backbone(name, None, attn_impl=attn_impl)
+
+
+def save_head_checkpoint(
+    path: str | os.PathLike, task_model: TaskModel, extra: dict | None = None, *, backbone_seed: int | None = None
+) -> Path:
+    """Write task_model's head and spec to directory `path` atomically (replacing an old one).
+    `backbone_seed`: the head was trained on `random_backbone(spec.backbone, backbone_seed)`."""
     from safetensors.torch import save_file
 
     target = Path(path)
@@ -44,6 +57,7 @@ def save_head_checkpoint(path: str | os.PathLike, task_model: TaskModel, extra: 
         "layer_ids": list(task_model.layer_ids),
         "patch_size": int(getattr(task_model.backbone, "patch_size", 16)),
         "input_multiple": int(task_model.backbone.cfg.input_multiple),
+        "backbone_seed": backbone_seed,
         "extra": dict(extra or {}),
     }
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
@@ -111,8 +125,9 @@ def load_task_model(
     attn_impl: str = "sdpa",
 ) -> TaskModel:
     """Rebuild the TaskModel of a head checkpoint in eval mode. The backbone comes from
-    `backbone_weights` (any format `create_backbone` reads) or is randomly initialised (the head
-    is then only meaningful with the same random backbone, e.g. in tests)."""
+    `backbone_weights` (any format `create_backbone` reads); without them it is the seeded random
+    backbone the head was trained on when the checkpoint records one (`backbone_seed`, tests and
+    demos), else a fresh random one."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -121,7 +136,10 @@ def load_task_model(
     p = resolve_checkpoint_dir(ckpt_dir)
     config = read_head_config(p)
     spec = HeadSpec.from_dict(config["spec"])
-    backbone = create_backbone(spec.backbone, backbone_weights, attn_impl=attn_impl)
+    if backbone_weights is None and config.get("backbone_seed") is not None:
+        backbone = random_backbone(spec.backbone, int(config["backbone_seed"]), attn_impl)
+    else:
+        backbone = create_backbone(spec.backbone, backbone_weights, attn_impl=attn_impl)
     model = TaskModel(backbone, spec)
     if list(model.layer_ids) != list(config.get("layer_ids", model.layer_ids)):
         raise CheckpointError(

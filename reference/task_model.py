@@ -31,6 +31,7 @@ class HeadSpec:
     min_depth: float = 0.001
     max_depth: float = 10.0
     n_bins: int = 256
+    dpt_features: int = 256  # DPT depth head width
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,7 +49,7 @@ class TaskModel(nn.Module):
     """forward(x) -> dict of the task's low-resolution outputs (what export traces):
       features: cls [B,D], storage [B,S,D], patch [B,HW,D]
       seg:      logits [B,C,h,w] at patch resolution
-      depth:    depth [B,1,h,w] in metres at patch resolution
+      depth:    depth [B,1,h,w] in metres (linear bins head: patch resolution; DPT: 4x the patch grid)
       cls:      logits [B,C]
     """
 

@@ -1,0 +1,222 @@
+"""Segmentation datasets as sequences of (image uint8 [H,W,3] RGB, mask uint8 [H,W], 255 = ignore).
+
+    synthetic[:N]     the procedural dataset that ships with the package (reference/synthetic.py)
+    ade20k:PATH       ADE20K (ADEChallengeData2016 layout), reduce-zero-label, 150 classes
+    folder:PATH       images/ + masks/ (PNG, class index per pixel, 255 ignore) + classes.txt
+
+`open_dataset(spec, split)` parses those strings; splits are "train" and "val".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from dinov3_deploy.errors import DeployError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+ADE20K_CLASSES = (
+    "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
+    "sidewalk", "person", "earth", "door", "table", "mountain", "plant", "curtain", "chair", "car", "water",
+    "painting", "sofa", "shelf", "house", "sea", "mirror", "rug", "field", "armchair", "seat", "fence", "desk",
+    "rock", "wardrobe", "lamp", "bathtub", "railing", "cushion", "base", "box", "column", "signboard",
+    "chest of drawers", "counter", "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand",
+    "path", "stairs", "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop", "stove",
+    "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine", "hovel", "bus",
+    "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight", "booth", "television receiver",
+    "airplane", "dirt track", "apparel", "pole", "land", "bannister", "escalator", "ottoman", "bottle",
+    "buffet", "poster", "stage", "van", "ship", "fountain", "conveyer belt", "canopy", "washer", "plaything",
+    "swimming pool", "stool", "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven",
+    "ball", "food", "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake",
+    "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
+    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower", "radiator",
+    "glass", "clock", "flag",
+)  # fmt: skip
+
+
+def generated_palette(n: int) -> list[list[int]]:
+    """n distinct-looking colours, deterministic (golden-ratio hue walk, varying lightness)."""
+    import colorsys
+
+    out = []
+    for i in range(n):
+        h = (i * 0.618033988749895) % 1.0
+        light = 0.45 + 0.2 * ((i // 7) % 2)
+        r, g, b = colorsys.hls_to_rgb(h, light, 0.75)
+        out.append([int(r * 255), int(g * 255), int(b * 255)])
+    return out
+
+
+def _read_image(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except OSError as exc:
+        raise DeployError(f"cannot read image {path}: {exc}") from exc
+
+
+def _read_mask(path: Path):
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "P", "I", "I;16"):
+                raise DeployError(f"{path}: a mask must be a single-channel PNG of class indices (mode {im.mode})")
+            return np.asarray(im).astype(np.uint8)
+    except OSError as exc:
+        raise DeployError(f"cannot read mask {path}: {exc}") from exc
+
+
+@dataclass
+class SegDataset:
+    """Base: pairs of files, classes and palette; items are (image, mask) numpy arrays."""
+
+    name: str
+    class_names: list[str]
+    palette: list[list[int]]
+    pairs: list[tuple[Path, Path]] = field(default_factory=list)
+    reduce_zero_label: bool = False
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int):
+        import numpy as np
+
+        img_path, mask_path = self.pairs[i]
+        image, mask = _read_image(img_path), _read_mask(mask_path)
+        if image.shape[:2] != mask.shape:
+            raise DeployError(f"{img_path} is {image.shape[:2]} but its mask {mask_path} is {mask.shape}")
+        if self.reduce_zero_label:  # 0 (other) -> 255 ignore, k -> k - 1
+            mask = np.where(mask == 0, 255, mask.astype(np.int16) - 1).astype(np.uint8)
+        return image, mask
+
+
+@dataclass
+class SyntheticSeg:
+    """The procedural dataset: sample i of split s is make_sample(seed=offset + i). Items are
+    generated on first use and cached."""
+
+    size: int = 256
+    height: int = 160
+    width: int = 160
+    n_classes: int = 6
+    seed_offset: int = 0
+    name: str = "synthetic"
+
+    def __post_init__(self) -> None:
+        from . import synthetic
+
+        self.class_names = synthetic.class_names(self.n_classes)
+        self.palette = synthetic.palette(self.n_classes)
+        self._get = lru_cache(maxsize=None)(self._make)
+
+    def _make(self, i: int):
+        from .synthetic import make_sample
+
+        return make_sample(self.seed_offset + i, self.height, self.width, self.n_classes)
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < self.size:
+            raise IndexError(i)
+        return self._get(i)
+
+
+def _stems(d: Path, exts) -> dict[str, Path]:
+    return {p.stem: p for p in sorted(d.iterdir()) if p.suffix.lower() in exts}
+
+
+def ade20k(root: str | os.PathLike, split: str = "train") -> SegDataset:
+    """ADEChallengeData2016: images/{training,validation}/*.jpg, annotations/{...}/*.png (0 = other).
+    A `{training,validation}.txt` (or train.txt/val.txt) list of names in root selects a subset."""
+    root = Path(root)
+    if (root / "ADEChallengeData2016").is_dir():
+        root = root / "ADEChallengeData2016"
+    sub = {"train": "training", "val": "validation"}.get(split, split)
+    img_dir, ann_dir = root / "images" / sub, root / "annotations" / sub
+    if not img_dir.is_dir() or not ann_dir.is_dir():
+        raise DeployError(
+            f"{root} is not an ADE20K directory: expected {img_dir} and {ann_dir} "
+            "(the ADEChallengeData2016 layout)"
+        )
+    images, masks = _stems(img_dir, IMAGE_EXTS), _stems(ann_dir, (".png",))
+    names = sorted(images)
+    for list_name in (f"{sub}.txt", f"{split}.txt"):
+        if (root / list_name).is_file():
+            names = [Path(line.split()[0]).stem for line in (root / list_name).read_text().splitlines() if line.strip()]
+            break
+    missing = [n for n in names if n not in masks or n not in images]
+    if missing:
+        raise DeployError(f"ADE20K {split}: {len(missing)} images without an annotation, e.g. {missing[:3]}")
+    pairs = [(images[n], masks[n]) for n in names]
+    if not pairs:
+        raise DeployError(f"ADE20K {split}: no images in {img_dir}")
+    return SegDataset("ade20k", list(ADE20K_CLASSES), generated_palette(150), pairs, reduce_zero_label=True)
+
+
+def folder(root: str | os.PathLike, split: str = "train") -> SegDataset:
+    """root/images/[split/]*.{jpg,png}, root/masks/[split/]<same stem>.png, root/classes.txt (one
+    class name per line, optionally followed by R G B). Without split subfolders the same files
+    serve every split."""
+    root = Path(root)
+    classes_file = root / "classes.txt"
+    if not classes_file.is_file():
+        raise DeployError(f"{root}: classes.txt is missing (one class name per line, optional 'R G B' after it)")
+    names, colours = [], []
+    for line in classes_file.read_text().splitlines():
+        if not line.strip():
+            continue
+        parts = line.rsplit(maxsplit=3)
+        if len(parts) == 4 and all(p.isdigit() for p in parts[1:]):
+            names.append(parts[0].strip())
+            colours.append([int(p) for p in parts[1:]])
+        else:
+            names.append(line.strip())
+    pal = colours if len(colours) == len(names) else generated_palette(len(names))
+    img_dir, mask_dir = root / "images", root / "masks"
+    if (img_dir / split).is_dir():
+        img_dir, mask_dir = img_dir / split, mask_dir / split
+    if not img_dir.is_dir() or not mask_dir.is_dir():
+        raise DeployError(f"{root}: expected images/ and masks/ folders")
+    images, masks = _stems(img_dir, IMAGE_EXTS), _stems(mask_dir, (".png",))
+    missing = sorted(set(images) - set(masks))
+    if missing:
+        raise DeployError(f"{mask_dir}: no mask for {len(missing)} images, e.g. {missing[:3]}")
+    pairs = [(images[n], masks[n]) for n in sorted(images)]
+    if not pairs:
+        raise DeployError(f"{img_dir}: no images")
+    return SegDataset(f"folder:{root.name}", names, pal, pairs)
+
+
+def open_dataset(spec: str, split: str = "train", *, synthetic_size: int | None = None, n_classes: int = 6):
+    """'synthetic', 'synthetic:N' (N images), 'ade20k:PATH' or 'folder:PATH'."""
+    kind, _, arg = spec.partition(":")
+    if kind == "synthetic":
+        default = 256 if split == "train" else 24
+        size = int(arg) if arg else (synthetic_size or default)
+        if split != "train":
+            size = synthetic_size or default
+        # Disjoint seeds: train images 0.., validation images 1_000_000..
+        offset = 0 if split == "train" else 1_000_000
+        h, w = (160, 160) if split == "train" else (160, 224)
+        return SyntheticSeg(size=size, height=h, width=w, n_classes=n_classes, seed_offset=offset)
+    if kind == "ade20k" and arg:
+        return ade20k(arg, split)
+    if kind == "folder" and arg:
+        return folder(arg, split)
+    raise DeployError(f"unknown dataset '{spec}': use synthetic[:N], ade20k:PATH or folder:PATH")

@@ -1,0 +1,448 @@
+"""The reference trainer of the linear segmentation protocol (frozen backbone, trained head).
+
+    cfg = TrainConfig(out="runs/seg")           # defaults: tiny ViT on the built-in synthetic data
+    result = train(cfg)                          # -> {"mIoU": ..., "checkpoint": "runs/seg/head", ...}
+
+- The backbone is frozen and runs under torch.inference_mode; only the head trains (AdamW, lr 1e-3,
+  wd 1e-3, linear warmup then cosine to 0, optional gradient clipping and bf16 autocast).
+- Reproducible by construction: sample k of step s uses the data order of its epoch (a permutation
+  seeded by `seed` and the epoch) and its own augmentation and dropout seeds `(seed, s, k)`. A
+  resumed run therefore equals an uninterrupted one, and N processes (torchrun, DDP, gloo on CPU)
+  equal one process with the same global batch: each rank takes samples k = rank, rank + N, ...,
+  batch-norm statistics and the loss normaliser are reduced over all ranks.
+- Output directory: `head/` (the head checkpoint `export --head` and `eval --head` take),
+  `train_state.pt` (optimizer/scheduler state for --resume), `metrics.jsonl`, `predictions.png`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dinov3_deploy.errors import CheckpointError, DeployError
+
+from .metrics import IGNORE_INDEX, SegMetrics
+from .task_model import TaskModel
+
+STATE_NAME = "train_state.pt"
+
+
+@dataclass
+class TrainConfig:
+    out: str = "runs/seg"
+    task: str = "seg"
+    backbone: str = "vit_tiny_test"
+    backbone_weights: str | None = None
+    layers: str = "last"
+    data: str = "synthetic"
+    n_classes: int = 6  # synthetic data only; other datasets bring their classes
+    train_size: int = 256  # synthetic data only
+    val_size: int = 24  # synthetic data only
+    iters: int = 200
+    batch_size: int = 8  # global, over all processes
+    crop: int = 128
+    base_size: int = 128  # short side before the 0.5-2.0 random scaling; eval resizes to it
+    lr: float = 1e-3
+    weight_decay: float = 1e-3
+    warmup: int = 30
+    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    bf16: bool = False
+    seed: int = 0
+    eval_every: int = 0  # 0 = evaluate at the end only
+    eval_stride: int | None = None  # default 2/3 of the crop (the release's 341 for 512)
+    max_eval_images: int | None = None
+    save_every: int = 100
+    cache_features: bool = False
+    attn_impl: str = "sdpa"
+    device: str = "cpu"
+    threads: int = 0  # torch intra-op threads; 0 = 1 for the tiny *_test backbones, else torch's default
+    log_every: int = 10
+    progress: bool = True
+    n_figure: int = 4  # predictions drawn in predictions.png (0 = none)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- distributed -----------------------------------------------------------------------------------
+def apply_threads(threads: int, backbone: str, device_type: str) -> None:
+    """Tensors of the tiny test backbones are too small to split over threads (and doing so is very
+    slow on a busy machine), so those run on one thread unless asked otherwise."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    elif device_type == "cpu" and backbone.endswith("_test"):
+        torch.set_num_threads(1)
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist
+
+
+def init_distributed(device: str) -> tuple[int, int]:
+    """(rank, world) from torchrun's environment; initialises the default group if needed."""
+    dist = _dist()
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(t: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        _dist().all_reduce(t)
+    return t
+
+
+# -- schedule and sampling -------------------------------------------------------------------------
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup over `warmup` steps, then cosine from 1 to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def sample_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """Dataset indices of the global batch of `step`: epochs are seeded permutations, consumed in order."""
+    import numpy as np
+
+    out = []
+    for p in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(p, n)
+        perm = np.random.default_rng([seed, epoch, 7]).permutation(n)
+        out.append(int(perm[pos]))
+    return out
+
+
+def _sample_rng(seed: int, step: int, k: int):
+    import numpy as np
+
+    return np.random.default_rng([seed, step, k, 1])
+
+
+def _dropout_mask(seed: int, step: int, k: int, channels: int, p: float) -> torch.Tensor:
+    """Dropout2d's channel mask of sample k of `step`, scaled by 1/(1-p)."""
+    import numpy as np
+
+    if p <= 0:
+        return torch.ones(channels, 1, 1)
+    keep = np.random.default_rng([seed, step, k, 2]).random(channels) >= p
+    return torch.from_numpy(keep.astype(np.float32)).view(channels, 1, 1) / (1 - p)
+
+
+# -- model -----------------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig, class_names: list[str], palette: list[list[int]]) -> TaskModel:
+    """Backbone (from cfg.backbone_weights, or random from cfg.seed) + a head initialised from cfg.seed."""
+    from .factory import create_backbone
+    from .head_checkpoint import random_backbone
+    from .task_model import build_task_model
+    from .transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    if cfg.backbone_weights is None:
+        backbone = random_backbone(cfg.backbone, cfg.seed, cfg.attn_impl)
+    else:
+        backbone = create_backbone(cfg.backbone, cfg.backbone_weights, attn_impl=cfg.attn_impl)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed + 1)
+        return build_task_model(
+            cfg.task, backbone, n_classes=len(class_names), layers=cfg.layers,
+            class_names=list(class_names), palette=[list(map(int, c)) for c in palette],
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=cfg.crop,
+        )  # fmt: skip
+
+
+@torch.inference_mode()
+def backbone_maps(model: TaskModel, x: torch.Tensor, bf16: bool) -> list[torch.Tensor]:
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        maps = model.backbone.get_intermediate_layers(x, n=model.layer_ids, reshape=True, norm=True)
+    return [m.float() for m in maps]
+
+
+def seg_logits_fn(model: TaskModel, bf16: bool = False):
+    """window batch -> low-resolution logits, for slide_inference."""
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            return model(x)["logits"].float()
+
+    return fn
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+def evaluate_seg(
+    model: TaskModel,
+    dataset,
+    *,
+    size: int,
+    crop: int,
+    stride: int | None = None,
+    bf16: bool = False,
+    max_images: int | None = None,
+    rank: int = 0,
+    world: int = 1,
+    keep: int = 0,
+    progress=None,
+) -> tuple[dict, list]:
+    """Sliding-window mIoU/aAcc over `dataset` (images resized to short side `size`, logits resized
+    back to the label size). Returns (metrics, up to `keep` (image, gt, pred) triples of rank 0)."""
+    from .sliding_window import slide_inference
+    from .transforms import SegEvalTransform
+
+    stride = stride or max(1, (crop * 2) // 3)
+    tf = SegEvalTransform(size, model.spec.mean, model.spec.std)
+    n_classes = model.spec.n_classes
+    metrics = SegMetrics(n_classes)
+    kept = []
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    for i in range(rank, n, world):
+        image, mask = dataset[i]
+        x, target = tf(image, mask)
+        logits = slide_inference(
+            seg_logits_fn(model, bf16), x[None].to(device), n_classes, crop, stride, out_size=tuple(target.shape)
+        )
+        pred = logits.argmax(1)[0].cpu()
+        metrics.update(pred, target)
+        if len(kept) < keep:
+            kept.append((image, mask, pred.to(torch.uint8).numpy()))
+        if progress is not None:
+            progress()
+    metrics.all_reduce()
+    model.train(was_training)
+    return metrics.compute(), kept
+
+
+# -- training --------------------------------------------------------------------------------------
+class _Batches:
+    """Training batches of one rank: augmented on the fly, or from cached per-sample features."""
+
+    def __init__(self, cfg: TrainConfig, dataset, model: TaskModel, rank: int, world: int, device) -> None:
+        from .transforms import SegTrainTransform
+
+        self.cfg, self.dataset, self.model = cfg, dataset, model
+        self.rank, self.world, self.device = rank, world, device
+        spec = model.spec
+        self.tf = SegTrainTransform(crop=cfg.crop, base_size=cfg.base_size, mean=spec.mean, std=spec.std)
+        self.cache: dict[int, tuple[list[torch.Tensor], torch.Tensor]] = {}
+
+    def _sample(self, step: int, k: int, idx: int):
+        image, mask = self.dataset[idx]
+        if self.cfg.cache_features:
+            # Linear protocol with cached features: one fixed augmented view per image.
+            import numpy as np
+
+            return self.tf(image, mask, np.random.default_rng([self.cfg.seed, idx, 3]))
+        return self.tf(image, mask, _sample_rng(self.cfg.seed, step, k))
+
+    def get(self, step: int):
+        """(maps, targets [b,crop,crop], positions k of this rank's samples in the global batch)."""
+        cfg = self.cfg
+        idx = sample_indices(step, cfg.batch_size, len(self.dataset), cfg.seed)
+        ks = list(range(self.rank, cfg.batch_size, self.world))
+        if not cfg.cache_features:
+            xs, ms = zip(*(self._sample(step, k, idx[k]) for k in ks))
+            x = torch.stack(xs).to(self.device)
+            return backbone_maps(self.model, x, cfg.bf16), torch.stack(ms).to(self.device), ks
+        missing = [idx[k] for k in ks if idx[k] not in self.cache]
+        if missing:
+            xs, ms = zip(*(self._sample(step, 0, i) for i in missing))
+            maps = backbone_maps(self.model, torch.stack(xs).to(self.device), cfg.bf16)
+            for j, i in enumerate(missing):
+                self.cache[i] = ([m[j : j + 1].clone() for m in maps], ms[j][None].to(self.device))
+        items = [self.cache[idx[k]] for k in ks]
+        maps = [torch.cat([it[0][layer] for it in items]) for layer in range(len(items[0][0]))]
+        return maps, torch.cat([it[1] for it in items]), ks
+
+
+def _save_state(path: Path, step: int, head, optimizer, scheduler, cfg: TrainConfig) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(
+        {
+            "step": step,
+            "head": head.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "config": json.dumps(cfg.to_dict()),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, cfg: TrainConfig) -> dict:
+    if not path.exists():
+        raise CheckpointError(f"cannot resume: {path} does not exist (train without --resume first)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read training state {path}: {exc}") from exc
+    saved = json.loads(state["config"])
+    # These must match for the resumed run to be the same run.
+    for key in ("task", "backbone", "layers", "data", "n_classes", "batch_size", "crop", "base_size", "seed",
+                "cache_features", "iters", "lr", "warmup"):
+        if saved.get(key) != getattr(cfg, key):
+            raise CheckpointError(
+                f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, this run has "
+                f"{getattr(cfg, key)!r}"
+            )
+    return state
+
+
+class _Log:
+    def __init__(self, path: Path, enabled: bool, resume: bool) -> None:
+        self.path, self.enabled = path, enabled
+        if enabled and not resume and path.exists():
+            path.unlink()
+
+    def write(self, **row) -> None:
+        if self.enabled:
+            with self.path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = None, console=None) -> dict:
+    """Train a segmentation head; returns the final metrics and paths. `stop_after` ends the run
+    early after that many steps, with its state saved (what an interruption leaves behind).
+    torch's thread count is restored on return."""
+    threads = torch.get_num_threads()
+    try:
+        return _train(cfg, resume=resume, stop_after=stop_after, console=console)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -> dict:
+    from .datasets import open_dataset
+
+    if cfg.task != "seg":
+        raise DeployError(f"the trainer supports --task seg for now (got '{cfg.task}')")
+    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    apply_threads(cfg.threads, cfg.backbone, device.type)
+    rank, world = init_distributed(device.type)
+    if cfg.batch_size % world:
+        raise DeployError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
+    train_set = open_dataset(cfg.data, "train", synthetic_size=cfg.train_size, n_classes=cfg.n_classes)
+    val_set = open_dataset(cfg.data, "val", synthetic_size=cfg.val_size, n_classes=cfg.n_classes)
+    model = build_model(cfg, train_set.class_names, train_set.palette).to(device)
+    model.backbone.requires_grad_(False)
+    head = model.head
+    out = Path(cfg.out)
+    is_main = rank == 0
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.iters, cfg.warmup))
+    start = 0
+    if resume:
+        state = _load_state(out / STATE_NAME, cfg)
+        head.load_state_dict(state["head"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start = int(state["step"])
+    ddp_head = head
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_head = DistributedDataParallel(head, broadcast_buffers=False)
+    log = _Log(out / "metrics.jsonl", is_main, resume)
+    if is_main and not resume:
+        log.write(event="config", **cfg.to_dict(), world_size=world)
+
+    batches = _Batches(cfg, train_set, model, rank, world, device)
+    dropout_p = float(getattr(getattr(head, "dropout", None), "p", 0.0))
+    end = cfg.iters if stop_after is None else min(cfg.iters, start + stop_after)
+    progress = _progress(cfg.progress and is_main, console)
+    last_eval: dict = {}
+    t0 = time.perf_counter()
+    with progress:
+        task_id = progress.add_task("train", total=cfg.iters, completed=start, status="")
+        model.train()
+        model.backbone.eval()
+        for step in range(start, end):
+            maps, target, ks = batches.get(step)
+            channels = sum(m.shape[1] for m in maps)
+            masks = torch.stack([_dropout_mask(cfg.seed, step, k, channels, dropout_p) for k in ks])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = ddp_head(maps, masks.to(device))
+            logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+            valid = _all_reduce((target != IGNORE_INDEX).sum().float(), world).clamp(min=1)
+            loss_sum = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+            # DDP averages gradients over ranks: scale so the result is the global per-pixel mean.
+            (loss_sum * world / valid).backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            done = step + 1
+            loss = float(_all_reduce(loss_sum.detach().clone(), world) / valid)
+            if done % cfg.log_every == 0 or done == end:
+                log.write(event="train", step=done, loss=loss, lr=optimizer.param_groups[0]["lr"],
+                          elapsed_s=round(time.perf_counter() - t0, 3))
+            progress.update(task_id, completed=done, status=f"loss {loss:.3f}")
+            if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iters:
+                last_eval, _ = evaluate_seg(model, val_set, size=cfg.base_size, crop=cfg.crop, stride=cfg.eval_stride,
+                                            bf16=cfg.bf16, max_images=cfg.max_eval_images, rank=rank, world=world)
+                model.backbone.eval()
+                log.write(event="eval", step=done, mIoU=last_eval["mIoU"], aAcc=last_eval["aAcc"])
+                progress.update(task_id, status=f"loss {loss:.3f} mIoU {last_eval['mIoU']:.1f}")
+            if is_main and ((cfg.save_every and done % cfg.save_every == 0) or done == end):
+                _save_state(out / STATE_NAME, done, head, optimizer, scheduler, cfg)
+    train_s = time.perf_counter() - t0
+    result = {"step": end, "train_s": train_s, "world_size": world, "out": str(out)}
+    if end < cfg.iters:
+        return result  # interrupted on purpose; resume with resume=True
+
+    model.eval()
+    metrics, kept = evaluate_seg(model, val_set, size=cfg.base_size, crop=cfg.crop, stride=cfg.eval_stride,
+                                 bf16=cfg.bf16, max_images=cfg.max_eval_images, rank=rank, world=world,
+                                 keep=cfg.n_figure if is_main else 0)
+    result.update(mIoU=metrics["mIoU"], aAcc=metrics["aAcc"], IoU=metrics["IoU"],
+                  class_names=list(train_set.class_names))
+    if is_main:
+        from .head_checkpoint import save_head_checkpoint
+
+        log.write(event="eval", step=end, mIoU=metrics["mIoU"], aAcc=metrics["aAcc"], IoU=metrics["IoU"])
+        extra = {"mIoU": metrics["mIoU"], "aAcc": metrics["aAcc"], "train": cfg.to_dict(), "train_s": train_s,
+                 "dataset": getattr(train_set, "name", cfg.data)}
+        seed = cfg.seed if cfg.backbone_weights is None else None
+        result["checkpoint"] = str(save_head_checkpoint(out / "head", model, extra=extra, backbone_seed=seed))
+        if kept:
+            from .visualize import save_prediction_figure
+
+            fig = out / "predictions.png"
+            save_prediction_figure(fig, kept, model.spec.palette, model.spec.class_names,
+                                   title=f"{cfg.backbone} + linear head, mIoU {metrics['mIoU']:.1f}")
+            result["figure"] = str(fig)
+    if world > 1:
+        _dist().barrier()
+    return result
+
+
+def _progress(enabled: bool, console=None):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"), disable=not enabled, console=console, transient=False,
+    )  # fmt: skip
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in d.items() if k in names})
