@@ -274,3 +274,23 @@ def test_hf_vit_weights_into_convnext_name_the_cause(vit_pair):
     _, hf, _ = vit_pair
     with pytest.raises(CheckpointError, match="ViT checkpoint"):
         create_backbone("convnext_tiny_test", hf.state_dict())
+
+
+def _check_save_pretrained(tmp_path, cfg, hf, ours):
+    from dinov3_deploy.reference.checkpoints import read_state_dict
+
+    hf.save_pretrained(tmp_path)
+    written = read_state_dict(tmp_path)
+    assert official_to_hf(ours.state_dict(), cfg).keys() == written.keys()
+    loaded = create_backbone(cfg, tmp_path)
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in loaded.state_dict().items())
+
+
+def test_save_pretrained_vit_directory_loads_and_matches_our_hf_layout(tmp_path, vit_pair):
+    """What transformers itself writes (`save_pretrained`: hub keys, `layer.N`) loads through
+    create_backbone, and `official_to_hf` produces exactly that key set."""
+    _check_save_pretrained(tmp_path, *vit_pair)
+
+
+def test_save_pretrained_convnext_directory_loads_and_matches_our_hf_layout(tmp_path, cnx_pair):
+    _check_save_pretrained(tmp_path, *cnx_pair)
