@@ -119,14 +119,12 @@ def _qkv_to_official(src: StateDict, out: StateDict, hf: str, off: str, cfg: ViT
         return
     ref = out[off + "weight"]
     D = ref.shape[1]
-    parts, mask = [], []
-    for p in "qkv":
-        b = biases[p]
-        parts.append(b if b is not None else torch.zeros(D, dtype=ref.dtype))
-        mask.append(torch.full((D,), 1.0 if b is not None else 0.0, dtype=ref.dtype))
+    parts = [biases[p] if biases[p] is not None else torch.zeros(D, dtype=ref.dtype) for p in "qkv"]
     out[off + "bias"] = torch.cat(parts)
     if cfg.mask_k_bias:
-        out[off + "bias_mask"] = torch.cat(mask)
+        # The official mask (q 1, k 0, v 1); a checkpoint that does have a K bias keeps it unmasked.
+        k_on = 1.0 if biases["k"] is not None else 0.0
+        out[off + "bias_mask"] = torch.cat([torch.ones(D), torch.full((D,), k_on), torch.ones(D)]).to(ref.dtype)
 
 
 def _convnext_to_official(sd: StateDict, cfg: ConvNeXtConfig) -> StateDict:

@@ -294,3 +294,22 @@ def test_save_pretrained_vit_directory_loads_and_matches_our_hf_layout(tmp_path,
 
 def test_save_pretrained_convnext_directory_loads_and_matches_our_hf_layout(tmp_path, cnx_pair):
     _check_save_pretrained(tmp_path, *cnx_pair)
+
+
+def test_hf_model_with_a_key_bias_keeps_it_unmasked():
+    """HF can be configured with `key_bias=True` (no released DINOv3 is): the persistent bias_mask
+    lets the official architecture carry that bias (mask 1 on K). Going back to the hub layout,
+    whose configs have no K bias, refuses rather than silently dropping it."""
+    from dinov3_deploy.errors import CheckpointError
+
+    cfg = get_config("vit_tiny_test")
+    hcfg = hf_vit_config(cfg)
+    hcfg.key_bias = True
+    hf = randomize_(DINOv3ViTModel(hcfg), seed=11).eval()
+    ours = create_backbone(cfg, hf.state_dict())
+    assert ours.blocks[0].attn.qkv.bias_mask.eq(1).all()
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        assert rel_err(ours_tokens(ours.forward_features(x)), hf(x).last_hidden_state) <= TOL
+    with pytest.raises(CheckpointError, match="non-zero key bias"):
+        official_to_hf(ours.state_dict(), cfg)
