@@ -1,0 +1,1 @@
+"""The benchmark and parity harness: timing of every backend behind one runner face, reports."""
