@@ -1,0 +1,81 @@
+"""`dinov3-deploy export`: a verified deployment artifact (ONNX, TensorRT engine, Triton repository)."""
+
+from __future__ import annotations
+
+import click
+
+from dinov3_deploy.export_pipeline import DEFAULT_MODEL, ExportOptions
+
+
+@click.command("export")
+@click.option("--task", type=click.Choice(["seg", "depth", "cls", "features"]), default="seg", show_default=True)
+@click.option("--model", "model", default=None,
+              help=f"Backbone name (see `dinov3-deploy models`). Default: {DEFAULT_MODEL}, or the head's backbone.")
+@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Backbone checkpoint (.pth, safetensors, HF, timm). Random weights when omitted.")
+@click.option("--head", type=click.Path(exists=True), default=None,
+              help="Head checkpoint directory written by `dinov3-deploy train`. Random head when omitted.")
+@click.option("--n-classes", type=int, default=0, help="Classes of a random seg/cls head (default 6).")
+@click.option("--layers", type=click.Choice(["last", "four_last", "four_even"]), default="last", show_default=True,
+              help="Backbone blocks a random head reads.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+              help="Decided in the graph (LayerNorm statistics, softmax and RoPE stay fp32).")
+@click.option("--format", "formats", default="onnx", show_default=True,
+              help="Comma-separated: onnx, trt, triton-repo.")
+@click.option("--batch", default="1:1:8", show_default=True, help="Batch range MIN:OPT:MAX (or N).")
+@click.option("--height", default="256:512:1024", show_default=True, help="Height range MIN:OPT:MAX (or N).")
+@click.option("--width", default=None, help="Width range (default: the height range).")
+@click.option("--static", default=None, help="Fixed resolution HxW (e.g. 512x512) instead of H/W ranges.")
+@click.option("--seg-output", type=click.Choice(["logits", "probs", "labels"]), default="logits", show_default=True,
+              help="seg: add upsampled probabilities or argmax labels to the patch-resolution logits.")
+@click.option("--uint8-input", is_flag=True, help="Input uint8 NHWC RGB, normalised in the graph.")
+@click.option("--trt-flavor", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
+              show_default=True)
+@click.option("--trt-targets", default=None, help="TensorRT-RTX compute capabilities, e.g. SM86,SM89.")
+@click.option("--trt-workspace-gib", type=float, default=4.0, show_default=True)
+@click.option("--trt-opt-level", type=click.IntRange(0, 5), default=3, show_default=True)
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="tensorrt timing cache file.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
+@click.option("--no-verify", is_flag=True, help="Skip the parity check (not recommended).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing artifact at --out.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Artifact directory (default: artifacts/<model>-<task>-<precision>).")
+def command(task, model, weights, head, n_classes, layers, precision, formats, batch, height, width, static,
+            seg_output, uint8_input, trt_flavor, trt_targets, trt_workspace_gib, trt_opt_level, timing_cache,
+            seed, no_verify, overwrite, out) -> None:
+    """Export a DINOv3 model to a verified deployment artifact."""
+    from rich.console import Console
+    from rich.markup import escape
+
+    from dinov3_deploy.commands._progress import RichProgress
+    from dinov3_deploy.export_pipeline import export_artifact
+    from dinov3_deploy.verification import render_report
+
+    console = Console()
+    if out is None:
+        out = f"artifacts/{model or ('head' if head else DEFAULT_MODEL)}-{task}-{precision}"
+    opts = ExportOptions(
+        out=out, task=task, model=model, weights=weights, head=head, n_classes=n_classes, layers=layers, seed=seed,
+        precision=precision, formats=formats, batch=batch, height=height, width=width, static=static,
+        seg_output=seg_output, uint8_input=uint8_input, trt_flavor=trt_flavor,
+        trt_targets=[t.strip() for t in trt_targets.split(",")] if trt_targets else None,
+        trt_workspace_gib=trt_workspace_gib, trt_opt_level=trt_opt_level, timing_cache=timing_cache,
+        verify=not no_verify, overwrite=overwrite,
+    )
+    progress = RichProgress(console)
+    try:
+        path, report = export_artifact(opts, progress)
+    except Exception:
+        if progress.report is not None:
+            render_report(progress.report, console)
+        raise
+    from dinov3_deploy.artifact import load_artifact
+
+    art = load_artifact(path, check_hashes=False)
+    for note in art.manifest.get("notes", []):
+        console.print(f"[bold yellow]note:[/] {escape(note)}")
+    if report is not None:
+        render_report(report, console)
+    else:
+        console.print("[yellow]parity not verified (--no-verify); run `dinov3-deploy verify` on it[/]")
+    console.print(f"[bold green]artifact written:[/] {path}  ({art.manifest['export_seconds']}s)")

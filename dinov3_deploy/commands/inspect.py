@@ -1,0 +1,72 @@
+"""`dinov3-deploy inspect DIR`: what an artifact is, from its manifest (no GPU needed)."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("inspect")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--log", "show_log", is_flag=True, help="Also print the TensorRT build log.")
+def command(artifact, as_json, show_log) -> None:
+    """Print an artifact's manifest (checks its schema and the sha256 of every file)."""
+    from dinov3_deploy.artifact import load_artifact
+
+    art = load_artifact(artifact)
+    m = art.manifest
+    if as_json:
+        click.echo(json.dumps(m, indent=2))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    inp = m["input"]
+    sh = inp["shapes"]
+    rng = lambda r: f"{r[0]}:{r[1]}:{r[2]}" if r[0] != r[2] else str(r[0])
+    t = Table(title=f"artifact {art.path}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    bb = m["backbone"]
+    t.add_row("task / precision", f"{m['task']} / {m['precision']}")
+    t.add_row("backbone", f"{bb['name']} ({bb['family']}, dim {bb['embed_dim']})"
+              + ("  [yellow]random weights[/]" if bb["random_weights"] else f"  {bb['weights']}"))
+    if m.get("head"):
+        h = m["head"]
+        t.add_row("head", f"{h['head_type']} on layers '{h['layers']}', {h['n_classes']} classes"
+                  + ("  [yellow]random weights[/]" if h["random_weights"] else f"  {h['checkpoint']}"))
+    t.add_row("input", f"{inp['name']} {inp['dtype']} {inp['layout']} {inp['color']}; batch {rng(sh['batch'])}, "
+              f"H {rng(sh['height'])}, W {rng(sh['width'])}, multiple of {sh['multiple']}")
+    t.add_row("normalisation", f"mean {inp['normalize']['mean']} std {inp['normalize']['std']}"
+              + (" (in the graph)" if inp["normalize"]["in_graph"] else " (by the caller)"))
+    for o in m["outputs"]:
+        t.add_row(f"output {o['name']}", f"{o['dtype']} {o['shape']}  {o.get('doc', '')}")
+    if m.get("classes") and m["classes"]["names"]:
+        t.add_row("classes", ", ".join(m["classes"]["names"]))
+    g = m["onnx"]["graph"]
+    t.add_row("onnx", f"{m['onnx']['file']} opset {m['onnx']['opset']}, {g['nodes']} nodes"
+              + (", external data" if m["onnx"]["external_data"] else ""))
+    trt = m.get("tensorrt")
+    if trt:
+        t.add_row("tensorrt", f"{trt['file']} {trt['flavor']} {trt['version']}, targets {', '.join(trt['targets'])}, "
+                  f"{trt['engine_bytes'] / 1e6:.1f} MB, {trt['network_layers']} network layers, "
+                  f"opt level {trt['builder_optimization_level']}, built in {trt['build_seconds']}s")
+    if m.get("triton"):
+        t.add_row("triton", ", ".join(f"{x['name']} ({x['backend']})" for x in m["triton"]["models"]))
+    tc = m["toolchain"]
+    t.add_row("toolchain", ", ".join(f"{k} {v}" for k, v in tc.items()))
+    parity_file = art.path / "parity.json"
+    if parity_file.exists():
+        p = json.loads(parity_file.read_text())
+        verdict = ("skipped" if p.get("passed") is None else "[green]passed[/]" if p["passed"] else "[red]failed[/]")
+        t.add_row("parity", f"{verdict} {', '.join(p.get('verified_backends', []))}")
+    t.add_row("files", ", ".join(f"{k} ({v['bytes'] / 1e6:.2f} MB)" for k, v in m["files"].items()))
+    for note in m.get("notes", []):
+        t.add_row("note", f"[yellow]{escape(note)}[/]")
+    console.print(t)
+    if show_log and trt:
+        console.print(escape("\n".join(trt["build_log"])))

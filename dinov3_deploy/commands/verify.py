@@ -1,0 +1,32 @@
+"""`dinov3-deploy verify DIR`: parity of every runnable backend against the fp32 PyTorch reference."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("verify")
+@click.argument("artifact", type=click.Path(file_okay=False))
+@click.option("--weights", default=None, help="Backbone weights, if they moved since export.")
+@click.option("--head", default=None, help="Head checkpoint directory, if it moved since export.")
+@click.option("--no-write", is_flag=True, help="Do not update the artifact's parity.json.")
+def command(artifact, weights, head, no_write) -> None:
+    """Check an artifact's backends against the fp32 PyTorch reference; exit 1 when parity fails."""
+    from rich.console import Console
+
+    from dinov3_deploy.artifact import load_artifact
+    from dinov3_deploy.commands._progress import RichProgress
+    from dinov3_deploy.verification import failure_message, render_report, verify_artifact
+
+    console = Console()
+    progress = RichProgress(console)
+    with progress.step(f"loading {artifact} (schema, sha256 of every file)"):
+        art = load_artifact(artifact)
+    with progress.step("verifying parity against the fp32 PyTorch reference"):
+        report = verify_artifact(art, weights=weights, head=head, log=progress.log)
+    render_report(report, console)
+    if not no_write:
+        art.write_parity(report)
+    if not report["passed"]:
+        click.secho(f"error: {failure_message(report)}", fg="red", err=True)
+        raise SystemExit(1)

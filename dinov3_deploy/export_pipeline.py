@@ -1,0 +1,219 @@
+"""`export`: checkpoint -> reference model -> ONNX (-> TensorRT engine) (-> Triton repository)
+-> parity report -> manifest, all inside a temporary directory renamed only when complete.
+
+    export_artifact(ExportOptions(task="seg", out="out/seg"), progress)
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dinov3_deploy.artifact import ENGINE_NAME, ONNX_NAME, PARITY_NAME, Artifact, ArtifactWriter, toolchain_versions
+from dinov3_deploy.errors import DeployError
+from dinov3_deploy.model_source import ModelSource
+from dinov3_deploy.shapes import DimRange, ShapeSpec, parse_static
+
+FORMATS = ("onnx", "trt", "triton-repo")
+DEFAULT_MODEL = "vits16"  # the smallest released ViT: the embedded default
+
+OUTPUT_DOC = {
+    ("features", "cls"): "normalised class token [B, D]",
+    ("features", "storage"): "normalised storage (register) tokens [B, 4, D]",
+    ("features", "patch"): "normalised patch tokens [B, h*w, D], row-major over the patch grid",
+    ("seg", "logits"): "class scores at patch resolution [B, C, h, w] (upsample bilinearly, align_corners=False)",
+    ("seg", "probs"): "softmax of the bilinearly upsampled logits [B, C, H, W]",
+    ("seg", "labels"): "argmax class per pixel of the upsampled logits [B, H, W] int32",
+    ("depth", "depth"): "depth in metres at patch resolution [B, 1, h, w]",
+    ("cls", "logits"): "class scores [B, C]",
+}
+
+
+class Progress:
+    """No-op progress; the CLI passes a rich one. `step` wraps a phase, `log` updates its detail."""
+
+    def step(self, text: str):
+        return nullcontext()
+
+    def log(self, text: str) -> None:
+        pass
+
+
+@dataclass
+class ExportOptions:
+    out: str | Path
+    task: str = "seg"
+    model: str | None = None
+    weights: str | None = None
+    head: str | None = None
+    n_classes: int = 0
+    layers: str = "last"
+    seed: int = 0
+    precision: str = "fp32"
+    formats: tuple[str, ...] = ("onnx",)
+    batch: str = "1:1:8"
+    height: str = "256:512:1024"
+    width: str | None = None  # defaults to height's range
+    static: str | None = None  # "HxW": fixed resolution (batch stays as --batch says)
+    seg_output: str = "logits"
+    uint8_input: bool = False
+    trt_flavor: str = "auto"
+    trt_targets: list[str] | None = None
+    trt_workspace_gib: float = 4.0
+    trt_opt_level: int = 3
+    timing_cache: str | None = None
+    verify: bool = True
+    overwrite: bool = False
+    external_data: bool | None = None  # None: only when the weights exceed protobuf's 2 GiB
+    extra: dict = field(default_factory=dict)
+
+
+def parse_formats(text: str | tuple[str, ...]) -> tuple[str, ...]:
+    items = [f.strip() for f in text.split(",")] if isinstance(text, str) else list(text)
+    bad = [f for f in items if f not in FORMATS]
+    if bad or not items:
+        raise DeployError(f"--format takes a comma-separated subset of {', '.join(FORMATS)}; got '{text}'")
+    if "onnx" not in items:
+        items.insert(0, "onnx")  # every artifact carries its ONNX (the engine is built from it)
+    return tuple(dict.fromkeys(items))
+
+
+def shape_spec(opts: ExportOptions, multiple: int) -> ShapeSpec:
+    batch = DimRange.parse(opts.batch, "--batch")
+    if opts.static:
+        h, w = parse_static(opts.static)
+        height, width = DimRange(h, h, h), DimRange(w, w, w)
+    else:
+        height = DimRange.parse(opts.height, "--height")
+        width = DimRange.parse(opts.width or opts.height, "--width")
+    return ShapeSpec(batch, height, width, multiple)
+
+
+def _model_name(source: ModelSource) -> str:
+    return f"dinov3_{source.backbone}_{source.task}"
+
+
+def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tuple[Path, dict]:
+    """Write the artifact; returns (path, parity report or None). Raises DeployError subclasses
+    (ParityError when verification fails: no artifact is left behind then)."""
+    from dinov3_deploy.onnx_export import PRECISIONS, DeployModule, ensure_clean, export_onnx
+    from dinov3_deploy.reference.configs import get_config
+
+    progress = progress or Progress()
+    t_start = time.perf_counter()
+    formats = parse_formats(opts.formats)
+    if opts.precision not in PRECISIONS:
+        raise DeployError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{opts.precision}'")
+    model_name = opts.model if opts.model or opts.head else DEFAULT_MODEL
+    source = ModelSource.resolve(opts.task, model_name, opts.weights, opts.head, opts.n_classes, opts.layers,
+                                 opts.seed)
+    cfg = get_config(source.backbone)
+    shapes = shape_spec(opts, cfg.input_multiple)  # bad shapes fail before anything is built
+    api = None
+    if "trt" in formats:
+        from dinov3_deploy.engines.trt_api import load_api
+
+        api = load_api(opts.trt_flavor)  # a missing TensorRT fails now, not after the export
+
+    with progress.step(f"building {source.task} model on {source.backbone}"):
+        model = source.build(attn_impl="math")  # explicit-softmax attention: fp32 scores in the graph
+        reference = copy.deepcopy(model) if opts.verify else None
+    spec = model.spec
+    module = DeployModule(model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input)
+
+    with ArtifactWriter(opts.out, overwrite=opts.overwrite) as writer:
+        root = writer.path
+        with progress.step(f"exporting ONNX ({opts.precision}, batch {shapes.batch}, "
+                           f"{shapes.height}x{shapes.width})"):
+            result = export_onnx(module, root / ONNX_NAME, shapes, external_data=opts.external_data)
+        with progress.step("checking the graph (onnx.checker, shape inference, hygiene)"):
+            facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes)
+        graph = facts.to_dict()
+
+        manifest: dict = {
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "task": source.task,
+            "precision": opts.precision,
+            "backbone": {
+                "name": source.backbone, "family": cfg.family, "embed_dim": cfg.embed_dim,
+                "patch_size": cfg.patch_size, "input_multiple": cfg.input_multiple,
+                "weights": source.weights, "random_weights": source.random_backbone,
+            },
+            "head": None if source.task == "features" else {
+                **spec.to_dict(), "checkpoint": source.head, "random_weights": source.random_head},
+            "source": source.to_manifest(),
+            "input": {
+                "name": module.input_name,
+                "dtype": "uint8" if opts.uint8_input else "float32",
+                "layout": "NHWC" if opts.uint8_input else "NCHW",
+                "color": "RGB",
+                "normalize": {"mean": list(spec.mean), "std": list(spec.std), "in_graph": opts.uint8_input},
+                "value_range": "0..255 (normalised in the graph)" if opts.uint8_input
+                else "(x/255 - mean) / std, done by the caller",
+                "resize": "none: the caller resizes or pads to a multiple of "
+                          f"{cfg.input_multiple} within the ranges",
+                "shapes": shapes.to_dict(),
+            },
+            "outputs": [{**o, "doc": OUTPUT_DOC.get((source.task, o["name"]), "")} for o in graph["outputs"]],
+            "outputs_config": {"seg_output": opts.seg_output},
+            "classes": {"names": list(spec.class_names), "palette": [list(p) for p in spec.palette]}
+            if source.task in ("seg", "cls") else None,
+            "onnx": {"file": ONNX_NAME, "files": result.files, "opset": result.opset,
+                     "external_data": result.external_data, "exporter": "torch.onnx (dynamo, torch.export)",
+                     "export_example_shape": result.example_shape, "graph": graph},
+            "tensorrt": None,
+            "triton": None,
+            "toolchain": toolchain_versions(),
+            "notes": [],
+        }
+        if source.random_backbone or source.random_head:
+            what = " and ".join(w for w, r in (("backbone", source.random_backbone), ("head", source.random_head)) if r)
+            manifest["notes"].append(f"RANDOM WEIGHTS ({what}, seed {source.seed}): this artifact demonstrates the "
+                                     "pipeline; its predictions mean nothing. Pass --weights / --head for real ones.")
+
+        if api is not None:
+            from dinov3_deploy.engines.build import build_engine, network_from_onnx, profiles_from_shapes
+
+            with progress.step(f"building a strongly typed {api.flavor} {api.version} engine"):
+                net = network_from_onnx(root / ONNX_NAME, api)
+                built = build_engine(net, profiles_from_shapes(net, shapes), workspace_gib=opts.trt_workspace_gib,
+                                     opt_level=opts.trt_opt_level, targets=opts.trt_targets,
+                                     timing_cache=Path(opts.timing_cache) if opts.timing_cache else None)
+                built.save(root / ENGINE_NAME)
+                manifest["tensorrt"] = {"file": ENGINE_NAME, **built.facts}
+                del net
+
+        if "triton-repo" in formats:
+            from dinov3_deploy.triton_repo import write_triton_repo
+
+            with progress.step("writing the Triton model repository"):
+                manifest["triton"] = write_triton_repo(root, _model_name(source), graph, shapes, result.files,
+                                                       manifest["tensorrt"])
+
+        report = None
+        if opts.verify:
+            from dinov3_deploy.verification import verify_artifact
+
+            with progress.step("verifying parity against the fp32 PyTorch reference"):
+                report = verify_artifact(Artifact(root, manifest), model=reference, log=progress.log)
+            (root / PARITY_NAME).write_text(_dumps(report))
+        else:
+            (root / PARITY_NAME).write_text(_dumps({"schema": "dinov3-deploy-parity", "skipped": "--no-verify",
+                                                    "passed": None}))
+        if report is not None and not report["passed"]:
+            from dinov3_deploy.verification import raise_if_failed
+
+            progress.report = report  # the CLI prints the table before the error
+            raise_if_failed(report, hint="no artifact was written; pass --no-verify to write it anyway")
+        manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
+        path = writer.finish(manifest)
+    return path, report
+
+
+def _dumps(d: dict) -> str:
+    import json
+
+    return json.dumps(d, indent=2) + "\n"

@@ -1,0 +1,301 @@
+"""ONNX export of a TaskModel: one input, per-task outputs, precision decided in the graph.
+
+    module = DeployModule(task_model, "fp16", seg_output="labels")
+    export_onnx(module, "model.onnx", shapes)          # dynamic batch/H/W unless static
+    facts = graph_facts("model.onnx"); problems = check_graph(facts, "fp16", shapes)
+
+Exporter: torch.onnx with `dynamo=True` and `dynamic_shapes` (torch.export). It gives a graph
+without the TorchScript exporter's zero-placeholder `Reshape` guards (Equal/Where on shapes),
+without `If`/`Tile`, with truly symbolic batch/H/W (H and W declared as multiples of the
+backbone's input multiple), and keeps the reference's fp32 islands as explicit `Cast`s.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dinov3_deploy.errors import ArtifactError, DeployError
+from dinov3_deploy.shapes import ShapeSpec
+
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SEG_OUTPUTS = ("logits", "probs", "labels")
+# ONNX's Conv and friends accept bfloat16 only from opset 22; fp32/fp16 keep 18 for older TensorRT.
+OPSET = {"fp32": 18, "fp16": 18, "bf16": 22}
+# Protobuf cannot hold more than 2 GiB: above this the weights go to `model.onnx.data`.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+FORBIDDEN_OPS = ("If", "Tile", "Loop", "Scan")
+FP32_ISLAND_OPS = ("LayerNormalization", "Softmax", "Sin", "Cos")  # fed fp32 in every graph
+INPUT_NAMES = {"float": "pixel_values", "uint8": "image"}
+
+_ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+                11: "float64", 16: "bfloat16"}
+
+
+def output_names(task: str, family: str, seg_output: str = "logits") -> list[str]:
+    """The graph's outputs, in order."""
+    if task == "features":
+        return ["cls", "patch"] if family == "convnext" else ["cls", "storage", "patch"]
+    if task == "seg":
+        return ["logits"] + ([seg_output] if seg_output != "logits" else [])
+    if task == "depth":
+        return ["depth"]
+    return ["logits"]
+
+
+class DeployModule(nn.Module):
+    """What the artifact computes: [uint8 NHWC -> normalised NCHW] -> cast to the precision ->
+    TaskModel -> task outputs (+ upsampled probabilities or labels for seg), returned in fp32
+    (labels in int32) so every precision has the same I/O types."""
+
+    def __init__(
+        self,
+        task_model: nn.Module,
+        precision: str = "fp32",
+        *,
+        seg_output: str = "logits",
+        uint8_input: bool = False,
+        mean: tuple[float, float, float] | None = None,
+        std: tuple[float, float, float] | None = None,
+    ) -> None:
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise DeployError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+        if seg_output not in SEG_OUTPUTS:
+            raise DeployError(f"--seg-output must be one of {', '.join(SEG_OUTPUTS)}, got '{seg_output}'")
+        spec = task_model.spec
+        if spec.task != "seg" and seg_output != "logits":
+            raise DeployError(f"--seg-output {seg_output} only applies to --task seg")
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.task = spec.task
+        self.family = task_model.backbone.cfg.family
+        self.seg_output = seg_output
+        self.uint8_input = uint8_input
+        self.model = task_model.to(self.dtype).eval()
+        mean = mean if mean is not None else tuple(spec.mean)
+        std = std if std is not None else tuple(spec.std)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.output_names = output_names(self.task, self.family, seg_output)
+        self.eval()
+
+    @property
+    def input_name(self) -> str:
+        return INPUT_NAMES["uint8" if self.uint8_input else "float"]
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        if self.uint8_input:  # uint8 NHWC RGB -> normalised fp32 NCHW (no resize, ever)
+            # Cast before the transpose: TensorRT has no uint8 Transpose.
+            x = (x.float().permute(0, 3, 1, 2) * (1.0 / 255.0) - self.mean) / self.std
+        return x.to(self.dtype)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(self.preprocess(x))
+        if self.task == "features":
+            out = {k: out[k] for k in self.output_names}
+        result = {name: out[name].float() for name in self.output_names if name in out}
+        if self.task == "seg" and self.seg_output != "logits":
+            size = x.shape[1:3] if self.uint8_input else x.shape[-2:]
+            up = F.interpolate(result["logits"], size=size, mode="bilinear", align_corners=False)
+            if self.seg_output == "probs":
+                result["probs"] = up.softmax(dim=1)
+            else:
+                result["labels"] = up.argmax(dim=1).to(torch.int32)
+        return tuple(result[name] for name in self.output_names)
+
+    def example_input(self, batch: int, height: int, width: int) -> torch.Tensor:
+        if self.uint8_input:
+            return torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8)
+        return torch.randn(batch, 3, height, width)
+
+
+def needs_external_data(model: nn.Module, precision: str) -> bool:
+    """True when the weights at `precision` would not fit a single protobuf (works on meta models)."""
+    itemsize = torch.empty((), dtype=PRECISIONS[precision]).element_size()
+    n = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
+    return n * itemsize > EXTERNAL_DATA_BYTES
+
+
+def _example_dims(shapes: ShapeSpec) -> tuple[int, int, int]:
+    """An example input inside the ranges that torch.export does not specialise: batch >= 2
+    when dynamic (0/1 would become constants) and H != W when both are dynamic."""
+    b, h, w = shapes.opt_shape
+    if not shapes.batch.static and b < 2:
+        b = min(2, shapes.batch.max)
+    if not shapes.height.static and not shapes.width.static and h == w:
+        m = shapes.multiple
+        w = w + m if w + m <= shapes.width.max else w - m if w - m >= shapes.width.min else w
+    return b, h, w
+
+
+def _dynamic_shapes(module: DeployModule, shapes: ShapeSpec) -> dict | None:
+    from torch.export import Dim
+
+    m = shapes.multiple
+    dims: dict[int, object] = {}
+    if not shapes.batch.static:
+        dims[0] = Dim("batch", min=shapes.batch.min, max=shapes.batch.max)
+    h_axis, w_axis = (1, 2) if module.uint8_input else (2, 3)
+    if not shapes.height.static:
+        dims[h_axis] = m * Dim("height_blocks", min=shapes.height.min // m, max=shapes.height.max // m)
+    if not shapes.width.static:
+        dims[w_axis] = m * Dim("width_blocks", min=shapes.width.min // m, max=shapes.width.max // m)
+    return {"x": dims} if dims else None
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    files: list[str]  # written files, relative to path's folder
+    opset: int
+    external_data: bool
+    example_shape: list[int]
+
+
+def export_onnx(module: DeployModule, path: str | os.PathLike, shapes: ShapeSpec,
+                external_data: bool | None = None) -> ExportResult:
+    """Export `module` to `path`; weights go to `<path>.data` when large (or when asked)."""
+    path = Path(path)
+    opset = OPSET[module.precision]
+    if external_data is None:
+        external_data = needs_external_data(module, module.precision)
+    b, h, w = _example_dims(shapes)
+    x = module.example_input(b, h, w)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            module, (x,), dynamo=True, dynamic_shapes=_dynamic_shapes(module, shapes),
+            input_names=[module.input_name], output_names=module.output_names,
+            opset_version=opset, verbose=False, report=False,
+        )
+    program.save(str(path), external_data=external_data)
+    _name_grid_dims(path)
+    files = [path.name] + ([path.name + ".data"] if external_data and Path(str(path) + ".data").exists() else [])
+    return ExportResult(path, files, opset, external_data, list(x.shape))
+
+
+def _name_grid_dims(path: Path) -> None:
+    """Give the exporter's anonymous output symbols (s75, s95, ...) names: the first two are the
+    output grid's height and width (patch grid for ViT maps, last-stage grid for ConvNeXt tokens)."""
+    import re
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    order: list[str] = []
+    for out in model.graph.output:
+        for d in out.type.tensor_type.shape.dim:
+            for sym in re.findall(r"\bs\d+\b", d.dim_param):
+                if sym not in order:
+                    order.append(sym)
+    names = dict(zip(order, ("grid_h", "grid_w")))
+    if not names:
+        return
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, names)) + r")\b")
+    for v in list(model.graph.output) + list(model.graph.value_info):
+        for d in v.type.tensor_type.shape.dim:
+            if d.dim_param:
+                d.dim_param = pattern.sub(lambda m: names[m.group(1)], d.dim_param)
+    onnx.save_model(model, str(path))  # initializers keep their external-data references
+
+
+# -- graph facts and hygiene -------------------------------------------------------------------
+@dataclass
+class GraphFacts:
+    opset: int
+    inputs: list[dict]
+    outputs: list[dict]
+    op_counts: dict[str, int]
+    fp32_islands: dict[str, Counter] = field(default_factory=dict)  # op -> Counter of input dtypes
+    compute_dtypes: Counter = field(default_factory=Counter)  # MatMul/Conv input dtypes
+
+    def to_dict(self) -> dict:
+        return {"opset": self.opset, "inputs": self.inputs, "outputs": self.outputs,
+                "nodes": sum(self.op_counts.values()), "op_counts": dict(sorted(self.op_counts.items())),
+                "fp32_islands": {k: dict(v) for k, v in self.fp32_islands.items()},
+                "compute_dtypes": dict(self.compute_dtypes)}
+
+
+def _value_info(v) -> dict:
+    t = v.type.tensor_type
+    dims = [d.dim_param if d.dim_param else int(d.dim_value) for d in t.shape.dim]
+    return {"name": v.name, "dtype": _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)), "shape": dims}
+
+
+def graph_facts(path: str | os.PathLike) -> GraphFacts:
+    """Structure of an exported graph (after shape inference), without loading external weights."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.input) + list(g.output)}
+    types.update({t.name: t.data_type for t in g.initializer})
+    islands: dict[str, Counter] = {op: Counter() for op in FP32_ISLAND_OPS}
+    compute: Counter = Counter()
+    for node in g.node:
+        if node.op_type in islands and node.input:
+            islands[node.op_type][_ONNX_DTYPES.get(types.get(node.input[0], 0), "unknown")] += 1
+        if node.op_type in ("MatMul", "Conv", "Gemm"):
+            compute[_ONNX_DTYPES.get(types.get(node.input[0], 0), "unknown")] += 1
+    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+    initializer_names = {t.name for t in g.initializer}
+    return GraphFacts(
+        opset=opset,
+        inputs=[_value_info(v) for v in g.input if v.name not in initializer_names],
+        outputs=[_value_info(v) for v in g.output],
+        op_counts=dict(Counter(n.op_type for n in g.node)),
+        fp32_islands={k: v for k, v in islands.items() if v},
+        compute_dtypes=compute,
+    )
+
+
+def check_graph(facts: GraphFacts, precision: str, shapes: ShapeSpec | None = None) -> list[str]:
+    """Problems with an exported graph (empty when it is clean)."""
+    problems = []
+    if len(facts.inputs) != 1:
+        problems.append(f"expected exactly one input, found {[i['name'] for i in facts.inputs]}")
+    if facts.opset < 18:
+        problems.append(f"opset {facts.opset} < 18")
+    bad = {op: n for op, n in facts.op_counts.items() if op in FORBIDDEN_OPS}
+    if bad:
+        problems.append(f"forbidden ops in the graph: {bad}")
+    for op, dtypes in facts.fp32_islands.items():
+        low = {d: n for d, n in dtypes.items() if d != "float32"}
+        if low:
+            problems.append(f"{op} fed {low} instead of float32")
+    if precision != "fp32":
+        want = {"fp16": "float16", "bf16": "bfloat16"}[precision]
+        if facts.compute_dtypes.get(want, 0) == 0:
+            problems.append(f"no MatMul/Conv runs in {want}: the graph is not {precision}")
+        if facts.compute_dtypes.get("float32", 0):
+            problems.append(f"{facts.compute_dtypes['float32']} MatMul/Conv still run in float32")
+    if shapes is not None and facts.inputs:
+        dims = facts.inputs[0]["shape"]
+        h_axis, w_axis = (1, 2) if facts.inputs[0]["dtype"] == "uint8" else (2, 3)
+        for axis, r, name in ((0, shapes.batch, "batch"), (h_axis, shapes.height, "height"),
+                              (w_axis, shapes.width, "width")):
+            if len(dims) == 4 and not r.static and not isinstance(dims[axis], str):
+                problems.append(f"the {name} axis came out static ({dims[axis]}) though {r} was asked")
+    return problems
+
+
+def ensure_clean(path: str | os.PathLike, precision: str, shapes: ShapeSpec) -> GraphFacts:
+    """onnx.checker + shape inference + hygiene; raise ArtifactError on any problem."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path))  # path form: works with external data and > 2 GiB
+    except onnx.checker.ValidationError as exc:
+        raise ArtifactError(f"the exported ONNX fails onnx.checker: {exc}") from exc
+    facts = graph_facts(path)
+    problems = check_graph(facts, precision, shapes)
+    if problems:
+        raise ArtifactError("the exported ONNX graph is not clean: " + "; ".join(problems))
+    return facts

@@ -1,0 +1,195 @@
+"""`verify`: every deployment backend of an artifact that can run here, against the fp32 PyTorch
+reference, on deterministic real-looking images (reference/synthetic.py), at two input shapes
+(the optimisation shape and a different batch/resolution, so dynamic shapes are exercised)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from dinov3_deploy.parity import THRESHOLDS, ParityError, compare
+from dinov3_deploy.runners import Backend, TorchRunner, artifact_backends
+
+REPORT_SCHEMA = "dinov3-deploy-parity"
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    batch: int
+    height: int
+    width: int
+    seed: int
+
+
+def default_cases(shapes) -> list[Case]:
+    """The opt shape (batch capped at 2 to keep CPU runs short) and a second shape that differs
+    in batch, height and width from it wherever the ranges allow."""
+    m = shapes.multiple
+    b1 = min(max(shapes.batch.opt, min(2, shapes.batch.max)), 2)
+    h1, w1 = shapes.height.opt, shapes.width.opt
+
+    def other(r, v: int, step: int) -> int:
+        for cand in (r.min, v + step, v - step, r.max):
+            if cand != v and r.min <= cand <= r.max and cand % m == 0:
+                return cand
+        return v
+
+    b2 = next((b for b in (1, 3, shapes.batch.max) if b != b1 and shapes.batch.min <= b <= shapes.batch.max), b1)
+    b2 = min(b2, 3)
+    h2 = other(shapes.height, h1, m)
+    w2 = other(shapes.width, w1, 2 * m)
+    if (h2, w2) == (h1, w1) or h2 == w2:
+        w2 = next((c for c in (w1 + m, w1 - m, w2) if shapes.width.min <= c <= shapes.width.max and c != h2), w2)
+    cases = [Case("opt", b1, h1, w1, 0)]
+    if (b2, h2, w2) != (b1, h1, w1):
+        cases.append(Case("dynamic", max(b2, shapes.batch.min), h2, w2, 100))
+    return cases
+
+
+def make_batch(case: Case, manifest: dict) -> np.ndarray:
+    """`case.batch` synthetic images in the artifact's input format (uint8 NHWC or normalised fp32 NCHW)."""
+    from dinov3_deploy.reference.synthetic import make_sample
+
+    images = np.stack([make_sample(case.seed + i, case.height, case.width)[0] for i in range(case.batch)])
+    inp = manifest["input"]
+    if inp["dtype"] == "uint8":
+        return images
+    mean = np.asarray(inp["normalize"]["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(inp["normalize"]["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+    x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
+
+
+def reference_runner(manifest: dict, model=None, weights: str | None = None, head: str | None = None) -> TorchRunner:
+    """The fp32 PyTorch reference (SDPA attention: the model as people run it, not the export path)."""
+    from dinov3_deploy.model_source import ModelSource
+    from dinov3_deploy.onnx_export import DeployModule
+
+    if model is None:
+        model = ModelSource.from_manifest(manifest["source"], weights=weights, head=head).build(attn_impl="sdpa")
+    model.backbone.set_attn_impl("sdpa")
+    inp = manifest["input"]
+    module = DeployModule(model, "fp32", seg_output=manifest["outputs_config"]["seg_output"],
+                          uint8_input=inp["dtype"] == "uint8", mean=tuple(inp["normalize"]["mean"]),
+                          std=tuple(inp["normalize"]["std"]))
+    return TorchRunner(module, name="pytorch-fp32")
+
+
+def verify_artifact(
+    artifact,
+    *,
+    model=None,
+    weights: str | None = None,
+    head: str | None = None,
+    backends: list[Backend] | None = None,
+    cases: list[Case] | None = None,
+    log: Callable[[str], None] = lambda msg: None,
+) -> dict:
+    """Run, compare and return the parity report (also the content of parity.json)."""
+    manifest = artifact.manifest
+    precision, task = manifest["precision"], manifest["task"]
+    shapes = artifact.shapes()
+    cases = cases or default_cases(shapes)
+    backends = backends if backends is not None else artifact_backends(artifact)
+    log("building the fp32 PyTorch reference")
+    ref_runner = reference_runner(manifest, model, weights, head)
+    batches, refs = {}, {}
+    for case in cases:
+        shapes.check(case.batch, case.height, case.width)
+        batches[case.name] = make_batch(case, manifest)
+        log(f"reference on {case.batch}x{case.height}x{case.width} ({case.name})")
+        refs[case.name] = ref_runner.run(batches[case.name])
+    rows = []
+    for be in backends:
+        entry = {"name": be.name, "status": "skipped", "reason": be.skip_reason, "outputs": [], "seconds": None}
+        if be.runner is not None:
+            t0 = time.perf_counter()
+            try:
+                for case in cases:
+                    log(f"{be.name} on {case.batch}x{case.height}x{case.width} ({case.name})")
+                    out = be.runner.run(batches[case.name])
+                    entry["outputs"] += [r.to_dict() for r in compare(refs[case.name], out, case.name, task, precision)]
+                entry["status"] = "passed" if all(o["passed"] for o in entry["outputs"]) else "failed"
+            except Exception as exc:  # noqa: BLE001 - a backend that crashes is a failed backend, reported
+                entry["status"], entry["reason"] = "failed", f"{type(exc).__name__}: {exc}".strip()[:500]
+            finally:
+                close = getattr(be.runner, "close", None)
+                if close:
+                    close()
+            entry["seconds"] = round(time.perf_counter() - t0, 2)
+        rows.append(entry)
+    ran = [r for r in rows if r["status"] != "skipped"]
+    return {
+        "schema": REPORT_SCHEMA,
+        "task": task,
+        "precision": precision,
+        "reference": "PyTorch fp32 (SDPA attention), same weights",
+        "inputs": "reference/synthetic.make_sample images",
+        "thresholds": asdict(THRESHOLDS[precision]),
+        "cases": [asdict(c) for c in cases],
+        "backends": rows,
+        "verified_backends": [r["name"] for r in ran if r["status"] == "passed"],
+        "passed": bool(ran) and all(r["status"] == "passed" for r in ran),
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def failure_message(report: dict) -> str:
+    ran = [b for b in report["backends"] if b["status"] != "skipped"]
+    if not ran:
+        why = "; ".join(f"{b['name']}: {b['reason']}" for b in report["backends"])
+        return f"no deployment backend can run this {report['precision']} artifact here ({why})"
+    bad = []
+    for b in ran:
+        if b["status"] == "failed":
+            fails = [f"{o['output']}[{o['case']}]: {', '.join(o['failures'])}" for o in b["outputs"] if not o["passed"]]
+            bad.append(f"{b['name']}: " + ("; ".join(fails) if fails else b["reason"]))
+    return "parity failed: " + " | ".join(bad)
+
+
+def raise_if_failed(report: dict, hint: str = "") -> None:
+    if not report["passed"]:
+        raise ParityError(failure_message(report) + (f". {hint}" if hint else ""))
+
+
+def render_report(report: dict, console) -> None:
+    """The parity table (rich), thresholds underneath."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    th = report["thresholds"]
+    table = Table(title=f"Parity vs {report['reference']} — {report['task']}, {report['precision']}")
+    for col, justify in (("backend", "left"), ("output", "left"), ("input", "left"), ("rel fro", "right"),
+                         ("min token cos", "right"), ("max abs", "right"), ("labels", "right"), ("result", "left")):
+        table.add_column(col, justify=justify)
+    cases = {c["name"]: c for c in report["cases"]}
+    for b in report["backends"]:
+        if b["status"] == "skipped":
+            continue
+        if not b["outputs"]:
+            table.add_row(b["name"], "", "", "", "", "", "", f"[red]FAIL[/] {escape(b['reason'])}")
+            continue
+        for o in b["outputs"]:
+            c = cases[o["case"]]
+            fmt = lambda v, f: "" if v is None else format(v, f)
+            table.add_row(
+                b["name"], o["output"], f"{c['batch']}x{c['height']}x{c['width']}",
+                fmt(o["rel_fro"], ".2e"), fmt(o["min_token_cos"], ".6f"), fmt(o["max_abs"], ".2e"),
+                fmt(o["label_agreement"], ".3%"),
+                "[green]pass[/]" if o["passed"] else f"[red]FAIL[/] {'; '.join(o['failures'])}",
+            )
+    console.print(table)
+    for b in report["backends"]:
+        if b["status"] == "skipped":
+            console.print(f"[yellow]skipped[/] {b['name']}: {escape(b['reason'])}")
+    console.print(
+        f"thresholds ({report['precision']}): rel fro <= {th['max_rel_fro']:.0e}, min token cos >= "
+        f"{th['min_token_cos']}, labels >= {th['min_label_agreement']:.1%} (seg)"
+    )
+    verdict = "[green]PASSED[/]" if report["passed"] else "[red]FAILED[/]"
+    console.print(f"parity {verdict}" + (f" on {', '.join(report['verified_backends'])}"
+                                         if report["verified_backends"] else ""))

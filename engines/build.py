@@ -1,0 +1,156 @@
+"""Strongly typed TensorRT engine builds from ONNX, as composable steps:
+
+    api = load_api("auto")
+    net = network_from_onnx("model.onnx", api)
+    engine = build_engine(net, profiles_from_shapes(net, shapes), workspace_gib=4, opt_level=3)
+    engine.save("model.engine"); engine.facts     # size, I/O, layers, log: for the manifest
+
+Engine facts are recorded at build time because reading them back from a serialised engine needs a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dinov3_deploy.errors import DeployError
+from dinov3_deploy.shapes import ShapeSpec
+
+from .trt_api import TrtApi, load_api
+
+MAX_LOG_LINES = 400
+
+
+class EngineBuildError(DeployError):
+    """The ONNX could not be parsed or the engine could not be built (the log says why)."""
+
+
+def _make_logger(api: TrtApi):
+    trt = api.trt
+
+    class CapturingLogger(trt.ILogger):
+        """Keeps the build log (INFO and above) for the manifest instead of printing it."""
+
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.lines: list[str] = []
+
+        def log(self, severity, msg) -> None:
+            if severity <= trt.ILogger.Severity.INFO:
+                self.lines.append(f"[{str(severity).split('.')[-1]}] {msg}")
+
+    return CapturingLogger()
+
+
+@dataclass
+class ParsedNetwork:
+    api: TrtApi
+    onnx_path: Path
+    builder: object
+    network: object
+    parser: object
+    logger: object
+
+    def io(self) -> list[dict]:
+        n = self.network
+        tensors = [(n.get_input(i), "input") for i in range(n.num_inputs)]
+        tensors += [(n.get_output(i), "output") for i in range(n.num_outputs)]
+        return [{"name": t.name, "mode": mode, "dtype": str(t.dtype).split(".")[-1].lower(), "shape": list(t.shape)}
+                for t, mode in tensors]
+
+
+def network_from_onnx(onnx_path: str | os.PathLike, api: TrtApi | None = None) -> ParsedNetwork:
+    """Parse an ONNX file (external data beside it is found) into a strongly typed network."""
+    api = api or load_api()
+    trt = api.trt
+    logger = _make_logger(api)
+    builder = trt.Builder(logger)
+    network = builder.create_network(api.network_flags())
+    parser = trt.OnnxParser(network, logger)
+    path = Path(onnx_path)
+    if not parser.parse_from_file(str(path)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors))
+        raise EngineBuildError(f"{api.flavor} {api.version} cannot parse {path}: {errors}")
+    return ParsedNetwork(api, path, builder, network, parser, logger)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+def profiles_from_shapes(net: ParsedNetwork, shapes: ShapeSpec) -> list[Profile]:
+    """One optimisation profile for the network's single input, from the artifact's ranges
+    (NCHW float or NHWC uint8, told apart by the input's layout)."""
+    if net.network.num_inputs != 1:
+        raise EngineBuildError(f"expected one network input, found {net.network.num_inputs}")
+    inp = net.network.get_input(0)
+    nhwc = list(inp.shape)[-1] == 3 and list(inp.shape)[1] != 3
+    dims = []
+    for pick in ("min", "opt", "max"):
+        b, h, w = (getattr(r, pick) for r in (shapes.batch, shapes.height, shapes.width))
+        dims.append((b, h, w, 3) if nhwc else (b, 3, h, w))
+    return [Profile(inp.name, *dims)]
+
+
+@dataclass
+class BuiltEngine:
+    data: bytes
+    facts: dict = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.write_bytes(self.data)
+        return path
+
+
+def build_engine(
+    net: ParsedNetwork,
+    profiles: list[Profile],
+    *,
+    workspace_gib: float = 4.0,
+    opt_level: int = 3,
+    targets: list[str] | None = None,
+    timing_cache: Path | None = None,
+) -> BuiltEngine:
+    """Build a serialised engine; the facts (for the manifest) include size, I/O, profile,
+    network layer count, flavour settings and the build log."""
+    api, trt = net.api, net.api.trt
+    config = net.builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    if not 0 <= opt_level <= 5:
+        raise DeployError(f"builder optimisation level must be 0..5, got {opt_level}")
+    config.builder_optimization_level = opt_level
+    for prof in profiles:
+        p = net.builder.create_optimization_profile()
+        p.set_shape(prof.name, prof.min, prof.opt, prof.max)
+        config.add_optimization_profile(p)
+    settings = api.configure(config, targets=targets, timing_cache=timing_cache)
+    t0 = time.perf_counter()
+    serialized = net.builder.build_serialized_network(net.network, config)
+    seconds = time.perf_counter() - t0
+    if serialized is None:
+        tail = "\n".join(net.logger.lines[-20:])
+        raise EngineBuildError(f"{api.flavor} {api.version} failed to build an engine from {net.onnx_path}:\n{tail}")
+    api.save_caches(config, settings)
+    data = bytes(memoryview(serialized))
+    facts = {
+        "flavor": api.flavor,
+        "version": api.version,
+        **settings,
+        "strongly_typed": True,
+        "builder_optimization_level": opt_level,
+        "workspace_bytes": int(workspace_gib * (1 << 30)),
+        "profiles": [{"input": p.name, "min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for p in profiles],
+        "io": net.io(),
+        "network_layers": net.network.num_layers,
+        "engine_bytes": len(data),
+        "build_seconds": round(seconds, 2),
+        "build_log": net.logger.lines[-MAX_LOG_LINES:],
+    }
+    return BuiltEngine(data, facts)
