@@ -10,6 +10,7 @@ from click.testing import CliRunner
 from dinov3_deploy.cli import cli
 from dinov3_deploy.reference import create_backbone, get_config
 from dinov3_deploy.reference.checkpoints import read_metadata, read_state_dict
+from dinov3_deploy.reference.convert_hf import official_to_hf
 from dinov3_deploy.reference.convert_timm import official_to_timm
 
 
@@ -172,3 +173,22 @@ def test_force_replaces_an_existing_hf_directory(tmp_path):
     assert run(tmp_path / "b.pth", tmp_path / "hf", "--to", "hf", "--model", name, "--force").exit_code == 0
     assert _equal(create_backbone(name, tmp_path / "hf").state_dict(), read_state_dict(tmp_path / "b.pth"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pth", "b.pth", "hf"]
+
+
+def test_model_is_told_from_the_source_when_not_given(tmp_path):
+    name = "vit_tiny_swiglu_test"
+    sd = _official(name)
+    meta_named = tmp_path / f"dinov3_{name}_pretrain_lvd1689m-0123abcd.pth"  # Meta's naming
+    torch.save(sd, meta_named)
+    res = run(meta_named, tmp_path / "hf", "--to", "hf")
+    assert res.exit_code == 0 and f"model: {name} (file name)" in res.output, res.output
+    res = run(tmp_path / "hf", tmp_path / "a.safetensors", "--to", "safetensors")
+    assert res.exit_code == 0 and f"model: {name} (safetensors metadata)" in res.output, res.output
+    (tmp_path / "hf" / "model.safetensors").unlink()
+    torch.save(official_to_hf(sd, get_config(name)), tmp_path / "hf" / "pytorch_model.bin")
+    res = run(tmp_path / "hf", tmp_path / "b.pth", "--to", "official")
+    assert res.exit_code == 0 and f"model: {name} (config.json)" in res.output, res.output
+    assert _equal(read_state_dict(tmp_path / "b.pth"), sd)
+    torch.save(sd, tmp_path / "weights.pth")
+    res = run(tmp_path / "weights.pth", tmp_path / "c.pth", "--to", "official")
+    assert res.exit_code == 2 and "pass --model" in res.stderr

@@ -1,4 +1,4 @@
-"""`dinov3-deploy convert SRC DST --to official|hf|timm|safetensors --model NAME`.
+"""`dinov3-deploy convert SRC DST --to official|hf|timm|safetensors [--model NAME]`.
 
 Reads a checkpoint in any supported layout (Meta's .pth, a Hugging Face directory or file, timm,
 our safetensors), converts it to the official layout, checks that it fits the model strictly,
@@ -16,16 +16,22 @@ TARGETS = ("official", "hf", "timm", "safetensors")
 SOURCES = ("auto", "official", "hf", "timm")
 
 
-def convert_checkpoint(src: Path, dst: Path, *, target: str, model: str, source: str = "auto",
+def convert_checkpoint(src: Path, dst: Path, *, target: str, model: str | None = None, source: str = "auto",
                        force: bool = False, echo=lambda msg: None) -> Path:
-    """The whole conversion; returns the path written. Raises DeployError subclasses."""
+    """The whole conversion; returns the path written. Raises DeployError subclasses.
+    Without `model`, the backbone is told from SRC (see `guess_model`)."""
     import torch
 
-    from dinov3_deploy.errors import CheckpointError
+    from dinov3_deploy.errors import CheckpointError, DeployError
     from dinov3_deploy.reference import build_backbone, get_config
     from dinov3_deploy.reference import checkpoints as ck
     from dinov3_deploy.reference.factory import config_for_weights
 
+    if model is None:
+        model, how = guess_model(src)
+        if model is None:
+            raise DeployError(f"cannot tell which backbone {src} holds; pass --model (see `dinov3-deploy models`)")
+        echo(f"model: {model} ({how})")
     cfg = get_config(model)
     _check_destination(dst, target, force)
     sd = ck.read_state_dict(src)
@@ -64,6 +70,42 @@ def convert_checkpoint(src: Path, dst: Path, *, target: str, model: str, source:
         raise CheckpointError(f"nothing was written to {dst}")
     echo(f"wrote {dst} ({target} layout, {len(out)} tensors, from the '{layout}' layout of {src})")
     return dst
+
+
+def guess_model(src: Path) -> tuple[str | None, str]:
+    """(backbone name, how it was found) from what SRC says about itself: our safetensors metadata,
+    a Hugging Face config.json, or Meta's file name `dinov3_<name>_pretrain_<data>-<hash>.pth`."""
+    import re
+
+    from dinov3_deploy.reference import get_config, list_backbones
+    from dinov3_deploy.reference.checkpoints import read_metadata
+
+    src = Path(src)
+    weights = src / "model.safetensors" if src.is_dir() else src
+    name = read_metadata(weights).get("dinov3_deploy.model")
+    if name in list_backbones(include_test=True):
+        return name, "safetensors metadata"
+    config = src / "config.json" if src.is_dir() else None
+    if config is not None and config.is_file():
+        try:
+            hf = json.loads(config.read_text())
+        except (OSError, ValueError):
+            hf = {}
+        for name in list_backbones(include_test=True):
+            cfg = get_config(name)
+            if cfg.family == "vit":
+                want = (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.ffn_layer == "swiglu")
+                have = (hf.get("hidden_size"), hf.get("num_hidden_layers"), hf.get("num_attention_heads"),
+                        bool(hf.get("use_gated_mlp")))
+            else:
+                want = (list(cfg.dims), list(cfg.depths))
+                have = (hf.get("hidden_sizes"), hf.get("depths"))
+            if want == have and hf.get("model_type", "").endswith(cfg.family):
+                return name, "config.json"
+    m = re.match(r"dinov3_(.+?)_pretrain_", src.name)
+    if m and m[1] in list_backbones(include_test=True):
+        return m[1], "file name"
+    return None, ""
 
 
 def _check_destination(dst: Path, target: str, force: bool) -> None:
@@ -125,11 +167,13 @@ def _note_lost_periods(official: dict, cfg, target: str, echo) -> None:
               help="official: Meta's .pth layout; hf: transformers directory (model.safetensors + config.json) "
                    "or .safetensors file; timm: Eva/ConvNeXt state dict; safetensors: the official layout as "
                    ".safetensors with the model name in its metadata.")
-@click.option("--model", "model", required=True, help="Backbone name, e.g. vitb16 (see `dinov3-deploy models`).")
+@click.option("--model", "model", default=None,
+              help="Backbone name, e.g. vitb16 (see `dinov3-deploy models`). Default: told from SRC (our "
+                   "safetensors metadata, a Hugging Face config.json, or Meta's file name).")
 @click.option("--source", type=click.Choice(SOURCES), default="auto", show_default=True,
               help="Layout of SRC; auto detects it from the key names.")
 @click.option("--force", is_flag=True, help="Replace DST if it exists.")
-def command(src: Path, dst: Path, target: str, model: str, source: str, force: bool) -> None:
+def command(src: Path, dst: Path, target: str, model: str | None, source: str, force: bool) -> None:
     """Convert a DINOv3 checkpoint SRC between layouts, verified before DST is (atomically) written."""
     convert_checkpoint(src, dst, target=target, model=model, source=source, force=force,
                        echo=lambda msg: click.echo(msg, err=msg.startswith("note:")))
