@@ -81,10 +81,13 @@ class DinoVisionTransformer(nn.Module):
         return x, (H, W)
 
     def _run_blocks(self, x: torch.Tensor, hw: tuple[int, int], take: Sequence[int] = ()) -> list[torch.Tensor]:
-        rope = self.rope_embed(*hw)
+        # The release calls rope_embed inside the block loop: in train mode every block draws its own
+        # coordinate rescale. Without augmentation all blocks share one table, computed once.
+        per_block = self.rope_embed.training and self.rope_embed.rescale_coords is not None
+        rope = None if per_block else self.rope_embed(*hw)
         outs = []
         for i, blk in enumerate(self.blocks):
-            x = blk(x, rope)
+            x = blk(x, self.rope_embed(*hw) if per_block else rope)
             if i in take:
                 outs.append(x)
         return outs + [x]

@@ -319,6 +319,20 @@ def test_train_and_eval_differ_only_by_the_rope_augmentation(g):
         # ... and that is the only difference: everything in train mode but the RoPE equals eval
         model.rope_embed.eval()
         assert torch.equal(model.forward_features(x)["x_prenorm"], e)
+        # as in the release, every block draws its own coordinate scale in train mode (one table in eval)
+        calls = []
+        hook = model.rope_embed.register_forward_hook(lambda m, i, o: calls.append(o[0]))
+        try:
+            model.rope_embed.train()
+            model.forward_features(x)
+            assert len(calls) == model.n_blocks
+            assert not torch.equal(calls[0], calls[1])
+            calls.clear()
+            model.eval().forward_features(x)
+            assert len(calls) == 1
+        finally:
+            hook.remove()
+            model.eval()
         # the ConvNeXt has no train-only behaviour at all
         cnx = create_backbone("convnext_tiny_test", _official("convnext_tiny_test", g))
         y = torch.randn(1, 3, 64, 64)
