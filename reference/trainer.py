@@ -358,7 +358,7 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp_head = DistributedDataParallel(head, broadcast_buffers=False)
+        ddp_head = DistributedDataParallel(head)  # buffers agree on every rank (GlobalBatchNorm2d)
     log = _Log(out / "metrics.jsonl", is_main, resume)
     if is_main and not resume:
         log.write(event="config", **cfg.to_dict(), world_size=world)
