@@ -29,13 +29,13 @@ if ! $PY -m pip install --no-deps --no-build-isolation -q -e . >>"$LOG" 2>&1; th
 fi
 
 echo "== GPU tests" | tee -a "$LOG"
-timeout 150 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_kernel_attention.py tests/test_kernel_qkv_rope.py \
+timeout 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_kernel_attention.py tests/test_kernel_qkv_rope.py \
   tests/test_kernel_fused_attention.py tests/test_kernel_stitch.py 2>&1 | tail -25 | tee -a "$LOG"
 TESTS_RC=${PIPESTATUS[0]}
 
 echo "== benchmark" | tee -a "$LOG"
 JSON=$RES/kernels_bench_$STAMP.json
-timeout 420 $PY bench/kernels_bench.py --out "$JSON" --budget-s 300 >"$LOG.bench" 2>&1
+timeout 360 $PY bench/kernels_bench.py --out "$JSON" --budget-s 270 >"$LOG.bench" 2>&1
 BENCH_RC=$?
 cat "$LOG.bench" >>"$LOG"
 [ -n "${OUT:-}" ] && cp "$JSON" "$OUT/" 2>/dev/null

@@ -9,6 +9,7 @@ Sections (each case's median of CUDA-event-timed runs after warm-up, random data
   fused      qkv [B, N, 3D] -> [B, N, D]: Triton qkv+RoPE+attention vs eager split + rope_apply + cuDNN SDPA
   e2e        vitb16 / vitl16 backbone forward at 512x512, B = 1 / 8, bf16: eager (SDPA), torch.compile,
              attn_impl="triton" eager, and attn_impl="triton" under torch.compile
+  configs    a few block/warp/stage configurations of the attention and stitch kernels
   stitch     2048x1024 image, 150 classes, crop 512 / stride 341 (18 windows of 32x32 logits):
              the Triton stitch vs the naive pad-and-add canvas (mmseg style) and the reference slice-add
 --smoke runs every section's code path at toy sizes on the CPU (tests/test_bench_smoke.py).
@@ -145,6 +146,37 @@ def _fused_case(B, H, g, hd, dev, dtype, sdpa, smoke) -> dict:
             "eager_rope_only": _case(eager_rope_only, None, smoke)}
 
 
+def bench_configs(dev, dtype, smoke: bool) -> list[dict]:
+    """A few kernel configurations at two attention shapes and the stitch shape, so one run
+    shows whether the launch heuristics picked well."""
+    from dinov3_deploy.kernels.attention import attention_config, attention_flops, attention_into
+    from dinov3_deploy.kernels.stitch import stitch_into, windows_from_geometry
+
+    rows = []
+    att_cfgs = [(16, 16, 4, 1)] if smoke else [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2),
+                                               (64, 32, 4, 4)]
+    for B, H, N, hd in [(1, 2, 21, 64)] if smoke else [(8, 12, 1029, 64), (1, 16, 1029, 64), (1, 16, 4101, 64)]:
+        q, k, v = (torch.randn(B, H, N, hd, device=dev, dtype=dtype) for _ in range(3))
+        out = torch.empty_like(q)
+        fl = attention_flops(B, H, N, hd)
+        row = {"kernel": "attention", "B": B, "H": H, "N": N, "heuristic": attention_config(B, H, N, hd, q.device)}
+        for bm, bn, w, st in att_cfgs:
+            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
+            run = lambda cfg=cfg, q=q, k=k, v=v, out=out: attention_into(q, k, v, out, config=cfg)
+            row[f"m{bm}_n{bn}_w{w}_s{st}"] = _case(run, fl, smoke)
+        rows.append(row)
+    H, W, C, crop, stride, low = (12, 20, 4, 10, 6, 3) if smoke else (1024, 2048, 150, 512, 341, 32)
+    logits = torch.randn(len(windows_from_geometry(H, W, crop, stride)), C, low, low, device=dev)
+    labels = torch.empty((H, W), dtype=torch.int64, device=dev)
+    row = {"kernel": "stitch", "H": H, "W": W, "classes": C}
+    for bp, bc, w in [(32, 4, 4)] if smoke else [(128, 8, 4), (128, 16, 4), (128, 16, 8), (64, 16, 4), (256, 8, 8)]:
+        cfg = dict(BLOCK_P=bp, BLOCK_C=bc, num_warps=w)
+        row[f"p{bp}_c{bc}_w{w}"] = _case(lambda cfg=cfg: stitch_into(logits, (H, W), crop, stride, labels, config=cfg),
+                                         None, smoke)
+    rows.append(row)
+    return rows
+
+
 def bench_e2e(dev, dtype, smoke: bool, deadline: float) -> list[dict]:
     from dinov3_deploy.reference.factory import create_backbone
 
@@ -247,6 +279,12 @@ def summary(res: dict) -> str:
     for r in res.get("fused", []):
         lines.append(f"fused B={r['B']:>2} H={r['H']:>2} N={r['N']}: triton {_ms(r['triton_fused'])} ms vs eager "
                      f"rope+sdpa {_ms(r['eager_rope_sdpa'])} ms (rope alone {_ms(r['eager_rope_only'])})")
+    for r in res.get("configs", []):
+        cells = {k: v for k, v in r.items() if isinstance(v, dict) and "ms" in v}
+        best = min(cells, key=lambda k: cells[k]["ms"]) if cells else "-"
+        shape = f"B={r['B']} H={r['H']} N={r['N']}" if r["kernel"] == "attention" else f"{r['W']}x{r['H']}"
+        timings = " ".join(f"{k}={_ms(v)}" for k, v in cells.items())
+        lines.append(f"config {r['kernel']} {shape}: best {best} {timings}")
     for r in res.get("e2e", []):
         cells = " ".join(f"{k} {_ms(r[k])}" for k in ("eager", "compile", "triton", "triton_compile") if k in r)
         lines.append(f"e2e {r['model']} B={r['B']}: {cells} ms")
@@ -261,7 +299,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     ap.add_argument("--smoke", action="store_true", help="toy sizes; runs on the CPU through the Triton interpreter")
-    ap.add_argument("--sections", default="attention,fused,e2e,stitch")
+    ap.add_argument("--sections", default="attention,fused,stitch,configs,e2e")
     ap.add_argument("--budget-s", type=float, default=330.0, help="stop starting e2e cases after this many seconds")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -281,6 +319,8 @@ def main(argv=None) -> int:
             res["fused"] = bench_fused(dev, dtype, args.smoke)
         if "stitch" in sections:
             res["stitch"] = bench_stitch(dev, args.smoke)
+        if "configs" in sections:
+            res["configs"] = bench_configs(dev, dtype, args.smoke)
         if "e2e" in sections:
             res["e2e"] = bench_e2e(dev, dtype, args.smoke, start + args.budget_s)
     res["wall_s"] = round(time.time() - start, 1)

@@ -101,7 +101,7 @@ def compile_attention_ptx(dtype: str = "float16", head_dim: int = 64, arch: int 
 
 
 def stitch_engine_config() -> dict:
-    return dict(BLOCK_P=128, BLOCK_C=16, num_warps=4, num_stages=1)
+    return dict(BLOCK_P=128, BLOCK_C=8, num_warps=4, num_stages=1)
 
 
 def compile_stitch_ptx(logits_dtype: str = "float32", labels_dtype: str = "int32", resize: bool = False,

@@ -28,6 +28,8 @@ def test_kernels_bench_smoke(tmp_path):
     assert all(fused[k]["ms"] > 0 for k in ("triton_fused", "eager_rope_sdpa", "eager_rope_only"))
     e2e = res["e2e"][0]
     assert e2e["model"] == "vit_tiny_test" and e2e["eager"]["ms"] > 0 and e2e["triton"]["ms"] > 0
+    cfg = {r["kernel"]: r for r in res["configs"]}
+    assert cfg["attention"]["m16_n16_w4_s1"]["ms"] > 0 and cfg["stitch"]["p32_c4_w4"]["ms"] > 0
     st = res["stitch"][0]
     assert st["labels_agree_with_naive"] == 1.0  # the kernel and the naive canvas path agree
     assert all(st[k]["ms"] > 0 for k in ("triton_labels", "triton_labels_probs", "naive_pad_add"))

@@ -83,3 +83,17 @@ def test_attention_gpu_real_sizes(dtype, B, H, N, hd, use_tma):
     ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
     assert not out.isnan().any()
     assert rel_err(out, ref) < (1e-2 if dtype == torch.bfloat16 else 3e-3)
+
+
+def test_block_m_choice_keeps_sms_busy_at_batch_1(monkeypatch):
+    """On a 132-SM Hopper: B=1 vits16 (6 heads) would fill only 54 SMs with 128-row blocks, so it
+    takes 64-row blocks (102 programs); B=8 keeps the more efficient 128-row blocks."""
+    import dinov3_deploy.kernels.attention as A
+
+    monkeypatch.setattr(A, "interpreting", lambda: False)
+    monkeypatch.setattr(A, "_sm_count", lambda device: 132)
+    cuda = torch.device("cuda")
+    assert A.attention_config(1, 6, 1029, 64, cuda)["BLOCK_M"] == 64
+    assert A.attention_config(1, 16, 1029, 64, cuda)["BLOCK_M"] == 64  # 144 programs: 2 waves at 128
+    assert A.attention_config(8, 12, 1029, 64, cuda)["BLOCK_M"] == 128
+    assert A.attention_config(1, 16, 4101, 64, cuda)["BLOCK_M"] == 128
