@@ -4,7 +4,8 @@ grid), fuse from the deepest up with residual conv units, and predict `n_bins` l
 that become a depth in metres (`relu(x) + 0.1` normalised over linearly spaced bins).
 
 Readout of the class token is "ignore" (patch tokens only). All resizes take their target size
-from tensors, so the head traces with dynamic H and W.
+from tensors, so the head traces with dynamic H and W; the deepest level is the patch grid halved,
+so inputs need a grid of at least 3 x 3 patches (48 px for ViT-16) - give export ranges from there.
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ def load_task_model(
         backbone = random_backbone(spec.backbone, int(config["backbone_seed"]), attn_impl)
     else:
         backbone = create_backbone(spec.backbone, backbone_weights, attn_impl=attn_impl)
-    model = TaskModel(backbone, spec)
+    with torch.random.fork_rng(devices=[]):  # the head's init is overwritten: leave the caller's RNG alone
+        model = TaskModel(backbone, spec)
     if list(model.layer_ids) != list(config.get("layer_ids", model.layer_ids)):
         raise CheckpointError(
             f"{p}: head was trained on blocks {config['layer_ids']} but '{spec.layers}' of {spec.backbone} "

@@ -112,3 +112,19 @@ def slide_inference(
     if out_size is not None and tuple(out_size) != (H, W):
         out = F.interpolate(out, size=tuple(out_size), mode="bilinear", align_corners=False)
     return out
+
+
+def slide_predict(
+    model: torch.nn.Module,
+    image: torch.Tensor,
+    crop: int | tuple[int, int] = 512,
+    stride: int | tuple[int, int] = 341,
+    out_size: tuple[int, int] | None = None,
+    *,
+    batch_size: int = 1,
+) -> torch.Tensor:
+    """Sliding-window logits of a segmentation TaskModel (its `forward(x)["logits"]` per window) for
+    one normalised image [1,3,H,W]; argmax over dim 1 gives the label map."""
+    n_classes = int(model.spec.n_classes)
+    return slide_inference(lambda x: model(x)["logits"], image, n_classes, crop, stride, out_size,
+                           batch_size=batch_size)

@@ -79,13 +79,29 @@ class TaskModel(nn.Module):
     def predict(self, x: torch.Tensor, rescale_to: tuple[int, int] | None = None) -> torch.Tensor:
         """Seg logits / depth upsampled (bilinear, align_corners=False) to rescale_to (default the
         input size); class logits for cls; the patch tokens for features."""
-        out = self.forward(x)
         task = self.spec.task
+        size = rescale_to or tuple(x.shape[-2:])
+        if task == "depth":
+            return self._predict_depth(x, size)
+        out = self.forward(x)
         if task in ("features", "cls"):
             return out["patch"] if task == "features" else out["logits"]
-        y = out["logits"] if task == "seg" else out["depth"]
-        size = rescale_to or tuple(x.shape[-2:])
-        return F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(out["logits"], size=size, mode="bilinear", align_corners=False)
+
+    def _predict_depth(self, x: torch.Tensor, size) -> torch.Tensor:
+        """Depth evaluation: the input is centre-padded (zeros) to the backbone's input multiple,
+        the prediction upsampled to the padded size, the padding cropped away, then resized."""
+        m = int(self.backbone.cfg.input_multiple)
+        H, W = int(x.shape[-2]), int(x.shape[-1])
+        ph, pw = (-H) % m, (-W) % m
+        top, left = ph // 2, pw // 2
+        if ph or pw:
+            x = F.pad(x, (left, pw - left, top, ph - top))
+        y = F.interpolate(self.forward(x)["depth"], size=tuple(x.shape[-2:]), mode="bilinear", align_corners=False)
+        y = y[..., top : top + H, left : left + W]
+        if tuple(size) != (H, W):
+            y = F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False)
+        return y
 
 
 def build_head(spec: HeadSpec, backbone: nn.Module, layer_ids: list[int]) -> nn.Module | None:

@@ -171,7 +171,7 @@ def backbone_maps(model: TaskModel, x: torch.Tensor, bf16: bool) -> list[torch.T
 
 
 def seg_logits_fn(model: TaskModel, bf16: bool = False):
-    """window batch -> low-resolution logits, for slide_inference."""
+    """window batch -> low-resolution logits, for slide_inference (inference mode, optional bf16)."""
 
     def fn(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):

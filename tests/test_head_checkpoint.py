@@ -88,3 +88,17 @@ def test_errors(tmp_path):
     (tmp_path / "ck" / "config.json").write_text('{"format": "something-else"}')
     with pytest.raises(CheckpointError, match="not a dinov3-deploy-head"):
         load_task_model(tmp_path / "ck")
+
+
+def test_seeded_random_backbone_is_rebuilt(tmp_path):
+    from dinov3_deploy.reference.head_checkpoint import random_backbone
+
+    backbone = random_backbone("vit_tiny_test", seed=5)
+    model = build_task_model("seg", backbone, n_classes=3)
+    save_head_checkpoint(tmp_path / "ck", model, backbone_seed=5)
+    state = torch.random.get_rng_state()
+    loaded = load_task_model(tmp_path / "ck")
+    assert torch.equal(torch.random.get_rng_state(), state)  # the caller's RNG is left alone
+    for (k, a), b in zip(backbone.state_dict().items(), loaded.backbone.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert not torch.equal(random_backbone("vit_tiny_test", seed=6).cls_token, backbone.cls_token)

@@ -133,3 +133,13 @@ def test_seg_model_exports_with_dynamic_batch_and_resolution():
     ep = export(model, (torch.randn(2, 3, 64, 48),), dynamic_shapes=dims)
     x = torch.randn(3, 3, 32, 80)
     torch.testing.assert_close(ep.module()(x)["logits"], model(x)["logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_depth_predict_centre_pads_to_the_patch_multiple():
+    model = build_task_model("depth", "vit_tiny_test", n_bins=8)
+    x = torch.randn(1, 3, 40, 50)  # pads to 48 x 64: 4 rows top/bottom, 7 left / 7 right
+    with torch.no_grad():
+        padded = F.pad(x, (7, 7, 4, 4))
+        full = F.interpolate(model(padded)["depth"], size=(48, 64), mode="bilinear", align_corners=False)
+        torch.testing.assert_close(model.predict(x), full[..., 4:44, 7:57])
+    assert model.predict(x, rescale_to=(20, 25)).shape == (1, 1, 20, 25)

@@ -117,3 +117,16 @@ def test_bad_inputs():
         slide_inference(lambda x: x[:, :2], torch.zeros(1, 3, 8, 8), 3, 4, 4)
     with pytest.raises(ValueError):
         window_grid(0, 5, 4, 4)
+
+
+def test_slide_predict_uses_the_task_model_logits():
+    from dinov3_deploy.reference.task_model import build_task_model
+
+    model = build_task_model("seg", "vit_tiny_test", n_classes=3)
+    image = torch.randn(1, 3, 48, 80)
+    from dinov3_deploy.reference.sliding_window import slide_predict
+
+    out = slide_predict(model, image, crop=32, stride=16, out_size=(24, 40), batch_size=4)
+    ref = slide_inference(lambda x: model(x)["logits"], image, 3, 32, 16, out_size=(24, 40))
+    torch.testing.assert_close(out, ref)
+    assert out.shape == (1, 3, 24, 40)
