@@ -301,17 +301,35 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False):
 
 
 def save_state_dict(sd: StateDict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
-    """Write .safetensors (preferred) or .pth, atomically. Shared tensors are cloned for safetensors;
-    .pth holds a plain dict of tensors, readable with torch.load(weights_only=True)."""
+    """Write .safetensors (preferred) or .pth, atomically. .pth holds a plain dict of tensors,
+    readable with torch.load(weights_only=True)."""
     path = Path(path)
+    tensors = own_storage(sd)
     if path.suffix == ".safetensors":
         from safetensors.torch import save_file
 
-        tensors = {k: v.detach().contiguous().clone() for k, v in sd.items()}
         meta = {"format": "pt", **(metadata or {})}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
     else:
-        atomic_write(path, lambda tmp: torch.save({k: v.detach().clone() for k, v in sd.items()}, tmp))
+        atomic_write(path, lambda tmp: torch.save(tensors, tmp))
+
+
+def own_storage(sd: Mapping[str, torch.Tensor]) -> StateDict:
+    """Tensors that each exactly own their storage: views (q/k/v slices, an mmap'ed file) and aliases
+    (ConvNeXt's norm / norms.3) are copied, everything else is passed as is (no 2x memory for 7B).
+    torch.save would otherwise write whole underlying storages; safetensors refuses aliases."""
+    out: StateDict = {}
+    seen: set[int] = set()
+    for k, v in sd.items():
+        v = v.detach()
+        st = v.untyped_storage()
+        whole = v.is_contiguous() and v.storage_offset() == 0 and st.nbytes() == v.numel() * v.element_size()
+        if not whole or st.data_ptr() in seen:
+            v = v.contiguous().clone()
+            st = v.untyped_storage()
+        seen.add(st.data_ptr())
+        out[k] = v
+    return out
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

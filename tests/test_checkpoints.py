@@ -422,3 +422,18 @@ def test_official_keys_pass_any_explicit_source_unchanged(g, source):
             sd["rope_embed.periods"] = sd["rope_embed.periods"].to(torch.bfloat16).float()
         out = to_official(sd, _cfg(name), source)
         assert out.keys() == sd.keys() and all(torch.equal(out[k], sd[k]) for k in sd)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_saving_views_and_aliases_writes_only_the_tensors(tmp_path, suffix):
+    """A q/k/v slice must not drag its whole parent storage into the file, and ConvNeXt's aliased
+    norm / norms.3 (one module, two names) must save (safetensors refuses shared storage)."""
+    q = torch.randn(3 * 256, 256).chunk(3)[0]  # a third of its storage
+    model = build_backbone("convnext_tiny_test")
+    sd = {"q": q, **model.state_dict()}
+    assert sd["norm.weight"].data_ptr() == sd["norms.3.weight"].data_ptr()
+    save_state_dict(sd, tmp_path / f"w{suffix}")
+    back = read_state_dict(tmp_path / f"w{suffix}")
+    assert back.keys() == sd.keys() and all(torch.equal(back[n], sd[n]) for n in sd)
+    payload = sum(t.numel() * t.element_size() for t in sd.values())
+    assert (tmp_path / f"w{suffix}").stat().st_size < 1.2 * payload + 64 * 1024
