@@ -58,7 +58,7 @@ def convert_checkpoint(src: Path, dst: Path, *, target: str, model: str | None =
 
         from dinov3_deploy.reference.convert_hf import hf_config
 
-        tensors = {k: v.detach().contiguous().clone() for k, v in out.items()}
+        tensors = ck.own_storage(out)
         with ck.atomic_dir(dst, overwrite=force) as tmp:
             save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", **meta})
             (tmp / "config.json").write_text(json.dumps(hf_config(cfg), indent=2) + "\n")
