@@ -63,7 +63,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 
         xf = x.float()
         stats = torch.stack([xf.sum(dim=(0, 2, 3)), (xf * xf).sum(dim=(0, 2, 3))])
-        n = torch.tensor([float(x.shape[0] * x.shape[2] * x.shape[3])])
+        n = torch.tensor([float(x.shape[0] * x.shape[2] * x.shape[3])], device=x.device)
         dist.all_reduce(stats)
         dist.all_reduce(n)
         mean = stats[0] / n

@@ -57,8 +57,10 @@ class SegMetrics:
         import torch.distributed as dist
 
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            stats = torch.stack([self.intersection, self.union, self.label_area])
+            device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors only
+            stats = torch.stack([self.intersection, self.union, self.label_area]).to(device)
             dist.all_reduce(stats)
+            stats = stats.cpu()
             self.intersection, self.union, self.label_area = stats[0], stats[1], stats[2]
 
     def iou(self) -> torch.Tensor:

@@ -126,10 +126,11 @@ def sample_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
     return out
 
 
-def _sample_rng(seed: int, step: int, k: int):
+def _sample_rng(seed: int, step: int, k: int, view: bool = False):
+    """Augmentation RNG of sample k of `step` (or, with view=True, of cached image k)."""
     import numpy as np
 
-    return np.random.default_rng([seed, step, k, 1])
+    return np.random.default_rng([seed, step, k, 3 if view else 1])
 
 
 def _dropout_mask(seed: int, step: int, k: int, channels: int, p: float) -> torch.Tensor:
@@ -239,14 +240,9 @@ class _Batches:
         self.tf = SegTrainTransform(crop=cfg.crop, base_size=cfg.base_size, mean=spec.mean, std=spec.std)
         self.cache: dict[int, tuple[list[torch.Tensor], torch.Tensor]] = {}
 
-    def _sample(self, step: int, k: int, idx: int):
+    def _sample(self, idx: int, rng):
         image, mask = self.dataset[idx]
-        if self.cfg.cache_features:
-            # Linear protocol with cached features: one fixed augmented view per image.
-            import numpy as np
-
-            return self.tf(image, mask, np.random.default_rng([self.cfg.seed, idx, 3]))
-        return self.tf(image, mask, _sample_rng(self.cfg.seed, step, k))
+        return self.tf(image, mask, rng)
 
     def get(self, step: int):
         """(maps, targets [b,crop,crop], positions k of this rank's samples in the global batch)."""
@@ -254,12 +250,13 @@ class _Batches:
         idx = sample_indices(step, cfg.batch_size, len(self.dataset), cfg.seed)
         ks = list(range(self.rank, cfg.batch_size, self.world))
         if not cfg.cache_features:
-            xs, ms = zip(*(self._sample(step, k, idx[k]) for k in ks))
+            xs, ms = zip(*(self._sample(idx[k], _sample_rng(cfg.seed, step, k)) for k in ks))
             x = torch.stack(xs).to(self.device)
             return backbone_maps(self.model, x, cfg.bf16), torch.stack(ms).to(self.device), ks
         missing = [idx[k] for k in ks if idx[k] not in self.cache]
         if missing:
-            xs, ms = zip(*(self._sample(step, 0, i) for i in missing))
+            # Linear protocol with cached features: one fixed augmented view per image.
+            xs, ms = zip(*(self._sample(i, _sample_rng(cfg.seed, 0, i, view=True)) for i in missing))
             maps = backbone_maps(self.model, torch.stack(xs).to(self.device), cfg.bf16)
             for j, i in enumerate(missing):
                 self.cache[i] = ([m[j : j + 1].clone() for m in maps], ms[j][None].to(self.device))
@@ -292,8 +289,9 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict:
         raise CheckpointError(f"cannot read training state {path}: {exc}") from exc
     saved = json.loads(state["config"])
     # These must match for the resumed run to be the same run.
-    for key in ("task", "backbone", "layers", "data", "n_classes", "batch_size", "crop", "base_size", "seed",
-                "cache_features", "iters", "lr", "warmup"):
+    # The process count may change: N processes compute what one does.
+    for key in ("task", "backbone", "backbone_weights", "layers", "data", "n_classes", "train_size", "batch_size",
+                "crop", "base_size", "seed", "cache_features", "iters", "lr", "weight_decay", "warmup"):
         if saved.get(key) != getattr(cfg, key):
             raise CheckpointError(
                 f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, this run has "

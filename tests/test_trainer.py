@@ -50,7 +50,7 @@ def test_learns_synthetic_segmentation_well_above_chance(tmp_path):
     # Random frozen tiny ViT + linear head. Chance level is the untrained head on the same data.
     cfg = dict(crop=128, base_size=128, train_size=64, val_size=12, warmup=10, log_every=20)
     untrained = train(_small(tmp_path / "untrained", iters=0, **cfg))
-    result = train(_small(tmp_path / "run", iters=80, n_figure=2, **cfg))
+    result = train(_small(tmp_path / "run", iters=80, n_figure=2, eval_every=40, **cfg))
     assert untrained["mIoU"] < 20
     assert result["mIoU"] > 40, result
     assert result["mIoU"] > 3 * untrained["mIoU"]
@@ -60,6 +60,7 @@ def test_learns_synthetic_segmentation_well_above_chance(tmp_path):
     assert model.spec.class_names == result["class_names"] and model.spec.input_size == 128
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["event"] == "config" and rows[-1]["event"] == "eval"
+    assert [r["step"] for r in rows if r["event"] == "eval"] == [40, 80]  # periodic + final evaluation
     losses = [r["loss"] for r in rows if r["event"] == "train"]
     assert losses[-1] < losses[0]
     assert (tmp_path / "run" / "predictions.png").stat().st_size > 10_000
