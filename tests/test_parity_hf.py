@@ -94,6 +94,27 @@ def test_hf_vit_to_ours_matches(vit_pair, hw):
         assert rel_err(cls, ref.hidden_states[i + 1][:, 0]) <= TOL
 
 
+def test_intermediate_layers_match_hf_backbone(vit_pair):
+    """`get_intermediate_layers(n=[...], reshape=True, norm=True)` (what the segmentation heads use)
+    against HF's DINOv3ViTBackbone feature maps: final norm applied, B x D x H/16 x W/16."""
+    from transformers import DINOv3ViTBackbone
+
+    cfg, hf, ours = vit_pair
+    take = [0, cfg.depth - 1]
+    hcfg = hf_vit_config(cfg)
+    hcfg.set_output_features_output_indices(out_features=None, out_indices=[i + 1 for i in take])
+    bb = DINOv3ViTBackbone(hcfg).eval()
+    bb.load_state_dict(hf.state_dict(), strict=True)
+    x = torch.randn(2, 3, 48, 80)
+    with torch.no_grad():
+        ref = bb(x).feature_maps
+        mine = ours.get_intermediate_layers(x, n=take, reshape=True, norm=True)
+    assert len(ref) == len(mine) == 2
+    for a, b in zip(mine, ref, strict=True):
+        assert a.shape == b.shape == (2, cfg.embed_dim, 3, 5)
+        assert rel_err(a, b) <= TOL
+
+
 def test_hf_hub_layout_and_model_prefix_are_accepted(vit_pair):
     """Hub files say `layer.N`, transformers >= 5 says `model.layer.N`, wrappers add `model.`."""
     cfg, hf, ours = vit_pair
