@@ -40,8 +40,10 @@ def command(**kw) -> None:
     """Train a task head on a frozen DINOv3 backbone and write a head checkpoint.
 
     The defaults train a linear segmentation head on the tiny test ViT with the built-in synthetic
-    data in about a minute on 2 CPU cores. Multi-process: `torchrun --nproc-per-node 2 -m
-    dinov3_deploy.cli train ...` (gloo on CPU, NCCL on GPU).
+    data in well under a minute on 2 CPU cores. Multi-process (gloo on CPU, NCCL on GPU), same
+    result as one process with the same global --batch-size:
+
+        torchrun --standalone --nproc-per-node 2 --no-python dinov3-deploy train ...
     """
     from dinov3_deploy.reference.trainer import TrainConfig, train
 
