@@ -1,6 +1,6 @@
 """The Triton attention and stitch kernels as TensorRT Quickly Deployable Plugins (ahead-of-time PTX).
 
-Two halves:
+Three parts:
 
 * `compile_attention_ptx` / `compile_stitch_ptx`: compile the kernels of `dinov3_deploy.kernels`
   to PTX for a GPU target with `triton.compile` and a `GPUTarget` -- no GPU, no driver and no
@@ -11,6 +11,10 @@ Two halves:
   `tensorrt.plugin` (`@trtp.register` shape/type description + `@trtp.aot_impl` returning the PTX,
   launch grid and the integer scalar arguments as symbolic shape expressions). Needs the full
   `tensorrt` package (the `trt` extra): `tensorrt_rtx` ships no `tensorrt.plugin` module.
+* `onnx_translation_table()`: for `torch.onnx.export(dynamo=True)` of an attn_impl="triton" model:
+  split + RoPE as standard ONNX ops around one `dinov3_deploy.attention` node per block (with
+  `plugin_namespace`/`plugin_version` attributes), which TensorRT's ONNX parser resolves to the
+  registered plugin.
 
 Calling convention. TensorRT launches an AOT plugin kernel as (inputs..., extra int32 scalars...,
 outputs...); the kernels' parameters are declared in that order and every float (softmax scale,
@@ -18,8 +22,10 @@ resize scales) is a compile-time constant or computed in the kernel. Triton appe
 parameters (global / profile scratch) to every kernel; both sizes are 0 for these kernels, so the
 kernels never read them (asserted at compile time).
 
-What could not be run here (no GPU, no `tensorrt`): the registration itself, an engine build
-with these plugins, and executing the PTX. The PTX compilation is tested (tests/test_kernel_aot.py).
+What could not be run here (no GPU, no `tensorrt`): the registration itself, parsing the ONNX
+plugin node into a network, an engine build with these plugins, and executing the PTX. Tested
+here: the PTX compilation (tests/test_kernel_aot.py) and the ONNX export, with the translation
+checked numerically in ONNX Runtime (tests/test_kernel_onnx.py).
 """
 
 from __future__ import annotations
@@ -208,3 +214,80 @@ def _register_stitch(trt, trtp) -> None:
         vals = [image_h, image_w, C, LH, LW, g["crop_h"], g["crop_w"], g["stride_h"], g["stride_w"], out_h, out_w]
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(v) for v in vals])
         return kern.name, kern.ptx, launch, extra
+
+
+# ----------------------------------------------------------------------------------------------
+# ONNX: the custom ops as nodes TensorRT's ONNX parser maps to the plugins
+# ----------------------------------------------------------------------------------------------
+def _attention_schema():
+    """ONNX schema of the plugin node (kept local: nothing is registered in onnx's global table)."""
+    from onnx.defs import OpSchema
+
+    string = OpSchema.AttrType.STRING
+    return OpSchema(
+        "attention", "dinov3_deploy", 1,
+        doc="softmax(q k^T / sqrt(head_dim)) v for [B, H, N, head_dim] q, k, v (TensorRT plugin)",
+        inputs=[OpSchema.FormalParameter(n, "T") for n in ("q", "k", "v")],
+        outputs=[OpSchema.FormalParameter("out", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
+        attributes=[OpSchema.Attribute(name, string, "") for name in ("plugin_namespace", "plugin_version")],
+    )
+
+
+def onnx_translation_table(plugin: bool = True) -> dict:
+    """`custom_translation_table` for `torch.onnx.export(..., dynamo=True)` of a model built with
+    attn_impl="triton".
+
+    `dinov3_deploy::rope_attention` becomes the qkv split and RoPE in standard ONNX ops (RoPE in
+    fp32, prefix tokens passed through, as the reference graph does) around one
+    `dinov3_deploy.attention(q, k, v)` node carrying `plugin_namespace`/`plugin_version`: the
+    node TensorRT's parser resolves to the `dinov3_deploy::attention` plugin. With plugin=False
+    the attention is emitted in standard ops instead (softmax in fp32), so the translation can be
+    checked numerically with ONNX Runtime, which knows no such node.
+    """
+    import onnxscript
+    import torch
+    from onnxscript import opset18 as op
+
+    import dinov3_deploy.kernels.fused_attention  # noqa: F401  (registers the custom ops)
+
+    custom = onnxscript.values.Opset("dinov3_deploy", 1)
+    FLOAT = onnxscript.ir.DataType.FLOAT
+    attention_node = onnxscript.values.Op(custom, "attention", _attention_schema())
+
+    def attention_core(q, k, v):
+        if plugin:
+            return attention_node(q, k, v, plugin_namespace="dinov3_deploy", plugin_version="1")
+        hd = op.Cast(op.Slice(op.Shape(q), [-1], [2**62]), to=FLOAT)
+        scale = op.Div(op.Constant(value_float=1.0), op.Sqrt(hd))
+        s = op.MatMul(op.Cast(q, to=FLOAT), op.Transpose(op.Cast(k, to=FLOAT), perm=[0, 1, 3, 2]))
+        p = op.Softmax(op.Mul(s, scale), axis=-1)
+        return op.CastLike(op.MatMul(p, op.Cast(v, to=FLOAT)), v)
+
+    def rope(x, sin, cos):
+        n = op.Slice(op.Shape(x), [2], [3])
+        n_prefix = op.Sub(n, op.Slice(op.Shape(sin), [0], [1]))
+        pre = op.Slice(x, [0], n_prefix, [2])
+        pat = op.Cast(op.Slice(x, n_prefix, [2**62], [2]), to=FLOAT)
+        x1, x2 = op.Split(pat, axis=-1, num_outputs=2)
+        rotated = op.Add(op.Mul(pat, cos), op.Mul(op.Concat(op.Neg(x2), x1, axis=-1), sin))
+        return op.Concat(pre, op.CastLike(rotated, x), axis=2)
+
+    def rope_attention(qkv, sin, cos, num_heads: int, use_tma: bool = False):
+        x = op.Transpose(op.Reshape(qkv, op.Constant(value_ints=[0, 0, 3, num_heads, -1])), perm=[2, 0, 3, 1, 4])
+        q, k, v = op.Split(x, axis=0, num_outputs=3)
+        q, k, v = (op.Squeeze(t, [0]) for t in (q, k, v))
+        if sin is not None:
+            q, k = rope(q, sin, cos), rope(k, sin, cos)
+        out = attention_core(q, k, v)  # [B, H, N, hd]
+        return op.Reshape(op.Transpose(out, perm=[0, 2, 1, 3]), op.Constant(value_ints=[0, 0, -1]))
+
+    def attention(q, k, v, scale: float | None = None):
+        if scale is not None:
+            raise ValueError("the attention plugin uses the default scale 1/sqrt(head_dim)")
+        return attention_core(q, k, v)
+
+    return {
+        torch.ops.dinov3_deploy.rope_attention.default: rope_attention,
+        torch.ops.dinov3_deploy.attention.default: attention,
+    }
