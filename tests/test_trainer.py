@@ -112,11 +112,13 @@ def test_two_process_gloo_ddp_equals_one_process(tmp_path):
     args = ["--iters", "4", "--batch-size", "4", "--crop", "64", "--base-size", "64", "--train-size", "12",
             "--val-size", "3", "--warmup", "2", "--no-progress"]
     single = train(_small(tmp_path / "single", iters=4, val_size=3, n_figure=4))
-    exe = Path(sys.executable).parent / "dinov3-deploy"
+    # the CLI entry point as a script, so the test does not depend on where console scripts live
+    script = tmp_path / "cli.py"
+    script.write_text("from dinov3_deploy.cli import main\nmain()\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "--no-python",
-         str(exe), "train", "--out", str(tmp_path / "ddp"), *args],
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         str(script), "train", "--out", str(tmp_path / "ddp"), *args],
         capture_output=True, text=True, env=env, timeout=240,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
