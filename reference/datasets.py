@@ -204,13 +204,15 @@ def folder(root: str | os.PathLike, split: str = "train") -> SegDataset:
 
 
 def open_dataset(spec: str, split: str = "train", *, synthetic_size: int | None = None, n_classes: int = 6):
-    """'synthetic', 'synthetic:N' (N images), 'ade20k:PATH' or 'folder:PATH'."""
+    """'synthetic', 'synthetic:N' (N images), 'ade20k:PATH' or 'folder:PATH'. Synthetic splits use
+    disjoint seeds (train 0.., val 1_000_000..) and sizes 160x160 (train) / 160x224 (val)."""
     kind, _, arg = spec.partition(":")
     if kind == "synthetic":
-        default = 256 if split == "train" else 24
-        size = int(arg) if arg else (synthetic_size or default)
-        if split != "train":
-            size = synthetic_size or default
+        # train: N images (else synthetic_size, else 256); other splits: synthetic_size, else N, else 24
+        if split == "train":
+            size = int(arg) if arg else (synthetic_size or 256)
+        else:
+            size = synthetic_size or (int(arg) if arg else 24)
         # Disjoint seeds: train images 0.., validation images 1_000_000..
         offset = 0 if split == "train" else 1_000_000
         h, w = (160, 160) if split == "train" else (160, 224)

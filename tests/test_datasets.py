@@ -61,6 +61,8 @@ def test_open_dataset_specs():
     ds = open_dataset("synthetic:10", "train", n_classes=4)
     assert len(ds) == 10 and ds.n_classes == 4
     val = open_dataset("synthetic", "val", synthetic_size=3, n_classes=4)
+    assert len(val) == 3 and len(open_dataset("synthetic:5", "val")) == 5
+    assert len(open_dataset("synthetic", "val")) == 24
     assert not np.array_equal(ds[0][0][:32, :32], val[0][0][:32, :32])  # disjoint seeds
     with pytest.raises(DeployError, match="unknown dataset"):
         open_dataset("imagenet:/x")

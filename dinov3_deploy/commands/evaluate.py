@@ -18,7 +18,7 @@ import click
 @click.option("--crop", type=int, default=None, help="Sliding-window crop (default: the head's input size).")
 @click.option("--stride", type=int, default=None, help="Sliding-window stride (default: 2/3 of the crop).")
 @click.option("--max-images", type=int, default=None)
-@click.option("--val-size", type=int, default=24, show_default=True, help="Synthetic validation images.")
+@click.option("--val-size", type=int, default=None, help="Synthetic images (default: N of synthetic:N, or 24).")
 @click.option("--bf16", is_flag=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--threads", type=int, default=0, show_default=True)
