@@ -100,7 +100,7 @@ def compile_attention_ptx(dtype: str = "float16", head_dim: int = 64, arch: int 
     ints = ["sq_b", "sq_h", "sq_n", "sk_b", "sk_h", "sk_n", "sv_b", "sv_h", "sv_n", "so_b", "so_h", "so_n", "H", "N"]
     sig = {"Q": t, "K": t, "V": t, "Out": t, **{n: "i32" for n in ints}}
     constexprs = dict(QK_SCALE=head_dim**-0.5 * LOG2E, HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M"],
-                      BLOCK_N=cfg["BLOCK_N"], USE_TMA=False)
+                      BLOCK_N=cfg["BLOCK_N"], USE_TMA=False, Q_BNH=False, K_BNH=False, V_BNH=False, O_BNH=False)
     strides = [n for n in ints if n.startswith("s")]
     return _compile(kernel, sig, constexprs, ["Q", "K", "V", "Out", *strides], arch,
                     num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])

@@ -40,15 +40,27 @@ LOG2E = 1.4426950408889634
 # kernel
 # ----------------------------------------------------------------------------------------------
 @triton.jit
+def _tile_load(desc, b, h, start, BNH: tl.constexpr, ROWS: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """Load a [ROWS, HEAD_DIM] tile of head h through a TMA descriptor indexed in memory order:
+    (b, n, h, d) when BNH (packed qkv, [B, N, D] output), else (b, h, n, d)."""
+    if BNH:
+        x = desc.load([b, start, h, 0])
+    else:
+        x = desc.load([b, h, start, 0])
+    return x.reshape(ROWS, HEAD_DIM)
+
+
+@triton.jit
 def _attn_kv_step(
     acc, m_i, l_i, q, k_src, v_src, b, h, start_n, N, qk_scale,
     sk_n, sv_n,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
+    K_BNH: tl.constexpr, V_BNH: tl.constexpr,
 ):
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     if USE_TMA:
-        k = k_src.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_DIM)
+        k = _tile_load(k_src, b, h, start_n, K_BNH, BLOCK_N, HEAD_DIM)
     elif MASKED:
         k = tl.load(k_src + offs_n[:, None] * sk_n + offs_d[None, :], mask=offs_n[:, None] < N, other=0.0)
     else:
@@ -62,7 +74,7 @@ def _attn_kv_step(
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
     if USE_TMA:
-        v = v_src.load([b, start_n, h, 0]).reshape(BLOCK_N, HEAD_DIM)
+        v = _tile_load(v_src, b, h, start_n, V_BNH, BLOCK_N, HEAD_DIM)
     elif MASKED:
         v = tl.load(v_src + offs_n[:, None] * sv_n + offs_d[None, :], mask=offs_n[:, None] < N, other=0.0)
     else:
@@ -78,7 +90,8 @@ def _attn_fwd_kernel(
     H, N,
     Out,
     QK_SCALE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    USE_TMA: tl.constexpr,
+    USE_TMA: tl.constexpr, Q_BNH: tl.constexpr = False, K_BNH: tl.constexpr = False,
+    V_BNH: tl.constexpr = False, O_BNH: tl.constexpr = False,
 ):
     # Parameter order (tensor inputs, integer scalars, tensor outputs; float scale a constexpr)
     # is the calling convention of TensorRT's AOT plugins: the same kernel serves both.
@@ -92,7 +105,7 @@ def _attn_fwd_kernel(
     row_ok = offs_m[:, None] < N
 
     if USE_TMA:
-        q = Q.load([b, h, pid_m * BLOCK_M, 0]).reshape(BLOCK_M, HEAD_DIM)
+        q = _tile_load(Q, b, h, pid_m * BLOCK_M, Q_BNH, BLOCK_M, HEAD_DIM)
         k_src = K
         v_src = V
     else:
@@ -109,17 +122,20 @@ def _attn_fwd_kernel(
     for start_n in range(0, n_full, BLOCK_N):
         acc, m_i, l_i = _attn_kv_step(
             acc, m_i, l_i, q, k_src, v_src, b, h, start_n, N, qk_scale, sk_n, sv_n,
-            HEAD_DIM, BLOCK_N, False, USE_TMA,
+            HEAD_DIM, BLOCK_N, False, USE_TMA, K_BNH, V_BNH,
         )
     if n_full < N:
         acc, m_i, l_i = _attn_kv_step(
             acc, m_i, l_i, q, k_src, v_src, b, h, n_full, N, qk_scale, sk_n, sv_n,
-            HEAD_DIM, BLOCK_N, True, USE_TMA,
+            HEAD_DIM, BLOCK_N, True, USE_TMA, K_BNH, V_BNH,
         )
 
     out = acc / l_i[:, None]
     if USE_TMA:
-        Out.store([b, pid_m * BLOCK_M, h, 0], out.to(Out.dtype).reshape(1, BLOCK_M, 1, HEAD_DIM))
+        if O_BNH:
+            Out.store([b, pid_m * BLOCK_M, h, 0], out.to(Out.dtype).reshape(1, BLOCK_M, 1, HEAD_DIM))
+        else:
+            Out.store([b, h, pid_m * BLOCK_M, 0], out.to(Out.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
     else:
         o_base = Out + b.to(tl.int64) * so_b + h.to(tl.int64) * so_h
         tl.store(o_base + offs_m[:, None] * so_n + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok)
@@ -172,15 +188,34 @@ def attention_config(B: int, H: int, N: int, head_dim: int, device: torch.device
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=stages)
 
 
-def _tma_ok(q, k, v, out) -> bool:
-    if interpreting():
-        return True
-    if q.device.type != "cuda" or torch.cuda.get_device_capability(q.device)[0] < 9:
-        return False
-    for t in (q, k, v, out):
-        if t.data_ptr() % 16 or any((s * t.element_size()) % 16 for s in t.stride()[:-1]):
+def _memory_order(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """t [B, H, N, hd] as the 4-D view whose strides decrease (what a TMA descriptor wants):
+    ([B, N, H, hd], True) for packed-qkv / [B, N, D]-output views, else (t, False)."""
+    if t.stride(2) > t.stride(1):
+        return t.transpose(1, 2), True
+    return t, False
+
+
+def _tma_ok(*tensors: torch.Tensor) -> bool:
+    if not interpreting():
+        if tensors[0].device.type != "cuda" or torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+            return False
+    for t in tensors:
+        view, _ = _memory_order(t)
+        st = view.stride()
+        if t.data_ptr() % 16 or any((x * t.element_size()) % 16 for x in st[:-1]):
+            return False
+        if not (st[1] >= st[2] >= st[3] == 1 and (st[0] >= st[1] or t.shape[0] == 1)):
             return False
     return True
+
+
+def _descriptor(t: torch.Tensor, rows: int):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    view, bnh = _memory_order(t)
+    block = [1, rows, 1, t.shape[-1]] if bnh else [1, 1, rows, t.shape[-1]]
+    return TensorDescriptor(view, list(view.shape), list(view.stride()), block), bnh
 
 
 def attention_into(
@@ -211,18 +246,13 @@ def attention_into(
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     grid = (triton.cdiv(N, bm), B * H)
     if use_tma and _tma_ok(q, k, v, out):
-        from triton.tools.tensor_descriptor import TensorDescriptor
-
-        # K/V/O are indexed in (b, n, h) order where that is their memory order (packed qkv,
-        # [B, N, D] output); Q and K in (b, h, n). Out-of-range rows: zero-filled / clipped.
-        qd = TensorDescriptor(q, list(q.shape), list(q.stride()), [1, 1, bm, hd])
-        kd = TensorDescriptor(k, list(k.shape), list(k.stride()), [1, 1, bn, hd])
-        vt, ot = v.transpose(1, 2), out.transpose(1, 2)
-        vd = TensorDescriptor(vt, list(vt.shape), list(vt.stride()), [1, bn, 1, hd])
-        od = TensorDescriptor(ot, list(ot.shape), list(ot.stride()), [1, bm, 1, hd])
+        # Host-side descriptors (no scratch memory); out-of-range rows are zero-filled on load
+        # and clipped on store by the copy engine.
+        (qd, qb), (kd, kb), (vd, vb), (od, ob) = (_descriptor(t, r) for t, r in ((q, bm), (k, bn), (v, bn), (out, bm)))
         _attn_fwd_kernel[grid](
             qd, kd, vd, *([0] * 12), H, N, od,
-            QK_SCALE=scale * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn, USE_TMA=True, **cfg,
+            QK_SCALE=scale * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn, USE_TMA=True,
+            Q_BNH=qb, K_BNH=kb, V_BNH=vb, O_BNH=ob, **cfg,
         )
         return out
     _attn_fwd_kernel[grid](

@@ -20,6 +20,24 @@ for dt, hd in [("float16", 64), ("bfloat16", 128)]:
     out[f"attn_{dt}_{hd}"] = dict(name=k.name, shared=k.shared, block_x=k.block_x, ptx=k.ptx)
 k = compile_stitch_ptx("float32", "int32", resize=True, arch=90)
 out["stitch"] = dict(name=k.name, shared=k.shared, block_x=k.block_x, ptx=k.ptx)
+
+# the TMA variant (JIT path on Hopper), both descriptor index orders
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from dinov3_deploy.kernels.attention import _attn_fwd_kernel as kern
+for bnh in (False, True):
+    blk = (lambda r: [1, r, 1, 64]) if bnh else (lambda r: [1, 1, r, 64])
+    desc = lambda b: "tensordesc<bf16[%s]>" % ", ".join(map(str, b))
+    sig = {n: "constexpr" for n in kern.arg_names}
+    sig.update(Q=desc(blk(128)), K=desc(blk(64)), V=desc(blk(64)), Out=desc(blk(128)), H="i32", N="i32")
+    cons = {n: 0 for n in kern.arg_names if n.startswith("s")}
+    cons.update(QK_SCALE=0.18, HEAD_DIM=64, BLOCK_M=128, BLOCK_N=64, USE_TMA=True,
+                Q_BNH=bnh, K_BNH=bnh, V_BNH=bnh, O_BNH=bnh)
+    c = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=cons), target=GPUTarget("cuda", 90, 32),
+                       options=dict(num_warps=8, num_stages=3))
+    out[f"tma_bnh_{bnh}"] = dict(ptx=c.asm["ptx"], descs=len(c.metadata.tensordesc_meta),
+                                 scratch=c.metadata.global_scratch_size)
 print(json.dumps(out))
 """
 
@@ -50,6 +68,13 @@ def test_attention_ptx_for_sm90_without_gpu(aot):
         assert k["block_x"] == 256
         # q, k, v, 14 int32 scalars, out (+ Triton's two unused scratch pointers)
         assert _entry_params(k["ptx"], k["name"]) == 3 + 14 + 1 + 2
+
+
+def test_tma_variant_compiles_for_sm90(aot):
+    for key in ("tma_bnh_False", "tma_bnh_True"):
+        k = aot[key]
+        assert "cp.async.bulk.tensor" in k["ptx"] and "wgmma" in k["ptx"]
+        assert k["descs"] == 4 and k["scratch"] == 0  # host-side descriptors: no global scratch
 
 
 def test_stitch_ptx_for_sm90_without_gpu(aot):

@@ -41,15 +41,17 @@ def test_attention_matches_reference(dtype, hd, N, tol, use_tma):
     assert rel_err(out, ref) < tol
 
 
-def test_attention_strided_views_and_custom_scale():
-    """The fused path reads V out of the packed qkv and writes [B, N, H, hd]: any strides work,
-    and nothing outside the output view is touched."""
+@pytest.mark.parametrize("use_tma", [False, True])
+def test_attention_strided_views_and_custom_scale(use_tma):
+    """The fused path reads V out of the packed qkv and writes [B, N, H, hd]: any strides work
+    (TMA descriptors are then indexed in (b, n, h) order), and nothing outside the output view
+    is touched."""
     B, N, H, hd = 1, 23, 3, 32
     packed = torch.randn(B, N, 3, H, hd, device=DEV)
     q, k, v = (packed[:, :, i].transpose(1, 2) for i in range(3))  # [B, H, N, hd] views
     canvas = torch.full((B, N, H + 1, hd), float("nan"), device=DEV)
     out = canvas[:, :, :H].transpose(1, 2)
-    attention_into(q, k, v, out, scale=0.3)
+    attention_into(q, k, v, out, scale=0.3, use_tma=use_tma)
     assert rel_err(out, attention_reference(q.double(), k.double(), v.double(), 0.3)) < 1e-5
     assert canvas[:, :, H].isnan().all()
 
