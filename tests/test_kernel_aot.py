@@ -38,6 +38,20 @@ for bnh in (False, True):
                        options=dict(num_warps=8, num_stages=3))
     out[f"tma_bnh_{bnh}"] = dict(ptx=c.asm["ptx"], descs=len(c.metadata.tensordesc_meta),
                                  scratch=c.metadata.global_scratch_size)
+
+# the JIT paths the GPU tests take: qkv split + RoPE, stitch with probabilities and a final resize
+from dinov3_deploy.engines.plugins import _compile
+from dinov3_deploy.kernels.qkv_rope import _qkv_rope_kernel
+from dinov3_deploy.kernels.stitch import _stitch_kernel
+ints = ["s_b", "s_n", "so_b", "so_h", "so_n", "H", "N", "D"]
+sig = {"QKV": "*bf16", "COS": "*fp32", "SIN": "*fp32", "Q": "*bf16", "K": "*bf16", "V": "*bf16",
+       **dict.fromkeys(ints, "i32")}
+k = _compile(_qkv_rope_kernel, sig, dict(HEAD_DIM=64, BLOCK_T=64, HAS_ROPE=True, WRITE_V=True), [], 90, num_warps=8)
+out["qkv_rope"] = dict(ptx=k.ptx)
+ints = ["H", "W", "C", "LH", "LW", "crop_h", "crop_w", "stride_h", "stride_w", "OH", "OW"]
+sig = {"LOGITS": "*fp16", "LABELS": "*i64", "PROBS": "*fp32", **dict.fromkeys(ints, "i32")}
+k = _compile(_stitch_kernel, sig, dict(RESIZE=True, WRITE_PROBS=True, BLOCK_P=128, BLOCK_C=8), [], 90, num_warps=4)
+out["stitch_probs"] = dict(ptx=k.ptx)
 print(json.dumps(out))
 """
 
@@ -82,6 +96,11 @@ def test_stitch_ptx_for_sm90_without_gpu(aot):
     assert ".target sm_90" in k["ptx"] and "cp.async.bulk.tensor" not in k["ptx"]
     # logits, 11 int32 scalars, labels (probs compiled out) + Triton's two scratch pointers
     assert _entry_params(k["ptx"], k["name"]) == 1 + 11 + 1 + 2
+
+
+def test_jit_paths_compile_for_sm90(aot):
+    assert ".target sm_90" in aot["qkv_rope"]["ptx"]
+    assert ".target sm_90" in aot["stitch_probs"]["ptx"] and "ex2.approx" in aot["stitch_probs"]["ptx"]  # softmax
 
 
 def test_register_plugins_names_the_trt_extra():
