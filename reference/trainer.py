@@ -331,6 +331,9 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     apply_threads(cfg.threads, cfg.backbone, device.type)
     rank, world = init_distributed(device.type)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))  # one GPU per process
+        torch.cuda.set_device(device)
     if cfg.batch_size % world:
         raise DeployError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
     train_set = open_dataset(cfg.data, "train", synthetic_size=cfg.train_size, n_classes=cfg.n_classes)
@@ -356,7 +359,8 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        ddp_head = DistributedDataParallel(head)  # buffers agree on every rank (GlobalBatchNorm2d)
+        ids = [device.index] if device.type == "cuda" else None
+        ddp_head = DistributedDataParallel(head, device_ids=ids)  # buffers agree on every rank (GlobalBatchNorm2d)
     log = _Log(out / "metrics.jsonl", is_main, resume)
     if is_main and not resume:
         log.write(event="config", **cfg.to_dict(), world_size=world)
