@@ -1,0 +1,65 @@
+"""`dinov3-deploy bench` end to end on the CPU: reports are written and hold measured rows with
+parity. Nothing here asserts a speed: timings on a shared 2-core machine are not a contract."""
+
+import json
+
+from click.testing import CliRunner
+
+from dinov3_deploy.cli import cli
+
+
+def _bench(tmp_path, *args):
+    res = CliRunner().invoke(cli, ["bench", *args, "--warmup", "1", "--iters", "2", "--out", str(tmp_path),
+                                   "--name", "r"])
+    return res
+
+
+def test_bench_model_writes_json_markdown_png(tmp_path):
+    res = _bench(tmp_path, "--model", "vit_tiny_test", "--task", "seg", "--size", "32x48", "--batch", "1,2")
+    assert res.exit_code == 0, res.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["schema"].startswith("dinov3-deploy-bench/")
+    assert report["machine"]["cpu_count"] >= 1 and report["machine"]["versions"]["torch"]
+    rows = {(r["target"], r["shape"]): r for r in report["rows"]}
+    for shape in ("1x32x48", "2x32x48"):
+        for impl in ("sdpa", "math"):
+            row = rows[(f"torch-fp32-{impl}", shape)]
+            assert row["status"] == "ok" and row["iters"] == 2 and row["median_ms"] > 0
+            assert row["images_per_s"] > 0
+            (logits,) = [p for p in row["parity"] if p["output"] == "logits"]
+            assert logits["rel_fro"] <= report["thresholds"]["fp32"]["max_rel_fro"]
+            assert logits["label_agreement"] == 1.0
+        # Triton needs a GPU: reported as skipped with the reason, never silently dropped.
+        assert rows[("torch-fp32-triton", shape)]["status"] == "skipped"
+    assert (tmp_path / "r.md").read_text().count("| torch-fp32-sdpa |") == 2
+    assert (tmp_path / "r.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_artifact_times_onnxruntime_against_reference(tmp_path):
+    art = tmp_path / "art"
+    res = CliRunner().invoke(cli, ["export", "--task", "features", "--model", "vit_tiny_test", "--batch", "1:1:2",
+                                   "--height", "32:32:64", "--no-verify", "--out", str(art)])
+    assert res.exit_code == 0, res.output
+    res = _bench(tmp_path, str(art), "--batch", "2", "--size", "32x64", "--no-pytorch", "--no-plot")
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    ort = [r for r in rows if r["target"] == "onnxruntime-cpu"]
+    assert len(ort) == 1 and ort[0]["status"] == "ok" and ort[0]["shape"] == "2x32x64"
+    assert {p["output"] for p in ort[0]["parity"]} == {"cls", "storage", "patch"}
+    assert all(p["rel_fro"] < 1e-4 for p in ort[0]["parity"])
+    assert not (tmp_path / "r.png").exists()
+
+
+def test_bench_rejects_shapes_outside_the_artifact(tmp_path):
+    art = tmp_path / "art"
+    CliRunner().invoke(cli, ["export", "--task", "features", "--model", "vit_tiny_test", "--batch", "1:1:2",
+                             "--height", "32:32:64", "--no-verify", "--out", str(art)])
+    res = _bench(tmp_path, str(art), "--size", "40x40")
+    assert res.exit_code == 2 and "multiples of 16" in res.output and "Traceback" not in res.output
+
+
+def test_bench_bad_options_are_clear(tmp_path):
+    res = _bench(tmp_path, "--model", "vit_tiny_test", "--attn", "flash9")
+    assert res.exit_code == 2 and "--attn must be among" in res.output
+    res = _bench(tmp_path, "--model", "vit_tiny_test", "--batch", "0")
+    assert res.exit_code == 2 and "positive integers" in res.output
