@@ -45,4 +45,9 @@ BENCH_RC=$?
 cat "$LOG.bench" >>"$LOG"
 [ -n "${OUT:-}" ] && cp "$JSON" "$OUT/" 2>/dev/null
 echo "== tests rc=$TESTS_RC bench rc=$BENCH_RC json=$JSON"
-tail -40 "$LOG.bench"
+if [ "$BENCH_RC" -eq 0 ]; then
+  tail -40 "$LOG.bench"
+else  # cut short (timeout or crash): the JSON holds every finished section; print its table
+  tail -15 "$LOG.bench"
+  $PY -c "import json, runpy, sys; m = runpy.run_path('bench/kernels_bench.py'); print(m['summary'](json.load(open(sys.argv[1]))))" "$JSON" 2>&1 | tail -40
+fi

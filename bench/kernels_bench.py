@@ -177,16 +177,18 @@ def bench_configs(dev, dtype, smoke: bool) -> list[dict]:
     return rows
 
 
-def bench_e2e(dev, dtype, smoke: bool, deadline: float) -> list[dict]:
+def bench_e2e(dev, dtype, smoke: bool, deadline: float, rows: list[dict], save=lambda: None) -> list[dict]:
+    """Appends to `rows` as it goes and calls save() after every case: a run cut short by the
+    GPU script's timeout still leaves what it measured."""
     from dinov3_deploy.reference.factory import create_backbone
 
     cases = [("vit_tiny_test", 1, 32)] if smoke else [(m, B, 512) for m in ("vitb16", "vitl16") for B in (1, 8)]
     variants = ["eager", "triton"] if smoke else ["eager", "compile", "triton", "triton_compile"]
-    rows = []
     for name, B, size in cases:
         base = create_backbone(name, device=dev).to(dtype)
         x = torch.randn(B, 3, size, size, device=dev, dtype=dtype)
         row = {"model": name, "B": B, "size": size}
+        rows.append(row)
         for var in variants:
             if time.time() > deadline:
                 row[var] = {"error": "skipped: time budget of the run spent"}
@@ -197,7 +199,7 @@ def bench_e2e(dev, dtype, smoke: bool, deadline: float) -> list[dict]:
             with torch.no_grad():
                 row[var] = _case(lambda fn=fn, x=x: fn(x), None, smoke, warmup=3, reps=20)
             del model, fn
-        rows.append(row)
+            save()
         if not smoke:
             torch._dynamo.reset()
     return rows
@@ -312,20 +314,23 @@ def main(argv=None) -> int:
     start = time.time()
     res: dict = {"env": environment(), "smoke": args.smoke, "dtype": str(dtype).removeprefix("torch.")}
     sections = args.sections.split(",")
-    with torch.no_grad():
-        if "attention" in sections:
-            res["attention"] = bench_attention(dev, dtype, args.smoke)
-        if "fused" in sections:
-            res["fused"] = bench_fused(dev, dtype, args.smoke)
-        if "stitch" in sections:
-            res["stitch"] = bench_stitch(dev, args.smoke)
-        if "configs" in sections:
-            res["configs"] = bench_configs(dev, dtype, args.smoke)
-        if "e2e" in sections:
-            res["e2e"] = bench_e2e(dev, dtype, args.smoke, start + args.budget_s)
-    res["wall_s"] = round(time.time() - start, 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(res, indent=1))
+
+    def save() -> None:
+        res["wall_s"] = round(time.time() - start, 1)
+        args.out.write_text(json.dumps(res, indent=1))
+
+    with torch.no_grad():
+        for name, run in [
+            ("attention", lambda: bench_attention(dev, dtype, args.smoke)),
+            ("fused", lambda: bench_fused(dev, dtype, args.smoke)),
+            ("stitch", lambda: bench_stitch(dev, args.smoke)),
+            ("configs", lambda: bench_configs(dev, dtype, args.smoke)),
+            ("e2e", lambda: bench_e2e(dev, dtype, args.smoke, start + args.budget_s, res.setdefault("e2e", []), save)),
+        ]:
+            if name in sections:
+                res[name] = run()
+                save()
     print(summary(res))
     return 0
 
