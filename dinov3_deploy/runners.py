@@ -61,7 +61,7 @@ class OrtRunner:
             self._runner = OnnxrtRunner(SessionFromOnnx(str(self.onnx_path), providers=[self.provider]),
                                         name=self.name)
             self._runner.activate()
-        (name,) = [m for m in self._runner.get_input_metadata()]
+        (name,) = list(self._runner.get_input_metadata(use_numpy_dtypes=False).keys())
         return dict(self._runner.infer({name: np.ascontiguousarray(batch)}, check_inputs=False))
 
     def close(self) -> None:

@@ -1,0 +1,118 @@
+"""`dinov3-deploy export | verify | inspect` end to end through click, on a tiny ViT: a real
+ONNX export, a real TensorRT-RTX engine build, a Triton repository, parity, and the error cases
+a user can cause (bad shape, missing optional dependency, tampered artifact)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from dinov3_deploy.artifact import load_artifact
+from dinov3_deploy.cli import cli
+
+pytest.importorskip("tensorrt_rtx")
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli, list(args), env={"COLUMNS": "200"})
+    return result
+
+
+@pytest.fixture(scope="module")
+def artifact(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "seg-art"
+    r = invoke("export", "--task", "seg", "--model", "vit_tiny_test", "--batch", "1:2:4", "--height", "32:64:96",
+               "--seg-output", "labels", "--format", "onnx,trt,triton-repo", "--trt-targets", "SM86,SM89",
+               "--out", str(out))
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    return out, r.output
+
+
+def test_export_writes_a_verified_complete_artifact(artifact):
+    out, output = artifact
+    assert "parity PASSED on onnxruntime-cpu" in output and "RANDOM WEIGHTS" in output
+    assert "skipped tensorrt-rtx-engine: no CUDA GPU" in output
+    art = load_artifact(out)  # schema + every hash
+    m = art.manifest
+    assert set(m["files"]) >= {"model.onnx", "model.engine", "parity.json",
+                               "triton/dinov3_vit_tiny_test_seg_onnx/config.pbtxt",
+                               "triton/dinov3_vit_tiny_test_seg_onnx/1/model.onnx"}
+    assert m["task"] == "seg" and m["precision"] == "fp32"
+    assert m["input"]["name"] == "pixel_values" and m["input"]["layout"] == "NCHW"
+    assert m["input"]["shapes"] == {"batch": [1, 2, 4], "height": [32, 64, 96], "width": [32, 64, 96],
+                                    "multiple": 16}
+    assert m["backbone"]["random_weights"] and m["head"]["random_weights"]
+    assert len(m["classes"]["names"]) == 6 and len(m["classes"]["palette"]) == 6
+    assert [o["name"] for o in m["outputs"]] == ["logits", "labels"]
+    assert m["onnx"]["opset"] >= 18 and "If" not in m["onnx"]["graph"]["op_counts"]
+    trt = m["tensorrt"]
+    assert trt["flavor"] == "tensorrt-rtx" and trt["targets"] == ["SM86", "SM89"]
+    assert trt["engine_bytes"] == (out / "model.engine").stat().st_size > 0
+    assert trt["profiles"][0] == {"input": "pixel_values", "min": [1, 3, 32, 32], "opt": [2, 3, 64, 64],
+                                  "max": [4, 3, 96, 96]}
+    assert {t["name"] for t in trt["io"]} == {"pixel_values", "logits", "labels"} and trt["build_log"]
+    assert m["toolchain"]["torch"] and m["toolchain"]["onnx"]
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["passed"] and parity["verified_backends"] == ["onnxruntime-cpu"]
+    assert {o["output"] for b in parity["backends"] for o in b["outputs"]} == {"logits", "labels"}
+    assert len(parity["cases"]) == 2  # the opt shape and a different batch/resolution
+
+
+def test_verify_and_inspect(artifact, tmp_path):
+    out, _ = artifact
+    copy = tmp_path / "a"
+    shutil.copytree(out, copy)
+    r = invoke("verify", str(copy))
+    assert r.exit_code == 0, r.output
+    assert "rel fro" in r.output and "parity PASSED" in r.output and "thresholds (fp32)" in r.output
+    load_artifact(copy)  # parity.json rewritten, its hash updated: still a valid artifact
+    r = invoke("inspect", str(copy))
+    assert r.exit_code == 0, r.output
+    assert "tensorrt-rtx" in r.output and "random weights" in r.output and "pixel_values" in r.output
+    r = invoke("inspect", "--json", str(copy))
+    assert json.loads(r.output)["task"] == "seg"
+
+
+def test_verify_fails_with_exit_1_when_parity_breaks(artifact, tmp_path, monkeypatch):
+    from dinov3_deploy import parity
+
+    out, _ = artifact
+    copy = tmp_path / "a"
+    shutil.copytree(out, copy)
+    monkeypatch.setitem(parity.THRESHOLDS, "fp32", parity.Thresholds(0.0, 1.1, 1.0))
+    r = invoke("verify", str(copy))
+    assert r.exit_code == 1 and "parity failed" in r.output
+
+
+def test_tampered_artifact_is_refused_without_traceback(artifact, tmp_path):
+    out, _ = artifact
+    copy = tmp_path / "t"
+    shutil.copytree(out, copy)
+    data = bytearray((copy / "model.onnx").read_bytes())
+    data[-1] ^= 0xFF
+    (copy / "model.onnx").write_bytes(bytes(data))
+    for cmd in ("inspect", "verify"):
+        r = invoke(cmd, str(copy))
+        assert r.exit_code == 2 and "model.onnx does not match its sha256" in r.output
+        assert "Traceback" not in r.output
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path):
+    r = invoke("export", "--model", "vit_tiny_test", "--height", "250:512:1024", "--out", str(tmp_path / "x"))
+    assert r.exit_code == 2 and "not a multiple of 16" in r.output and not (tmp_path / "x").exists()
+    r = invoke("export", "--model", "convnext_tiny_test", "--static", "48x64", "--out", str(tmp_path / "x"))
+    assert r.exit_code == 2 and "multiple of 32" in r.output
+    r = invoke("export", "--model", "vit_tiny_tset", "--out", str(tmp_path / "x"))
+    assert r.exit_code == 2 and "unknown backbone" in r.output
+    r = invoke("inspect", str(tmp_path))
+    assert r.exit_code == 2 and "no manifest.json" in r.output
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        r = invoke("export", "--model", "vit_tiny_test", "--format", "onnx,trt", "--trt-flavor", "tensorrt",
+                   "--out", str(tmp_path / "x"))
+        assert r.exit_code == 2 and "pip install 'dinov3-deploy[trt]'" in r.output
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,105 @@
+"""TensorRT engine builds on this CPU machine with tensorrt_rtx (its builder needs no GPU), and
+the flavour switch. A real DINOv3 engine is built end to end in test_cli_export.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from dinov3_deploy.errors import DeployError, MissingDependencyError
+from dinov3_deploy.shapes import DimRange, ShapeSpec
+
+trt_rtx = pytest.importorskip("tensorrt_rtx")
+
+from dinov3_deploy.engines.build import (  # noqa: E402
+    EngineBuildError,
+    build_engine,
+    network_from_onnx,
+    profiles_from_shapes,
+)
+from dinov3_deploy.engines.trt_api import load_api  # noqa: E402
+
+
+def conv_graph(path, uint8_nhwc: bool = False, dtype=TensorProto.FLOAT16):
+    """pixel_values [b,3,h,w] -> (cast fp16) -> conv 3x3 -> relu -> (cast fp32) out; optional uint8 NHWC input."""
+    nodes, inits = [], []
+    if uint8_nhwc:
+        inp = helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", "h", "w", 3])
+        nodes += [helper.make_node("Cast", ["image"], ["f"], to=TensorProto.FLOAT),
+                  helper.make_node("Transpose", ["f"], ["x32"], perm=[0, 3, 1, 2])]
+    else:
+        inp = helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, ["batch", 3, "h", "w"])
+        nodes.append(helper.make_node("Identity", ["pixel_values"], ["x32"]))
+    np_dtype = np.float16 if dtype == TensorProto.FLOAT16 else np.float32
+    w = np.random.default_rng(0).standard_normal((8, 3, 3, 3)).astype(np_dtype)
+    inits.append(helper.make_tensor("w", dtype, w.shape, w.tobytes(), raw=True))
+    nodes += [
+        helper.make_node("Cast", ["x32"], ["x"], to=dtype),
+        helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"]),
+        helper.make_node("Cast", ["r"], ["out"], to=TensorProto.FLOAT),
+    ]
+    out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 8, "h", "w"])
+    model = helper.make_model(helper.make_graph(nodes, "g", [inp], [out], initializer=inits),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    onnx.save(model, path)
+    return path
+
+
+SHAPES = ShapeSpec(DimRange(1, 2, 8), DimRange(16, 32, 64), DimRange(16, 48, 64), 16)
+
+
+def test_rtx_builds_a_strongly_typed_dynamic_engine_without_gpu(tmp_path):
+    api = load_api("tensorrt-rtx")
+    net = network_from_onnx(conv_graph(tmp_path / "m.onnx"), api)
+    profiles = profiles_from_shapes(net, SHAPES)
+    assert [(p.min, p.opt, p.max) for p in profiles] == [((1, 3, 16, 16), (2, 3, 32, 48), (8, 3, 64, 64))]
+    engine = build_engine(net, profiles, workspace_gib=0.5, opt_level=1, targets=["SM86", "sm89"])
+    path = engine.save(tmp_path / "m.engine")
+    f = engine.facts
+    assert path.stat().st_size == f["engine_bytes"] > 0
+    assert f["flavor"] == "tensorrt-rtx" and f["version"] == trt_rtx.__version__
+    assert f["targets"] == ["SM86", "SM89"] and f["strongly_typed"]
+    assert f["builder_optimization_level"] == 1 and f["workspace_bytes"] == 1 << 29
+    assert f["network_layers"] >= 4
+    io = {t["name"]: t for t in f["io"]}
+    assert io["pixel_values"]["shape"] == [-1, 3, -1, -1] and io["out"]["mode"] == "output"
+    assert any("Input filename" in line for line in f["build_log"])  # the parser's log is kept
+
+
+def test_profiles_follow_nhwc_uint8_inputs(tmp_path):
+    api = load_api("tensorrt-rtx")
+    net = network_from_onnx(conv_graph(tmp_path / "u8.onnx", uint8_nhwc=True), api)
+    (p,) = profiles_from_shapes(net, SHAPES)
+    assert p.name == "image" and p.min == (1, 16, 16, 3) and p.max == (8, 64, 64, 3)
+    engine = build_engine(net, [p], workspace_gib=0.5, opt_level=0, targets=["SM89"])
+    assert engine.facts["io"][0]["dtype"] == "uint8"
+
+
+def test_flavour_switch_and_errors(tmp_path):
+    assert load_api("auto").flavor == "tensorrt-rtx"  # no GPU here: tensorrt could not build anyway
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        with pytest.raises(MissingDependencyError, match=r"dinov3-deploy\[trt\]"):
+            load_api("tensorrt")
+    with pytest.raises(DeployError, match="--trt-flavor"):
+        load_api("tensorrt-llm")
+    api = load_api("tensorrt-rtx")
+    net = network_from_onnx(conv_graph(tmp_path / "m.onnx"), api)
+    with pytest.raises(DeployError, match="unknown TensorRT-RTX target"):
+        build_engine(net, profiles_from_shapes(net, SHAPES), targets=["SM90"])  # Hopper: not an RTX target
+    ok, reason = api.runnable_here(["SM89"])
+    assert not ok and "GPU" in reason
+
+
+def test_unparsable_onnx_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.onnx"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    g = helper.make_graph([helper.make_node("NoSuchOp", ["x"], ["y"])], "g", [x], [y])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), bad)
+    with pytest.raises(EngineBuildError, match="cannot parse"):
+        network_from_onnx(bad, load_api("tensorrt-rtx"))

@@ -1,0 +1,98 @@
+"""Parity metrics, the thresholds table and the verification inputs (no export needed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dinov3_deploy.parity import (
+    THRESHOLDS,
+    compare,
+    label_agreement,
+    min_token_cosine,
+    relative_frobenius,
+)
+from dinov3_deploy.shapes import DimRange, ShapeSpec
+from dinov3_deploy.verification import default_cases, failure_message, make_batch
+
+
+def test_thresholds_table_holds_the_issue_bounds():
+    assert THRESHOLDS["fp32"].max_rel_fro <= 1e-4 and THRESHOLDS["fp32"].min_label_agreement == 1.0
+    for p in ("fp16", "bf16"):
+        t = THRESHOLDS[p]
+        assert t.max_rel_fro <= 2e-2 and t.min_token_cos >= 0.995 and t.min_label_agreement >= 0.995
+
+
+def test_metrics_on_known_arrays():
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((2, 5, 3, 4)).astype(np.float32)
+    assert relative_frobenius(ref, ref) == 0 and min_token_cosine(ref, ref) == pytest.approx(1.0)
+    assert relative_frobenius(ref, 1.01 * ref) == pytest.approx(0.01, rel=1e-5)
+    assert min_token_cosine(ref, 3.0 * ref) == pytest.approx(1.0)  # cosine ignores scale
+    flipped = ref.copy()
+    flipped[1, :, 2, 3] *= -1  # one pixel's channel vector reversed
+    assert min_token_cosine(ref, flipped) == pytest.approx(-1.0)
+    assert label_agreement(ref, flipped) == pytest.approx(23 / 24)
+    labels = ref.argmax(1).astype(np.int32)
+    moved = labels.copy()
+    moved[0, 0, 0] = (moved[0, 0, 0] + 1) % 5
+    assert label_agreement(labels, moved) == pytest.approx(23 / 24)
+    # tokens of [B, N, D] are rows; a 1-channel map is compared per image
+    tok = rng.standard_normal((2, 7, 8))
+    bad = tok.copy()
+    bad[1, 3] = -bad[1, 3]
+    assert min_token_cosine(tok, bad) == pytest.approx(-1.0)
+    depth = rng.random((2, 1, 4, 4)) + 1
+    assert min_token_cosine(depth, depth + 1e-3) > 0.9999
+
+
+def test_compare_gates_on_the_thresholds():
+    rng = np.random.default_rng(1)
+    ref = {"logits": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)}
+    ok = compare(ref, {"logits": ref["logits"] + 1e-7}, "c", "seg", "fp32")
+    assert ok[0].passed and ok[0].label_agreement == 1.0
+    noisy = {"logits": ref["logits"] + 0.05 * rng.standard_normal((1, 4, 8, 8)).astype(np.float32)}
+    (fp32,) = compare(ref, noisy, "c", "seg", "fp32")
+    (fp16,) = compare(ref, noisy, "c", "seg", "fp16")
+    assert not fp32.passed and any("rel_fro" in f for f in fp32.failures)
+    assert not fp16.passed  # 5% noise is beyond fp16's 2e-2 too
+    nan = {"logits": np.full_like(ref["logits"], np.nan)}
+    (r,) = compare(ref, nan, "c", "seg", "fp16")
+    assert not r.passed and any("non-finite" in f for f in r.failures)
+    (r,) = compare(ref, {"logits": ref["logits"][:, :, :4]}, "c", "seg", "fp32")
+    assert not r.passed and "shape" in r.failures[0]
+    (r,) = compare(ref, {}, "c", "seg", "fp32")
+    assert not r.passed and r.failures == ["output missing"]
+
+
+def test_verification_cases_cover_a_second_shape():
+    s = ShapeSpec(DimRange(1, 1, 8), DimRange(256, 512, 1024), DimRange(256, 512, 1024), 16)
+    a, b = default_cases(s)
+    assert (a.batch, a.height, a.width) == (2, 512, 512)
+    assert b.batch != a.batch and b.height != a.height and b.width != a.width and b.height != b.width
+    for c in (a, b):
+        s.check(c.batch, c.height, c.width)
+    static = ShapeSpec(DimRange(1, 1, 1), DimRange(64, 64, 64), DimRange(64, 64, 64), 32)
+    assert len(default_cases(static)) == 1
+
+
+def test_verification_inputs_are_real_looking_images():
+    manifest = {"input": {"dtype": "float32", "normalize": {"mean": [0.485, 0.456, 0.406],
+                                                            "std": [0.229, 0.224, 0.225]}}}
+    s = ShapeSpec(DimRange(1, 2, 4), DimRange(32, 64, 64), DimRange(32, 64, 96), 16)
+    case = default_cases(s)[0]
+    x = make_batch(case, manifest)
+    assert x.shape == (2, 3, 64, 64) and x.dtype == np.float32
+    assert np.array_equal(x, make_batch(case, manifest))  # deterministic
+    assert not np.allclose(x[0], x[1]) and x.std() > 0.3  # distinct, textured, not constant
+    u8 = make_batch(case, {"input": {"dtype": "uint8"}})
+    assert u8.shape == (2, 64, 64, 3) and u8.dtype == np.uint8
+
+
+def test_failure_message_names_what_failed():
+    report = {"precision": "bf16", "backends": [
+        {"name": "onnxruntime-cpu", "status": "skipped", "reason": "no bf16 kernels", "outputs": []}]}
+    assert "no deployment backend can run" in failure_message(report)
+    report["backends"].append({"name": "x", "status": "failed", "reason": "", "outputs": [
+        {"output": "logits", "case": "opt", "passed": False, "failures": ["rel_fro 1e-1 > 2e-2"]}]})
+    assert "x: logits[opt]: rel_fro" in failure_message(report)
