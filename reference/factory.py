@@ -11,6 +11,7 @@ from torch import nn
 from .checkpoints import detect_source, load_into, read_state_dict, to_official
 from .configs import ConvNeXtConfig, ViTConfig, get_config
 from .convnext import ConvNeXt
+from .random_init import INITS, release_like_
 from .vit import DinoVisionTransformer
 
 
@@ -28,10 +29,15 @@ def create_backbone(
     source: str = "auto",
     attn_impl: str = "sdpa",
     device: str | torch.device | None = None,
+    init: str = "train",
 ) -> nn.Module:
     """Build backbone `name` (a registry name or a config) in eval mode; random init when `weights`
     is None, else load the checkpoint (path, Hugging Face directory or state dict) strictly after
-    converting its layout ("official" | "hf" | "timm", detected from the keys when "auto") to ours."""
+    converting its layout ("official" | "hf" | "timm", detected from the keys when "auto") to ours.
+    `init` picks the random initialisation: "train" (the release's) or "release-like" (trained-like
+    LayerScale and norms, see random_init.py); it is ignored when weights are given."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got '{init}'")
     cfg = get_config(name) if isinstance(name, str) else name
     sd = None
     if weights is not None:
@@ -43,6 +49,8 @@ def create_backbone(
     if sd is not None:
         what = f"checkpoint {weights}" if not isinstance(weights, dict) else "state dict"
         load_into(model, sd, what=what)
+    elif init == "release-like" and (device is None or torch.device(device).type != "meta"):
+        release_like_(model)
     model.set_attn_impl(attn_impl)
     return model.eval()
 
