@@ -7,6 +7,7 @@ import torch
 from dinov3_deploy.reference import create_backbone
 
 
+@torch.no_grad()
 def _rope_sensitivity(init: str) -> float:
     torch.manual_seed(0)
     m = create_backbone("vit_tiny_test", init=init)
