@@ -110,8 +110,11 @@ class ConvNeXt(nn.Module):
         h, w = x.shape[-2:]
         maps = self._stem_to(x, take)[:-1]
         pools = [m.mean(dim=(-2, -1)) for m in maps]
+        # Antialiasing only changes a downsampling resize (stages 0-1, stride 4/8 -> 16); stages
+        # 2-3 (stride 16/32) are resized identically without it (to float rounding), and
+        # TensorRT's ONNX parser rejects antialiased Resize, so those exports stay engine-buildable.
         maps = [F.interpolate(m, size=(h // self.patch_size, w // self.patch_size), mode="bilinear",
-                              antialias=True) for m in maps]
+                              antialias=4 * 2**i < self.patch_size) for i, m in zip(take, maps)]
         cls_tokens, outputs = pools, []
         if norm:
             norms = [self.norms[i] for i in take]

@@ -10,6 +10,7 @@ fraction of torch.export's time), with LayerScale gammas raised to 1 so the bloc
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 
 import numpy as np
 import pytest
@@ -124,6 +125,15 @@ def test_every_task_exports_with_dynamic_shapes_and_parity(backbone, precision, 
         assert rows and all(r.passed for r in rows), [r.failures for r in rows]
     gh, gw = mult // 16, 4 * mult // 16  # heads work on the ViT-16 grid for both families
     assert ort_out["features.cls"].shape == (3, get_config(backbone).embed_dim)
+    if precision == "fp16" and importlib.util.find_spec("tensorrt_rtx"):
+        # TensorRT's parser accepts every task's graph (e.g. no antialiased Resize from ConvNeXt maps)
+        from dinov3_deploy.engines.build import build_engine, network_from_onnx, profiles_from_shapes
+        from dinov3_deploy.engines.trt_api import load_api
+
+        net = network_from_onnx(result.path, load_api("tensorrt-rtx"))
+        engine = build_engine(net, profiles_from_shapes(net, shapes), workspace_gib=0.5, opt_level=0,
+                              targets=["SM89"])
+        assert [t["name"] for t in engine.facts["io"][1:]] == module.output_names
     assert ort_out["seg.logits"].shape == (3, 5, gh, gw)
     assert ort_out["depth.depth"].shape == (3, 1, gh, gw)
     assert ort_out["cls.logits"].shape == (3, 5)

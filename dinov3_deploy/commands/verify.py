@@ -26,7 +26,10 @@ def command(artifact, weights, head, no_write) -> None:
         report = verify_artifact(art, weights=weights, head=head, log=progress.log)
     render_report(report, console)
     if not no_write:
-        art.write_parity(report)
+        try:
+            art.write_parity(report)
+        except OSError as exc:
+            console.print(f"[yellow]could not update {art.path}/parity.json ({exc}); the report above stands[/]")
     if not report["passed"]:
         click.secho(f"error: {failure_message(report)}", fg="red", err=True)
         raise SystemExit(1)
