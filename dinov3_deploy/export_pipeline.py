@@ -24,6 +24,7 @@ OUTPUT_DOC = {
     ("features", "cls"): "normalised class token [B, D]",
     ("features", "storage"): "normalised storage (register) tokens [B, 4, D]",
     ("features", "patch"): "normalised patch tokens [B, h*w, D], row-major over the patch grid",
+    ("features", "patch_block"): "normalised patch tokens of that block [B, h*w, D] (final norm applied)",
     ("seg", "logits"): "class scores at patch resolution [B, C, h, w] (upsample bilinearly, align_corners=False)",
     ("seg", "probs"): "softmax of the bilinearly upsampled logits [B, C, H, W]",
     ("seg", "labels"): "argmax class per pixel of the upsampled logits [B, H, W] int32",
@@ -60,6 +61,7 @@ class ExportOptions:
     static: str | None = None  # "HxW": fixed resolution (batch stays as --batch says)
     seg_output: str = "logits"
     uint8_input: bool = False
+    feature_layers: int = 0  # features on ViT: also the normalised patch tokens of the blocks before the last
     trt_flavor: str = "auto"
     trt_targets: list[str] | None = None
     trt_workspace_gib: float = 4.0
@@ -122,7 +124,8 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
         model = source.build(attn_impl="math")  # explicit-softmax attention: fp32 scores in the graph
         reference = copy.deepcopy(model) if opts.verify else None
     spec = model.spec
-    module = DeployModule(model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input)
+    module = DeployModule(model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input,
+                          feature_layers=opts.feature_layers)
 
     with ArtifactWriter(opts.out, overwrite=opts.overwrite) as writer:
         root = writer.path
@@ -157,8 +160,9 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
                           f"{cfg.input_multiple} within the ranges",
                 "shapes": shapes.to_dict(),
             },
-            "outputs": [{**o, "doc": OUTPUT_DOC.get((source.task, o["name"]), "")} for o in graph["outputs"]],
-            "outputs_config": {"seg_output": opts.seg_output},
+            "outputs": [{**o, "doc": OUTPUT_DOC.get((source.task, o["name"].rstrip("0123456789")), "")}
+                        for o in graph["outputs"]],
+            "outputs_config": {"seg_output": opts.seg_output, "feature_layers": opts.feature_layers},
             "classes": {"names": list(spec.class_names), "palette": [list(p) for p in spec.palette]}
             if source.task in ("seg", "cls") else None,
             "onnx": {"file": ONNX_NAME, "files": result.files, "opset": result.opset,
@@ -175,10 +179,23 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
                                      "pipeline; its predictions mean nothing. Pass --weights / --head for real ones.")
 
         if api is not None:
-            from dinov3_deploy.engines.build import build_engine, network_from_onnx, profiles_from_shapes
+            from dinov3_deploy.engines.build import (
+                EngineBuildError,
+                build_engine,
+                network_from_onnx,
+                profiles_from_shapes,
+            )
 
             with progress.step(f"building a strongly typed {api.flavor} {api.version} engine"):
-                net = network_from_onnx(root / ONNX_NAME, api)
+                try:
+                    net = network_from_onnx(root / ONNX_NAME, api)
+                except EngineBuildError as exc:
+                    if "ntialias" in str(exc):
+                        raise EngineBuildError(
+                            f"{exc}\nConvNeXt heads that read stages 0-1 (--layers {opts.layers}) downsample those "
+                            "maps with antialiasing, which TensorRT cannot parse: use --layers last, or --format onnx"
+                        ) from exc
+                    raise
                 built = build_engine(net, profiles_from_shapes(net, shapes), workspace_gib=opts.trt_workspace_gib,
                                      opt_level=opts.trt_opt_level, targets=opts.trt_targets,
                                      timing_cache=Path(opts.timing_cache) if opts.timing_cache else None)

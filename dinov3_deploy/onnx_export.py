@@ -61,6 +61,7 @@ class DeployModule(nn.Module):
         *,
         seg_output: str = "logits",
         uint8_input: bool = False,
+        feature_layers: int = 0,
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
     ) -> None:
@@ -84,6 +85,15 @@ class DeployModule(nn.Module):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.output_names = output_names(self.task, self.family, seg_output)
+        self.layer_ids: list[int] = []
+        if feature_layers:
+            n_blocks = task_model.backbone.n_blocks
+            if self.task != "features" or self.family != "vit":
+                raise DeployError("--feature-layers applies to --task features on ViT backbones")
+            if not 1 <= feature_layers <= n_blocks:
+                raise DeployError(f"--feature-layers must be 1..{n_blocks} for {task_model.backbone.cfg.name}")
+            self.layer_ids = list(range(n_blocks - feature_layers, n_blocks))
+            self.output_names += [f"patch_block{i}" for i in self.layer_ids[:-1]]  # the last is `patch`
         self.eval()
 
     @property
@@ -97,9 +107,14 @@ class DeployModule(nn.Module):
         return x.to(self.dtype)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        out = self.model(self.preprocess(x))
-        if self.task == "features":
-            out = {k: out[k] for k in self.output_names}
+        if self.layer_ids:  # one backbone pass gives the last block's tokens and earlier blocks' patches
+            layers = self.model.backbone.get_intermediate_layers(
+                self.preprocess(x), n=self.layer_ids, return_class_token=True, return_extra_tokens=True, norm=True)
+            patch, cls, storage = layers[-1]
+            out = {"cls": cls, "storage": storage, "patch": patch}
+            out.update({f"patch_block{i}": layer[0] for i, layer in zip(self.layer_ids, layers[:-1])})
+        else:
+            out = self.model(self.preprocess(x))
         result = {name: out[name].float() for name in self.output_names if name in out}
         if self.task == "seg" and self.seg_output != "logits":
             size = x.shape[1:3] if self.uint8_input else x.shape[-2:]

@@ -73,7 +73,8 @@ def reference_runner(manifest: dict, model=None, weights: str | None = None, hea
         model = ModelSource.from_manifest(manifest["source"], weights=weights, head=head).build(attn_impl="sdpa")
     model.backbone.set_attn_impl("sdpa")
     inp = manifest["input"]
-    module = DeployModule(model, "fp32", seg_output=manifest["outputs_config"]["seg_output"],
+    cfg = manifest["outputs_config"]
+    module = DeployModule(model, "fp32", seg_output=cfg["seg_output"], feature_layers=cfg.get("feature_layers", 0),
                           uint8_input=inp["dtype"] == "uint8", mean=tuple(inp["normalize"]["mean"]),
                           std=tuple(inp["normalize"]["std"]))
     return TorchRunner(module, name="pytorch-fp32")

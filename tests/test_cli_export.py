@@ -116,3 +116,33 @@ def test_user_errors_exit_2_with_a_message(tmp_path):
                    "--out", str(tmp_path / "x"))
         assert r.exit_code == 2 and "pip install 'dinov3-deploy[trt]'" in r.output
     assert not (tmp_path / "x").exists()
+
+
+def test_export_from_a_head_checkpoint_with_uint8_input(tmp_path):
+    """--head: backbone and classes come from the trainer's checkpoint; verify rebuilds the same
+    reference later and refuses when the checkpoint changed under it."""
+    import torch
+
+    from dinov3_deploy.reference.head_checkpoint import save_head_checkpoint
+    from dinov3_deploy.reference.task_model import build_task_model
+
+    torch.manual_seed(5)
+    tm = build_task_model("seg", "vit_tiny_test", n_classes=3, class_names=["sky", "road", "car"],
+                          palette=[[0, 0, 255], [128, 128, 128], [255, 0, 0]])
+    head = save_head_checkpoint(tmp_path / "head", tm)
+    out = tmp_path / "art"
+    r = invoke("export", "--head", str(head), "--precision", "fp16", "--uint8-input", "--static", "32x48",
+               "--batch", "1:2", "--out", str(out))
+    assert r.exit_code == 0, r.output + repr(r.exception)
+    m = load_artifact(out).manifest
+    assert m["backbone"]["name"] == "vit_tiny_test" and m["backbone"]["random_weights"]
+    assert not m["head"]["random_weights"] and m["classes"]["names"] == ["sky", "road", "car"]
+    assert m["input"] | {"shapes": None} == m["input"] | {"name": "image", "dtype": "uint8", "layout": "NHWC",
+                                                          "shapes": None}
+    assert m["input"]["normalize"]["in_graph"] and "parity PASSED" in r.output
+    assert invoke("verify", str(out)).exit_code == 0
+    with torch.no_grad():
+        tm.head.conv.bias.add_(1.0)
+    save_head_checkpoint(head, tm)
+    r = invoke("verify", str(out))
+    assert r.exit_code == 2 and "differs from the one the artifact was exported from" in r.output

@@ -5,6 +5,7 @@ checker that really rejects bad graphs."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import onnx
@@ -12,7 +13,7 @@ import pytest
 import torch
 from test_export_matrix import images, stressed_backbone
 
-from dinov3_deploy.errors import InputShapeError
+from dinov3_deploy.errors import DeployError, InputShapeError
 from dinov3_deploy.onnx_export import (
     DeployModule,
     GraphFacts,
@@ -86,10 +87,10 @@ def test_probs_output_static_resolution_convnext(tmp_path):
 
 def test_bf16_graph_is_strongly_typed_with_fp32_islands(tmp_path):
     torch.manual_seed(0)
-    bb = stressed_backbone("vit_tiny_swiglu_test")
+    bb = build_backbone(dataclasses.replace(get_config("vit_tiny_swiglu_test"), depth=2)).eval()
     bb.set_attn_impl("math")
     model = build_task_model("features", bb)
-    module = DeployModule(model, "bf16")
+    module = DeployModule(model, "bf16", feature_layers=2)
     shapes = ShapeSpec(DimRange(1, 1, 2), DimRange(32, 32, 32), DimRange(48, 48, 48), 16)
     result = export_onnx(module, tmp_path / "m.onnx", shapes)
     facts = ensure_clean(result.path, "bf16", shapes)
@@ -99,7 +100,38 @@ def test_bf16_graph_is_strongly_typed_with_fp32_islands(tmp_path):
         assert set(facts.fp32_islands[op]) == {"float32"}, op
     # a static resolution bakes the RoPE tables (fp32 constants) instead of computing them
     assert "Sin" not in facts.op_counts and "Range" not in facts.op_counts
-    assert [o["dtype"] for o in facts.outputs] == ["float32"] * 3
+    assert [(o["name"], o["dtype"]) for o in facts.outputs] == [
+        ("cls", "float32"), ("storage", "float32"), ("patch", "float32"), ("patch_block0", "float32")]
+
+
+def test_feature_layers_come_from_one_backbone_pass():
+    torch.manual_seed(0)
+    model = build_task_model("features", "vit_tiny_test")
+    x = torch.from_numpy(images(2, 32, 48))
+    module = DeployModule(copy.deepcopy(model), "fp32", feature_layers=3)
+    assert module.output_names == ["cls", "storage", "patch", "patch_block1", "patch_block2"]
+    outs = dict(zip(module.output_names, module(x)))
+    with torch.no_grad():
+        plain = model(x)
+        inter = model.backbone.get_intermediate_layers(x, n=[1, 2], norm=True)
+    for name in ("cls", "storage", "patch"):
+        torch.testing.assert_close(outs[name], plain[name], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs["patch_block1"], inter[0])
+    torch.testing.assert_close(outs["patch_block2"], inter[1])
+    assert ops_graph_count(module) == 4  # one pass: 4 blocks, not 4 + 3
+    with pytest.raises(DeployError, match="--feature-layers"):
+        DeployModule(build_task_model("seg", "vit_tiny_test", n_classes=2), "fp32", feature_layers=1)
+
+
+def ops_graph_count(module) -> int:
+    """How many transformer blocks run in one forward."""
+    calls = []
+    hooks = [b.register_forward_hook(lambda *_: calls.append(1)) for b in module.model.backbone.blocks]
+    with torch.no_grad():
+        module(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    return len(calls)
 
 
 def test_external_data_for_large_models(tmp_path):

@@ -29,6 +29,8 @@ from dinov3_deploy.export_pipeline import DEFAULT_MODEL, ExportOptions
 @click.option("--seg-output", type=click.Choice(["logits", "probs", "labels"]), default="logits", show_default=True,
               help="seg: add upsampled probabilities or argmax labels to the patch-resolution logits.")
 @click.option("--uint8-input", is_flag=True, help="Input uint8 NHWC RGB, normalised in the graph.")
+@click.option("--feature-layers", type=int, default=0, show_default=True,
+              help="features on ViT: also output the patch tokens of the last N blocks (N-1 extra outputs).")
 @click.option("--trt-flavor", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
               show_default=True)
 @click.option("--trt-targets", default=None, help="TensorRT-RTX compute capabilities, e.g. SM86,SM89.")
@@ -41,8 +43,8 @@ from dinov3_deploy.export_pipeline import DEFAULT_MODEL, ExportOptions
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Artifact directory (default: artifacts/<model>-<task>-<precision>).")
 def command(task, model, weights, head, n_classes, layers, precision, formats, batch, height, width, static,
-            seg_output, uint8_input, trt_flavor, trt_targets, trt_workspace_gib, trt_opt_level, timing_cache,
-            seed, no_verify, overwrite, out) -> None:
+            seg_output, uint8_input, feature_layers, trt_flavor, trt_targets, trt_workspace_gib, trt_opt_level,
+            timing_cache, seed, no_verify, overwrite, out) -> None:
     """Export a DINOv3 model to a verified deployment artifact."""
     from rich.console import Console
     from rich.markup import escape
@@ -57,7 +59,8 @@ def command(task, model, weights, head, n_classes, layers, precision, formats, b
     opts = ExportOptions(
         out=out, task=task, model=model, weights=weights, head=head, n_classes=n_classes, layers=layers, seed=seed,
         precision=precision, formats=formats, batch=batch, height=height, width=width, static=static,
-        seg_output=seg_output, uint8_input=uint8_input, trt_flavor=trt_flavor,
+        seg_output=seg_output, uint8_input=uint8_input, feature_layers=feature_layers,
+        trt_flavor=trt_flavor,
         trt_targets=[t.strip() for t in trt_targets.split(",")] if trt_targets else None,
         trt_workspace_gib=trt_workspace_gib, trt_opt_level=trt_opt_level, timing_cache=timing_cache,
         verify=not no_verify, overwrite=overwrite,
