@@ -31,3 +31,16 @@ class RichProgress:
     def log(self, text: str) -> None:
         if self._status is not None:
             self._status.update(f"{self._step}: {text} ...")
+
+
+def make_console():
+    """A rich console; when output is not a terminal (CI logs, pipes) it is 120 columns wide rather
+    than rich's 80, so parity tables are not truncated (COLUMNS still wins when set)."""
+    import os
+
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=120)
+    return console

@@ -46,14 +46,13 @@ def command(task, model, weights, head, n_classes, layers, precision, formats, b
             seg_output, uint8_input, feature_layers, trt_flavor, trt_targets, trt_workspace_gib, trt_opt_level,
             timing_cache, seed, no_verify, overwrite, out) -> None:
     """Export a DINOv3 model to a verified deployment artifact."""
-    from rich.console import Console
     from rich.markup import escape
 
-    from dinov3_deploy.commands._progress import RichProgress
+    from dinov3_deploy.commands._progress import RichProgress, make_console
     from dinov3_deploy.export_pipeline import export_artifact
     from dinov3_deploy.verification import render_report
 
-    console = Console()
+    console = make_console()
     if out is None:
         out = f"artifacts/{model or ('head' if head else DEFAULT_MODEL)}-{task}-{precision}"
     opts = ExportOptions(

@@ -20,11 +20,12 @@ def command(artifact, as_json, show_log) -> None:
     if as_json:
         click.echo(json.dumps(m, indent=2))
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from dinov3_deploy.commands._progress import make_console
+
+    console = make_console()
     inp = m["input"]
     sh = inp["shapes"]
     rng = lambda r: f"{r[0]}:{r[1]}:{r[2]}" if r[0] != r[2] else str(r[0])

@@ -12,13 +12,12 @@ import click
 @click.option("--no-write", is_flag=True, help="Do not update the artifact's parity.json.")
 def command(artifact, weights, head, no_write) -> None:
     """Check an artifact's backends against the fp32 PyTorch reference; exit 1 when parity fails."""
-    from rich.console import Console
 
     from dinov3_deploy.artifact import load_artifact
-    from dinov3_deploy.commands._progress import RichProgress
+    from dinov3_deploy.commands._progress import RichProgress, make_console
     from dinov3_deploy.verification import failure_message, render_report, verify_artifact
 
-    console = Console()
+    console = make_console()
     progress = RichProgress(console)
     with progress.step(f"loading {artifact} (schema, sha256 of every file)"):
         art = load_artifact(artifact)
