@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from dinov3_deploy.artifact import ENGINE_NAME, ONNX_NAME, PARITY_NAME, Artifact, ArtifactWriter, toolchain_versions
@@ -70,7 +70,6 @@ class ExportOptions:
     verify: bool = True
     overwrite: bool = False
     external_data: bool | None = None  # None: only when the weights exceed protobuf's 2 GiB
-    extra: dict = field(default_factory=dict)
 
 
 def parse_formats(text: str | tuple[str, ...]) -> tuple[str, ...]:
