@@ -1,4 +1,4 @@
-"""Every task x {ViT (MLP and SwiGLU), ConvNeXt} x {fp32, fp16}: export with dynamic shapes, graph
+"""Every task x {ViT (MLP; SwiGLU in the 7B shape), ConvNeXt} x {fp32, fp16}: export with dynamic shapes, graph
 hygiene, and ONNX Runtime parity against the fp32 PyTorch reference at a batch and resolution that
 differ from the export example (so the dynamic axes really work).
 
@@ -28,8 +28,17 @@ from dinov3_deploy.shapes import DimRange, ShapeSpec
 TASKS = ("features", "seg", "depth", "cls")
 
 
+# The 7B's code path (SwiGLU aligned to 64, no qkv bias nor bias mask, local_cls_norm present) at tiny size.
+VIT7B_LIKE = dataclasses.replace(get_config("vit_tiny_swiglu_test"), name="vit7b_like_test", ffn_ratio=3,
+                                 ffn_align=64, qkv_bias=False, mask_k_bias=False, local_cls_norm=True)
+
+
+def cfg_of(name: str):
+    return VIT7B_LIKE if name == VIT7B_LIKE.name else get_config(name)
+
+
 def stressed_backbone(name: str):
-    cfg = get_config(name)
+    cfg = cfg_of(name)
     cfg = dataclasses.replace(cfg, depth=1) if cfg.family == "vit" else dataclasses.replace(cfg, depths=(1, 1, 1, 1))
     bb = build_backbone(cfg)
     with torch.no_grad():
@@ -81,7 +90,8 @@ def all_task_models(backbone_name: str, attn_impl: str):
     return {t: build_task_model(t, bb, n_classes=5) for t in TASKS}
 
 
-CELLS = [("vit_tiny_test", "fp32"), ("vit_tiny_swiglu_test", "fp16"), ("convnext_tiny_test", "fp32"),
+# ViT-MLP fp32, ViT-SwiGLU in its 7B shape fp16, ConvNeXt fp32 and fp16
+CELLS = [("vit_tiny_test", "fp32"), ("vit7b_like_test", "fp16"), ("convnext_tiny_test", "fp32"),
          ("convnext_tiny_test", "fp16")]
 
 
@@ -93,7 +103,7 @@ def test_every_task_exports_with_dynamic_shapes_and_parity(backbone, precision, 
     reference = AllTasks(all_task_models(backbone, "sdpa"), "fp32")  # same weights, SDPA attention
     ref = TorchRunner(reference)
     module = AllTasks(models, precision)
-    mult = get_config(backbone).input_multiple
+    mult = cfg_of(backbone).input_multiple
     shapes = shapes_for(mult)
     result = export_onnx(module, tmp_path / "model.onnx", shapes)
     facts = ensure_clean(result.path, precision, shapes)  # checker, shape inference, hygiene
@@ -103,7 +113,7 @@ def test_every_task_exports_with_dynamic_shapes_and_parity(backbone, precision, 
     assert [o["name"] for o in facts.outputs] == module.output_names
     assert facts.opset >= 18 and not {"If", "Tile"} & set(facts.op_counts)
     assert facts.fp32_islands["LayerNormalization"] == {"float32": facts.op_counts["LayerNormalization"]}
-    if get_config(backbone).family == "vit":  # attention softmax and RoPE stay fp32
+    if cfg_of(backbone).family == "vit":  # attention softmax and RoPE stay fp32
         assert set(facts.fp32_islands["Softmax"]) == {"float32"}
         assert set(facts.fp32_islands["Sin"]) == {"float32"} and set(facts.fp32_islands["Cos"]) == {"float32"}
     want = {"fp32": "float32", "fp16": "float16"}[precision]
@@ -124,7 +134,7 @@ def test_every_task_exports_with_dynamic_shapes_and_parity(backbone, precision, 
                   f"max_abs {r.max_abs:.2e} labels {r.label_agreement}")
         assert rows and all(r.passed for r in rows), [r.failures for r in rows]
     gh, gw = mult // 16, 4 * mult // 16  # heads work on the ViT-16 grid for both families
-    assert ort_out["features.cls"].shape == (3, get_config(backbone).embed_dim)
+    assert ort_out["features.cls"].shape == (3, cfg_of(backbone).embed_dim)
     if precision == "fp16" and importlib.util.find_spec("tensorrt_rtx"):
         # TensorRT's parser accepts every task's graph (e.g. no antialiased Resize from ConvNeXt maps)
         from dinov3_deploy.engines.build import build_engine, network_from_onnx, profiles_from_shapes
@@ -143,7 +153,7 @@ def test_every_task_exports_with_dynamic_shapes_and_parity(backbone, precision, 
 def test_deploy_module_outputs_per_task(backbone):
     """Each task's DeployModule names and shapes its outputs as the manifest documents them."""
     models = all_task_models(backbone, "math")
-    family = get_config(backbone).family
+    family = cfg_of(backbone).family
     x = torch.from_numpy(images(2, 64, 96))
     expect = {
         "features": ["cls", "patch"] if family == "convnext" else ["cls", "storage", "patch"],
