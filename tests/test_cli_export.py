@@ -146,3 +146,14 @@ def test_export_from_a_head_checkpoint_with_uint8_input(tmp_path):
     save_head_checkpoint(head, tm)
     r = invoke("verify", str(out))
     assert r.exit_code == 2 and "differs from the one the artifact was exported from" in r.output
+
+
+def test_export_that_fails_parity_leaves_no_artifact(tmp_path, monkeypatch):
+    from dinov3_deploy import parity
+
+    monkeypatch.setitem(parity.THRESHOLDS, "fp32", parity.Thresholds(0.0, 1.1, 1.0))
+    r = invoke("export", "--task", "cls", "--model", "vit_tiny_test", "--static", "32x32", "--batch", "1",
+               "--out", str(tmp_path / "art"))
+    assert r.exit_code == 2 and "parity failed" in r.output and "no artifact was written" in r.output
+    assert "rel fro" in r.output  # the table is shown before the error
+    assert list(tmp_path.iterdir()) == []  # neither the artifact nor its temporary directory
