@@ -10,7 +10,7 @@ import click
 @click.command("eval")
 @click.option("--task", type=click.Choice(["seg"]), default="seg", show_default=True)
 @click.option("--head", "head", type=click.Path(), required=True, help="Head checkpoint directory (from `train`).")
-@click.option("--backbone-weights", type=click.Path(exists=True), default=None,
+@click.option("--weights", "--backbone-weights", "backbone_weights", type=click.Path(exists=True), default=None,
               help="Backbone checkpoint; without it the backbone is random (only right for test heads).")
 @click.option("--data", default="synthetic", show_default=True, help="synthetic[:N] | ade20k:PATH | folder:PATH")
 @click.option("--split", default="val", show_default=True)

@@ -9,7 +9,7 @@ import click
 @click.option("--task", type=click.Choice(["seg"]), default="seg", show_default=True, help="Task head to train.")
 @click.option("--model", "backbone", default="vit_tiny_test", show_default=True,
               help="Backbone name (see `dinov3-deploy models --all`).")
-@click.option("--backbone-weights", type=click.Path(exists=True), default=None,
+@click.option("--weights", "--backbone-weights", "backbone_weights", type=click.Path(exists=True), default=None,
               help="Backbone checkpoint (.pth, .safetensors, HF dir); random weights without it.")
 @click.option("--layers", type=click.Choice(["last", "four_last", "four_even"]), default="last", show_default=True)
 @click.option("--data", default="synthetic", show_default=True, help="synthetic[:N] | ade20k:PATH | folder:PATH")
