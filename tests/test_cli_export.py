@@ -72,6 +72,7 @@ def test_verify_and_inspect(artifact, tmp_path):
     r = invoke("inspect", str(copy))
     assert r.exit_code == 0, r.output
     assert "tensorrt-rtx" in r.output and "random weights" in r.output and "pixel_values" in r.output
+    assert "worst rel fro" in r.output and "labels 100.000%" in r.output
     r = invoke("inspect", "--json", str(copy))
     assert json.loads(r.output)["task"] == "seg"
 

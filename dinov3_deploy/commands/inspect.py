@@ -65,9 +65,22 @@ def command(artifact, as_json, show_log) -> None:
         p = json.loads(parity_file.read_text())
         verdict = ("skipped" if p.get("passed") is None else "[green]passed[/]" if p["passed"] else "[red]failed[/]")
         t.add_row("parity", f"{verdict} {', '.join(p.get('verified_backends', []))}")
+        for b in p.get("backends", []):
+            if b["status"] != "skipped" and b["outputs"]:
+                t.add_row(f"  {b['name']}", _worst(b["outputs"]))
     t.add_row("files", ", ".join(f"{k} ({v['bytes'] / 1e6:.2f} MB)" for k, v in m["files"].items()))
     for note in m.get("notes", []):
         t.add_row("note", f"[yellow]{escape(note)}[/]")
     console.print(t)
     if show_log and trt:
         console.print(escape("\n".join(trt["build_log"])))
+
+
+def _worst(rows: list[dict]) -> str:
+    """The worst figures over a backend's outputs and inputs."""
+    pick = lambda key, fn: fn((r[key] for r in rows if r.get(key) is not None), default=None)
+    rel, cos, lab = pick("rel_fro", max), pick("min_token_cos", min), pick("label_agreement", min)
+    parts = [f"worst rel fro {rel:.2e}" if rel is not None else "",
+             f"min token cos {cos:.6f}" if cos is not None else "",
+             f"labels {lab:.3%}" if lab is not None else ""]
+    return ", ".join(p for p in parts if p)
