@@ -110,7 +110,11 @@ def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "te
             from dinov3_deploy.engines.trt_api import load_api
 
             ok, reason = load_api(trt["flavor"]).runnable_here(trt.get("targets", []))
-            runner = EngineRunner(artifact.engine_path, trt["flavor"], trt["version"], name=name) if ok else None
+            # TensorRT-RTX compiles kernels on first run; keep them per engine (by hash) across runs.
+            digest = artifact.manifest.get("files", {}).get(trt["file"], {}).get("sha256", "engine")[:16]
+            cache = Path.home() / ".cache" / "dinov3-deploy" / f"{digest}.rtx-runtime-cache"
+            runner = EngineRunner(artifact.engine_path, trt["flavor"], trt["version"], name=name,
+                                  runtime_cache=cache if trt["flavor"] == "tensorrt-rtx" else None) if ok else None
         except DeployError as exc:
             runner, reason = None, str(exc)
         backends.append(Backend(name, runner, reason))
