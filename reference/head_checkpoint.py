@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from dinov3_deploy.errors import CheckpointError
 
+from .checkpoints import atomic_dir
 from .task_model import HeadSpec, TaskModel
 
 FORMAT = "dinov3-deploy-head"
@@ -47,7 +46,6 @@ def save_head_checkpoint(
     from safetensors.torch import save_file
 
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     head = task_model.head
     tensors = {} if head is None else {k: v.detach().cpu().contiguous().clone() for k, v in head.state_dict().items()}
     config = {
@@ -60,23 +58,9 @@ def save_head_checkpoint(
         "backbone_seed": backbone_seed,
         "extra": dict(extra or {}),
     }
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_dir(target, overwrite=True) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-        for f in (tmp / WEIGHTS_NAME, tmp / CONFIG_NAME):
-            os.chmod(f, 0o644)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a checkpoint is meant to be shared
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 
