@@ -179,22 +179,13 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
 
         if api is not None:
             from dinov3_deploy.engines.build import (
-                EngineBuildError,
                 build_engine,
                 network_from_onnx,
                 profiles_from_shapes,
             )
 
             with progress.step(f"building a strongly typed {api.flavor} {api.version} engine"):
-                try:
-                    net = network_from_onnx(root / ONNX_NAME, api)
-                except EngineBuildError as exc:
-                    if "ntialias" in str(exc):
-                        raise EngineBuildError(
-                            f"{exc}\nConvNeXt heads that read stages 0-1 (--layers {opts.layers}) downsample those "
-                            "maps with antialiasing, which TensorRT cannot parse: use --layers last, or --format onnx"
-                        ) from exc
-                    raise
+                net = network_from_onnx(root / ONNX_NAME, api)
                 built = build_engine(net, profiles_from_shapes(net, shapes), workspace_gib=opts.trt_workspace_gib,
                                      opt_level=opts.trt_opt_level, targets=opts.trt_targets,
                                      timing_cache=Path(opts.timing_cache) if opts.timing_cache else None)

@@ -51,8 +51,9 @@ class ConvNeXtConfig:
     layer_norm_eps: float = 1e-6
     layerscale_init: float = 1e-6
     params_m: float = 0.0
-    # Intermediate maps are resized to a ViT-16 grid (h//16, w//16), as the release's hub models do.
-    patch_size: int = 16
+    # Stride of the tokens forward_features returns (the last stage's). get_intermediate_layers
+    # returns each stage's own map (stride 4..32), as the release's hub models do.
+    patch_size: int = 32
     n_storage_tokens: int = 0
     family: str = field(default="convnext", init=False)
 

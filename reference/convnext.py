@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .configs import ConvNeXtConfig
@@ -104,17 +103,12 @@ class ConvNeXt(nn.Module):
         return_extra_tokens: bool = False,
         norm: bool = True,
     ) -> tuple:
-        """Official ConvNeXt semantics: stage outputs resized (bilinear, antialiased) to the
-        ViT-16 grid h//16 x w//16; `norm` applies the stage's norm (identity except the last)."""
+        """Official ConvNeXt semantics (the release's hub models, built without a patch size): the
+        raw stage maps, strides 4/8/16/32; `norm` applies the stage's norm (identity except the
+        last); the class token is the stage's global average."""
         take = _blocks_to_take(n, 4)
-        h, w = x.shape[-2:]
         maps = self._stem_to(x, take)[:-1]
         pools = [m.mean(dim=(-2, -1)) for m in maps]
-        # Antialiasing only changes a downsampling resize (stages 0-1, stride 4/8 -> 16); stages
-        # 2-3 (stride 16/32) are resized identically without it (to float rounding), and
-        # TensorRT's ONNX parser rejects antialiased Resize, so those exports stay engine-buildable.
-        maps = [F.interpolate(m, size=(h // self.patch_size, w // self.patch_size), mode="bilinear",
-                              antialias=4 * 2**i < self.patch_size) for i, m in zip(take, maps)]
         cls_tokens, outputs = pools, []
         if norm:
             norms = [self.norms[i] for i in take]

@@ -45,7 +45,9 @@ class FeatureFusionBlock(nn.Module):
 
 
 class DPTDepthHead(nn.Module):
-    """forward(maps: 4 x [B, D_i, h, w]) -> depth [B, 1, 4h, 4w] in metres (h, w: patch grid)."""
+    """forward(maps: 4 x [B, D_i, h, w]) -> depth [B, 1, 4h, 4w] in metres (h, w: patch grid).
+    ConvNeXt maps come at strides 4-32 already and skip the reassembly; the output has the same
+    stride-1 resolution for both families."""
 
     def __init__(self, backbone: nn.Module, layer_ids: Sequence[int], spec) -> None:
         super().__init__()
@@ -57,14 +59,18 @@ class DPTDepthHead(nn.Module):
         d = backbone.embed_dim
         post = [max(d // 4, 8), max(d // 2, 8), d, d]  # ViT-L: 256, 512, 1024, 1024 as in DPT
         self.project = nn.ModuleList(nn.Conv2d(c, p, 1) for c, p in zip(in_dims, post))
-        self.resample = nn.ModuleList(
-            [
-                nn.ConvTranspose2d(post[0], post[0], 4, stride=4),
-                nn.ConvTranspose2d(post[1], post[1], 2, stride=2),
-                nn.Identity(),
-                nn.Conv2d(post[3], post[3], 3, stride=2, padding=1),
-            ]
-        )
+        if backbone.cfg.family == "convnext":
+            # ConvNeXt stages already form the pyramid (strides 4, 8, 16, 32): nothing to reassemble.
+            self.resample = nn.ModuleList(nn.Identity() for _ in range(4))
+        else:
+            self.resample = nn.ModuleList(
+                [
+                    nn.ConvTranspose2d(post[0], post[0], 4, stride=4),
+                    nn.ConvTranspose2d(post[1], post[1], 2, stride=2),
+                    nn.Identity(),
+                    nn.Conv2d(post[3], post[3], 3, stride=2, padding=1),
+                ]
+            )
         self.layer_rn = nn.ModuleList(nn.Conv2d(p, feats, 3, padding=1, bias=False) for p in post)
         self.fusion = nn.ModuleList(FeatureFusionBlock(feats) for _ in range(4))
         self.head = nn.Sequential(

@@ -133,10 +133,11 @@ def test_every_task_exports_with_dynamic_shapes_and_parity(backbone, precision, 
             print(f"{backbone}/{precision} {r.output}: rel_fro {r.rel_fro:.2e} cos {r.min_token_cos:.6f} "
                   f"max_abs {r.max_abs:.2e} labels {r.label_agreement}")
         assert rows and all(r.passed for r in rows), [r.failures for r in rows]
-    gh, gw = mult // 16, 4 * mult // 16  # heads work on the ViT-16 grid for both families
+    stride = cfg_of(backbone).patch_size  # heads read the last block: the patch grid / ConvNeXt's last stage
+    gh, gw = mult // stride, 4 * mult // stride
     assert ort_out["features.cls"].shape == (3, cfg_of(backbone).embed_dim)
     if precision == "fp16" and importlib.util.find_spec("tensorrt_rtx"):
-        # TensorRT's parser accepts every task's graph (e.g. no antialiased Resize from ConvNeXt maps)
+        # TensorRT's parser accepts every task's graph
         from dinov3_deploy.engines.build import build_engine, network_from_onnx, profiles_from_shapes
         from dinov3_deploy.engines.trt_api import load_api
 
