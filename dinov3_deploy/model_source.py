@@ -77,6 +77,14 @@ class ModelSource:
                 )
             except ValueError as exc:
                 raise DeployError(str(exc)) from exc
+            # Random parts get trained-scale statistics, so parity checks exercise attention, RoPE,
+            # LayerNorm and BatchNorm for real (the training init makes a near-identity network).
+            from dinov3_deploy.reference.random_init import release_like_
+
+            if self.random_backbone:
+                release_like_(model.backbone)
+            if model.head is not None:
+                release_like_(model.head)
             return model.eval()
 
     @classmethod
