@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,41 +62,37 @@ def _write_json(path: Path, data: dict) -> None:
 class ArtifactWriter:
     """Context manager owning a temporary directory beside `target`; `finish()` writes the
     manifest and renames it to `target`. Any exception (or no finish) removes it: never a half
-    artifact. An existing target is replaced only when `overwrite`."""
+    artifact. An existing target is replaced only when `overwrite`. The temp-and-rename is
+    reference.checkpoints.atomic_dir, the one implementation of it."""
 
     def __init__(self, target: str | os.PathLike, overwrite: bool = False) -> None:
         self.target = Path(target).resolve()
         self.overwrite = overwrite
         self.path: Path | None = None
-        self.done = False
+        self._dir = None
 
     def __enter__(self) -> ArtifactWriter:
+        from dinov3_deploy.reference.checkpoints import atomic_dir
+
         if self.target.exists() and not self.overwrite:
             if not self.target.is_dir() or any(self.target.iterdir()):
                 raise ArtifactError(f"{self.target} already exists; pass --overwrite or choose another --out")
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
+        self._dir = atomic_dir(self.target, overwrite=True)
+        self.path = self._dir.__enter__()
         return self
 
     def finish(self, manifest: dict) -> Path:
-        assert self.path is not None
+        assert self.path is not None and self._dir is not None
         manifest = dict(manifest, schema=SCHEMA, schema_version=SCHEMA_VERSION, files=hash_files(self.path))
         _write_json(self.path / MANIFEST, manifest)
-        for p in [self.path, *self.path.rglob("*")]:
-            os.chmod(p, 0o755 if p.is_dir() else 0o644)  # mkdtemp is private; artifacts are shared
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.replace(self.target, old)
-            os.replace(self.path, self.target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.path, self.target)
-        self.done = True
+        self._dir.__exit__(None, None, None)  # renames onto target
+        self._dir = None
         return self.target
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if not self.done and self.path is not None:
-            shutil.rmtree(self.path, ignore_errors=True)
+        if self._dir is not None:  # an exception, or no finish(): the temporary directory goes
+            self._dir.__exit__(exc_type or RuntimeError, exc or RuntimeError("artifact not finished"), tb)
+            self._dir = None
 
 
 @dataclass
