@@ -172,7 +172,14 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
             "toolchain": toolchain_versions(),
             "notes": [],
         }
-        if source.random_backbone or source.random_head:
+        if source.head is not None and source.random_backbone:
+            from dinov3_deploy.reference.head_checkpoint import read_head_config
+
+            seed = read_head_config(source.head).get("backbone_seed")
+            manifest["notes"].append(
+                f"RANDOM BACKBONE (seed {seed}, as the head was trained on): the head's predictions are only as good "
+                "as features of a random network. Pass --weights for real ones.")
+        elif source.random_backbone or source.random_head:
             what = " and ".join(w for w, r in (("backbone", source.random_backbone), ("head", source.random_head)) if r)
             manifest["notes"].append(f"RANDOM WEIGHTS ({what}, seed {source.seed}): this artifact demonstrates the "
                                      "pipeline; its predictions mean nothing. Pass --weights / --head for real ones.")
