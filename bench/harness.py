@@ -31,6 +31,7 @@ class Target:
     cuda: bool = False
     skip_reason: str = ""
     info: dict = field(default_factory=dict)
+    close: Callable[[], None] | None = None  # releases the backend (sessions, engines) after timing
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ class Shape:
 
 def runner_target(runner, precision: str, name: str | None = None) -> Target:
     """A `Runner` (run(np batch) -> dict of np arrays): host-to-host time, as an application sees it."""
-    return Target(name or runner.name, precision, prepare=lambda b: b, call=runner.run, fetch=lambda o: o)
+    return Target(name or runner.name, precision, prepare=lambda b: b, call=runner.run, fetch=lambda o: o,
+                  close=getattr(runner, "close", None))
 
 
 def torch_target(module, name: str, precision: str, device: str, compile_mode: str | None = None) -> Target:
@@ -97,6 +99,15 @@ def run_benchmark(
     log: Callable[[str], None] = lambda msg: None,
 ) -> list[dict]:
     """One row per (target, shape): latency statistics, throughput, peak memory, parity."""
+    try:
+        return _run(targets, shapes, make_input, reference, task, warmup, iters, log)
+    finally:
+        for t in targets:
+            if t.close is not None:
+                t.close()
+
+
+def _run(targets, shapes, make_input, reference, task, warmup, iters, log) -> list[dict]:
     rows = []
     for shape in shapes:
         batch = make_input(shape)
