@@ -65,11 +65,13 @@ class ModelSource:
             n_classes = self.n_classes
             if self.task in ("seg", "cls") and n_classes <= 0:
                 n_classes = DEFAULT_N_CLASSES
+            from dinov3_deploy.reference.configs import normalization_for_weights
             from dinov3_deploy.reference.synthetic import MAX_CLASSES, class_names, palette
 
-            extra = {}
+            mean, std = normalization_for_weights(self.weights)
+            extra = {"mean": mean, "std": std}
             if self.task == "seg" and 2 <= n_classes <= MAX_CLASSES:
-                extra = {"class_names": class_names(n_classes), "palette": palette(n_classes)}
+                extra.update(class_names=class_names(n_classes), palette=palette(n_classes))
             try:
                 model = build_task_model(
                     self.task, self.backbone, n_classes=n_classes, layers=self.layers,

@@ -112,3 +112,20 @@ def get_config(name: str) -> BackboneConfig:
 
         raise DeployError(f"unknown backbone '{name}'. Known: {', '.join(list_backbones(include_test=True))}")
     return cfg
+
+
+# Pre-processing of the released weights (DINOV3-FACTS.md): web images (LVD-1689M) use ImageNet
+# statistics, the satellite weights (SAT-493M) their own.
+NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "lvd1689m": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "sat493m": ((0.430, 0.411, 0.296), (0.213, 0.156, 0.143)),
+}
+
+
+def normalization_for_weights(path) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    """Mean/std for a checkpoint, from the release's file naming (`..._pretrain_sat493m-<hash>.pth`);
+    ImageNet statistics for everything else."""
+    from pathlib import Path
+
+    name = Path(str(path)).name.lower() if path is not None else ""
+    return NORMALIZATION["sat493m" if "sat493m" in name else "lvd1689m"]

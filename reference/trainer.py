@@ -146,21 +146,22 @@ def _dropout_mask(seed: int, step: int, k: int, channels: int, p: float) -> torc
 # -- model -----------------------------------------------------------------------------------------
 def build_model(cfg: TrainConfig, class_names: list[str], palette: list[list[int]]) -> TaskModel:
     """Backbone (from cfg.backbone_weights, or random from cfg.seed) + a head initialised from cfg.seed."""
+    from .configs import normalization_for_weights
     from .factory import create_backbone
     from .head_checkpoint import random_backbone
     from .task_model import build_task_model
-    from .transforms import IMAGENET_MEAN, IMAGENET_STD
 
     if cfg.backbone_weights is None:
         backbone = random_backbone(cfg.backbone, cfg.seed, cfg.attn_impl)
     else:
         backbone = create_backbone(cfg.backbone, cfg.backbone_weights, attn_impl=cfg.attn_impl)
+    mean, std = normalization_for_weights(cfg.backbone_weights)  # SAT-493M weights have their own
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         return build_task_model(
             cfg.task, backbone, n_classes=len(class_names), layers=cfg.layers,
             class_names=list(class_names), palette=[list(map(int, c)) for c in palette],
-            mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=cfg.crop,
+            mean=mean, std=std, input_size=cfg.crop,
         )  # fmt: skip
 
 

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .configs import NORMALIZATION
 from .metrics import IGNORE_INDEX
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN, IMAGENET_STD = NORMALIZATION["lvd1689m"]
 
 
 def resize(image: np.ndarray, mask: np.ndarray | None, size: tuple[int, int]):

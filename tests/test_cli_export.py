@@ -158,3 +158,18 @@ def test_export_that_fails_parity_leaves_no_artifact(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "parity failed" in r.output and "no artifact was written" in r.output
     assert "rel fro" in r.output  # the table is shown before the error
     assert list(tmp_path.iterdir()) == []  # neither the artifact nor its temporary directory
+
+
+def test_satellite_weights_get_their_normalisation(tmp_path):
+    """Release file names say which pre-processing the weights need (SAT-493M: its own mean/std)."""
+    from dinov3_deploy.reference import create_backbone
+    from dinov3_deploy.reference.checkpoints import save_state_dict
+
+    weights = tmp_path / "dinov3_vit_tiny_test_pretrain_sat493m-eadcf0ff.safetensors"
+    save_state_dict(create_backbone("vit_tiny_test").state_dict(), weights)
+    out = tmp_path / "sat"
+    res = CliRunner().invoke(cli, ["export", "--task", "features", "--model", "vit_tiny_test", "--weights",
+                                   str(weights), "--height", "32:32:64", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    norm = json.loads((out / "manifest.json").read_text())["input"]["normalize"]
+    assert norm["mean"] == [0.430, 0.411, 0.296] and norm["std"] == [0.213, 0.156, 0.143]
