@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class ExportOptions:
     timing_cache: str | None = None
     verify: bool = True
     overwrite: bool = False
+    attention: str = "onnx"  # "onnx": standard ops; "plugin": TensorRT dinov3_deploy::attention plugin nodes
     external_data: bool | None = None  # None: only when the weights exceed protobuf's 2 GiB
 
 
@@ -93,6 +95,32 @@ def shape_spec(opts: ExportOptions, multiple: int) -> ShapeSpec:
     return ShapeSpec(batch, height, width, multiple)
 
 
+ATTENTION_PLUGIN = "dinov3_deploy::attention"
+
+
+def check_attention_option(opts: ExportOptions, family: str, formats: tuple[str, ...]) -> bool:
+    """Whether to export plugin nodes; refuses combinations that cannot work, before any work."""
+    if opts.attention not in ("onnx", "plugin"):
+        raise DeployError(f"--attention must be 'onnx' or 'plugin', got '{opts.attention}'")
+    if opts.attention == "onnx":
+        return False
+    if family != "vit":
+        raise DeployError("--attention plugin applies to ViT backbones (ConvNeXt has no attention)")
+    if "trt" in formats and opts.trt_flavor == "tensorrt-rtx":
+        raise DeployError("--attention plugin needs full TensorRT: TensorRT-RTX's Python bindings have no "
+                          "tensorrt.plugin (Quickly Deployable Plugins). Use --trt-flavor tensorrt on a GPU machine")
+    import torch
+
+    engine_here = ("trt" in formats and importlib.util.find_spec("tensorrt") is not None
+                   and torch.cuda.is_available())
+    if opts.verify and not engine_here:
+        raise DeployError("--attention plugin graphs run only in TensorRT with the dinov3_deploy plugins; without "
+                          "--format trt, full TensorRT and a GPU here nothing can verify this export: pass "
+                          "--no-verify, then run `dinov3-deploy verify` on such a machine "
+                          "(pip install 'dinov3-deploy[trt]')")
+    return True
+
+
 def _model_name(source: ModelSource) -> str:
     return f"dinov3_{source.backbone}_{source.task}"
 
@@ -113,6 +141,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
                                  opts.seed)
     cfg = get_config(source.backbone)
     shapes = shape_spec(opts, cfg.input_multiple)  # bad shapes fail before anything is built
+    plugin = check_attention_option(opts, cfg.family, formats)
     api = None
     if "trt" in formats:
         from dinov3_deploy.engines.trt_api import load_api
@@ -120,7 +149,8 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
         api = load_api(opts.trt_flavor)  # a missing TensorRT fails now, not after the export
 
     with progress.step(f"building {source.task} model on {source.backbone}"):
-        model = source.build(attn_impl="math")  # explicit-softmax attention: fp32 scores in the graph
+        # explicit-softmax attention: fp32 scores in the graph; or the Triton op, exported as plugin nodes
+        model = source.build(attn_impl="triton" if plugin else "math")
         reference = copy.deepcopy(model) if opts.verify else None
     spec = model.spec
     module = DeployModule(model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input,
@@ -130,7 +160,8 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
         root = writer.path
         with progress.step(f"exporting ONNX ({opts.precision}, batch {shapes.batch}, "
                            f"{shapes.height}x{shapes.width})"):
-            result = export_onnx(module, root / ONNX_NAME, shapes, external_data=opts.external_data)
+            result = export_onnx(module, root / ONNX_NAME, shapes, external_data=opts.external_data,
+                                 attention_plugin=plugin)
         with progress.step("checking the graph (onnx.checker, shape inference, hygiene)"):
             facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes)
         graph = facts.to_dict()
@@ -165,6 +196,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
             "classes": {"names": list(spec.class_names), "palette": [list(p) for p in spec.palette]}
             if source.task in ("seg", "cls") else None,
             "onnx": {"file": ONNX_NAME, "files": result.files, "opset": result.opset,
+                     "plugins": [ATTENTION_PLUGIN] if plugin else [],
                      "external_data": result.external_data, "exporter": "torch.onnx (dynamo, torch.export)",
                      "export_example_shape": result.example_shape, "graph": graph},
             "tensorrt": None,
@@ -192,6 +224,10 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
             )
 
             with progress.step(f"building a strongly typed {api.flavor} {api.version} engine"):
+                if plugin:
+                    from dinov3_deploy.engines.plugins import register_plugins
+
+                    register_plugins()
                 net = network_from_onnx(root / ONNX_NAME, api)
                 built = build_engine(net, profiles_from_shapes(net, shapes), workspace_gib=opts.trt_workspace_gib,
                                      opt_level=opts.trt_opt_level, targets=opts.trt_targets,

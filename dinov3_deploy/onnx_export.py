@@ -175,19 +175,27 @@ class ExportResult:
 
 
 def export_onnx(module: DeployModule, path: str | os.PathLike, shapes: ShapeSpec,
-                external_data: bool | None = None) -> ExportResult:
-    """Export `module` to `path`; weights go to `<path>.data` when large (or when asked)."""
+                external_data: bool | None = None, attention_plugin: bool = False) -> ExportResult:
+    """Export `module` to `path`; weights go to `<path>.data` when large (or when asked).
+    attention_plugin: the module runs attn_impl="triton"; each block's attention becomes one
+    `dinov3_deploy.attention` node for TensorRT's dinov3_deploy::attention plugin (qkv split and
+    RoPE stay standard ops, see engines/plugins.py)."""
     path = Path(path)
     opset = OPSET[module.precision]
     if external_data is None:
         external_data = needs_external_data(module, module.precision)
     b, h, w = _example_dims(shapes)
     x = module.example_input(b, h, w)
+    extra = {}
+    if attention_plugin:
+        from dinov3_deploy.engines.plugins import onnx_translation_table
+
+        extra["custom_translation_table"] = onnx_translation_table(plugin=True)
     with torch.no_grad():
         program = torch.onnx.export(
             module, (x,), dynamo=True, dynamic_shapes=_dynamic_shapes(module, shapes),
             input_names=[module.input_name], output_names=module.output_names,
-            opset_version=opset, verbose=False, report=False,
+            opset_version=opset, verbose=False, report=False, **extra,
         )
     program.save(str(path), external_data=external_data)
     _name_grid_dims(path)

@@ -98,9 +98,12 @@ def _ort_skip_reason(provider: str, precision: str) -> str:
 def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt")) -> list[Backend]:
     """The ONNX Runtime providers and the engine of an artifact, each runnable or skipped with why."""
     backends = []
+    plugins = artifact.manifest["onnx"].get("plugins") or []
     for prov in providers:
         name = f"onnxruntime-{prov}"
         reason = _ort_skip_reason(prov, artifact.precision)
+        if plugins and not reason:
+            reason = f"the graph holds TensorRT plugin nodes ({', '.join(plugins)}) that only TensorRT runs"
         backends.append(Backend(name, None if reason else OrtRunner(artifact.onnx_path, prov, name), reason))
     trt = artifact.manifest.get("tensorrt")
     if trt:

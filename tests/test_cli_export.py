@@ -173,3 +173,29 @@ def test_satellite_weights_get_their_normalisation(tmp_path):
     assert res.exit_code == 0, res.output
     norm = json.loads((out / "manifest.json").read_text())["input"]["normalize"]
     assert norm["mean"] == [0.430, 0.411, 0.296] and norm["std"] == [0.213, 0.156, 0.143]
+
+
+def test_attention_plugin_export_emits_plugin_nodes_and_says_where_it_runs(tmp_path):
+    """--attention plugin: one dinov3_deploy.attention node per block for TensorRT's plugin; nothing on
+    this machine can run it, and every command says so instead of pretending."""
+    import onnx
+
+    out = tmp_path / "plug"
+    base = ["export", "--task", "seg", "--model", "vit_tiny_test", "--height", "32:64:128", "--attention", "plugin"]
+    res = CliRunner().invoke(cli, [*base, "--out", str(out)])
+    assert res.exit_code == 2 and "--no-verify" in res.output and not out.exists()
+    res = CliRunner().invoke(cli, [*base, "--format", "onnx,trt", "--trt-flavor", "tensorrt-rtx", "--no-verify",
+                                   "--out", str(out)])
+    assert res.exit_code == 2 and "full TensorRT" in res.output and not out.exists()
+    res = CliRunner().invoke(cli, [*base, "--no-verify", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    graph = onnx.load(str(out / "model.onnx")).graph
+    nodes = [n for n in graph.node if n.domain == "dinov3_deploy"]
+    assert [n.op_type for n in nodes] == ["attention"] * 4  # vit_tiny_test has 4 blocks
+    assert load_artifact(out).manifest["onnx"]["plugins"] == ["dinov3_deploy::attention"]
+    assert "TensorRT plugin nodes" in CliRunner().invoke(cli, ["inspect", str(out)]).output
+    res = CliRunner().invoke(cli, ["verify", str(out)])
+    assert res.exit_code != 0 and "plugin nodes (dinov3_deploy::attention) that only TensorRT runs" in res.output
+    res = CliRunner().invoke(cli, [*base[:4], "convnext_tiny_test", *base[5:], "--no-verify", "--out",
+                                   str(tmp_path / "c")])
+    assert res.exit_code == 2 and "ConvNeXt has no attention" in res.output

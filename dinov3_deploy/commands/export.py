@@ -37,6 +37,9 @@ from dinov3_deploy.export_pipeline import DEFAULT_MODEL, ExportOptions
 @click.option("--trt-workspace-gib", type=float, default=4.0, show_default=True)
 @click.option("--trt-opt-level", type=click.IntRange(0, 5), default=3, show_default=True)
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="tensorrt timing cache file.")
+@click.option("--attention", type=click.Choice(["onnx", "plugin"]), default="onnx", show_default=True,
+              help="ViT attention as standard ONNX ops, or as dinov3_deploy::attention TensorRT plugin nodes "
+                   "(Triton kernels; full TensorRT only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (not recommended).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing artifact at --out.")
@@ -44,7 +47,7 @@ from dinov3_deploy.export_pipeline import DEFAULT_MODEL, ExportOptions
               help="Artifact directory (default: artifacts/<model>-<task>-<precision>).")
 def command(task, model, weights, head, n_classes, layers, precision, formats, batch, height, width, static,
             seg_output, uint8_input, feature_layers, trt_flavor, trt_targets, trt_workspace_gib, trt_opt_level,
-            timing_cache, seed, no_verify, overwrite, out) -> None:
+            timing_cache, attention, seed, no_verify, overwrite, out) -> None:
     """Export a DINOv3 model to a verified deployment artifact."""
     from rich.markup import escape
 
@@ -62,7 +65,7 @@ def command(task, model, weights, head, n_classes, layers, precision, formats, b
         trt_flavor=trt_flavor,
         trt_targets=[t.strip() for t in trt_targets.split(",")] if trt_targets else None,
         trt_workspace_gib=trt_workspace_gib, trt_opt_level=trt_opt_level, timing_cache=timing_cache,
-        verify=not no_verify, overwrite=overwrite,
+        verify=not no_verify, overwrite=overwrite, attention=attention,
     )
     progress = RichProgress(console)
     try:

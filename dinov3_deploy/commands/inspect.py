@@ -50,7 +50,8 @@ def command(artifact, as_json, show_log) -> None:
         t.add_row("classes", ", ".join(m["classes"]["names"]))
     g = m["onnx"]["graph"]
     t.add_row("onnx", f"{m['onnx']['file']} opset {m['onnx']['opset']}, {g['nodes']} nodes"
-              + (", external data" if m["onnx"]["external_data"] else ""))
+              + (", external data" if m["onnx"]["external_data"] else "")
+              + (f", TensorRT plugin nodes: {', '.join(m['onnx']['plugins'])}" if m["onnx"].get("plugins") else ""))
     trt = m.get("tensorrt")
     if trt:
         t.add_row("tensorrt", f"{trt['file']} {trt['flavor']} {trt['version']}, targets {', '.join(trt['targets'])}, "
