@@ -82,7 +82,7 @@ def test_export_failing_midway_leaves_no_artifact(tmp_path, monkeypatch):
     """The ONNX is half written when the export dies: no artifact, no temporary directory."""
     import dinov3_deploy.onnx_export as onnx_export
 
-    def dying_export(module, path, shapes, external_data=None):
+    def dying_export(module, path, shapes, **options):
         path.write_bytes(b"partial onnx")
         raise RuntimeError("killed mid-export")
 
