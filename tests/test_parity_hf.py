@@ -12,6 +12,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
+from parity_helpers import randomize_, rel_err  # noqa: E402
 from transformers import (  # noqa: E402
     DINOv3ConvNextConfig,
     DINOv3ConvNextModel,
@@ -27,27 +28,6 @@ TOL = 1e-5
 # vit7b16 in miniature: no qkv bias, SwiGLU aligned to 64, head dim 128, local_cls_norm.
 VIT_7B_TINY = ViTConfig("vit7b_tiny_test", 128, 2, 1, ffn_layer="swiglu", ffn_ratio=3, ffn_align=64,
                         qkv_bias=False, mask_k_bias=False, local_cls_norm=True)
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter far from its init: norms around 1, LayerScale around 0.5, the rest N(0, 0.1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * r)
-            elif name.endswith(("lambda1", "gamma", "gamma_1", "gamma_2")):
-                p.copy_(0.5 + 0.3 * r)
-            elif name.endswith(("cls_token", "register_tokens", "storage_tokens", "reg_token")):
-                p.copy_(r)
-            else:
-                p.copy_(0.1 * r)
-    return model
 
 
 def hf_vit_config(cfg: ViTConfig) -> DINOv3ViTConfig:

@@ -7,33 +7,14 @@ import torch
 
 timm = pytest.importorskip("timm")
 
+from parity_helpers import randomize_, rel_err  # noqa: E402
+
 from dinov3_deploy.reference import ViTConfig, create_backbone, get_config  # noqa: E402
 from dinov3_deploy.reference.checkpoints import detect_source  # noqa: E402
 from dinov3_deploy.reference.convert_hf import rope_periods  # noqa: E402
 from dinov3_deploy.reference.convert_timm import official_to_timm, timm_to_official  # noqa: E402
 
 TOL = 1e-5
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
-def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Every parameter far from its init: norms around 1, LayerScale around 0.5, the rest N(0, 0.1)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g)
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.2 * r)
-            elif name.endswith(("gamma", "gamma_1", "gamma_2")):
-                p.copy_(0.5 + 0.3 * r)
-            elif name.endswith(("cls_token", "storage_tokens", "reg_token")):
-                p.copy_(r)
-            else:
-                p.copy_(0.1 * r)
-    return model
 
 
 def ours_tokens(f: dict) -> torch.Tensor:
