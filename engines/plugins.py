@@ -25,7 +25,13 @@ kernels never read them (asserted at compile time).
 What could not be run here (no GPU, no `tensorrt`): the registration itself, parsing the ONNX
 plugin node into a network, an engine build with these plugins, and executing the PTX. Tested
 here: the PTX compilation (tests/test_kernel_aot.py) and the ONNX export, with the translation
-checked numerically in ONNX Runtime (tests/test_kernel_onnx.py).
+checked numerically in ONNX Runtime (tests/test_kernel_onnx.py). Three assumptions about the
+`tensorrt.plugin` API to confirm on the first GPU machine with full TensorRT:
+  1. `ShapeExpr.is_constant` / `constant_value` as used by `_const`;
+  2. the type-string syntax given to `AutoTuneCombination`;
+  3. that TensorRT launches the kernels without the two trailing scratch pointers Triton adds
+     (unused, size 0, asserted) - if it passes them, the parameter lists need two dummies.
+The stitch plugin writes int32 labels (the PyTorch op writes int64).
 """
 
 from __future__ import annotations
