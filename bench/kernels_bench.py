@@ -121,7 +121,7 @@ def bench_fused(dev, dtype, smoke: bool) -> list[dict]:
 def _fused_case(B, H, g, hd, dev, dtype, sdpa, smoke) -> dict:
     from dinov3_deploy.kernels.attention import attention_flops
     from dinov3_deploy.kernels.fused_attention import rope_attention
-    from dinov3_deploy.reference.layers.rope import RopePositionEmbedding, rope_apply
+    from dinov3_deploy.reference.models.layers.rope import RopePositionEmbedding, rope_apply
 
     N, D = 5 + g * g, H * hd
     sin, cos = RopePositionEmbedding(hd, device=dev)(g, g)

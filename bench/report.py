@@ -3,20 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from dinov3_deploy.atomic import atomic_write, write_text
+
 SCHEMA = "dinov3-deploy-bench/1"
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _parity_cell(row: dict) -> str:
@@ -95,21 +86,18 @@ def plot(report: dict, path: Path) -> None:
     ax.set_title(f"{report['config']['title']} on {dev} (red edge = parity failed)", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def write_report(report: dict, json_path: Path, *, png: bool = True) -> list[Path]:
     """report.json + report.md (+ report.png), each written atomically; returns the paths."""
     report = {"schema": SCHEMA, **report}
-    _atomic_text(json_path, json.dumps(report, indent=2) + "\n")
+    write_text(json_path, json.dumps(report, indent=2) + "\n")
     md = json_path.with_suffix(".md")
-    _atomic_text(md, markdown(report))
+    write_text(md, markdown(report))
     paths = [json_path, md]
     if png:
         plot(report, json_path.with_suffix(".png"))

@@ -15,6 +15,7 @@ import platform
 from dataclasses import dataclass
 from pathlib import Path
 
+from dinov3_deploy.atomic import atomic_dir, write_json
 from dinov3_deploy.errors import ArtifactError
 from dinov3_deploy.model_source import sha256_file
 
@@ -53,17 +54,25 @@ def hash_files(root: Path) -> dict[str, dict]:
     return out
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
+def foreign_files(root: Path) -> list[str] | None:
+    """Files under `root` that its manifest does not list ([] for a pristine artifact of ours),
+    or None when `root` is not a dinov3-deploy artifact at all."""
+    try:
+        manifest = json.loads((root / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        return None
+    listed = set(manifest.get("files") or {}) | {MANIFEST}
+    return sorted(rel for p in root.rglob("*") if p.is_file() and (rel := p.relative_to(root).as_posix()) not in listed)
 
 
 class ArtifactWriter:
     """Context manager owning a temporary directory beside `target`; `finish()` writes the
     manifest and renames it to `target`. Any exception (or no finish) removes it: never a half
     artifact. An existing target is replaced only when `overwrite`. The temp-and-rename is
-    reference.checkpoints.atomic_dir, the one implementation of it."""
+    dinov3_deploy.atomic.atomic_dir, which replaces an existing directory only when it is an
+    artifact and holds nothing but the files its manifest lists."""
 
     def __init__(self, target: str | os.PathLike, overwrite: bool = False) -> None:
         self.target = Path(target).resolve()
@@ -72,19 +81,15 @@ class ArtifactWriter:
         self._dir = None
 
     def __enter__(self) -> ArtifactWriter:
-        from dinov3_deploy.reference.checkpoints import atomic_dir
-
-        if self.target.exists() and not self.overwrite:
-            if not self.target.is_dir() or any(self.target.iterdir()):
-                raise ArtifactError(f"{self.target} already exists; pass --overwrite or choose another --out")
-        self._dir = atomic_dir(self.target, overwrite=True)
+        self._dir = atomic_dir(self.target, overwrite=self.overwrite, ours=foreign_files, what="an artifact",
+                               error=ArtifactError)
         self.path = self._dir.__enter__()
         return self
 
     def finish(self, manifest: dict) -> Path:
         assert self.path is not None and self._dir is not None
         manifest = dict(manifest, schema=SCHEMA, schema_version=SCHEMA_VERSION, files=hash_files(self.path))
-        _write_json(self.path / MANIFEST, manifest)
+        write_json(self.path / MANIFEST, manifest)
         self._dir.__exit__(None, None, None)  # renames onto target
         self._dir = None
         return self.target
@@ -124,10 +129,10 @@ class Artifact:
 
     def write_parity(self, report: dict) -> None:
         """Replace parity.json and its hash in the manifest (the one file verify owns)."""
-        _write_json(self.path / PARITY_NAME, report)
+        write_json(self.path / PARITY_NAME, report)
         self.manifest.setdefault("files", {})[PARITY_NAME] = {
             "sha256": sha256_file(self.path / PARITY_NAME), "bytes": (self.path / PARITY_NAME).stat().st_size}
-        _write_json(self.path / MANIFEST, self.manifest)
+        write_json(self.path / MANIFEST, self.manifest)
 
 
 def load_artifact(path: str | os.PathLike, check_hashes: bool = True) -> Artifact:

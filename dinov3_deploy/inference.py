@@ -99,7 +99,7 @@ def _resize_short_side(pixels: torch.Tensor, short: int, multiple: int) -> torch
 
 def predict_image(model: ArtifactModel, name: str, image: np.ndarray, *, crop: int | None = None,
                   stride: int | None = None) -> Prediction:
-    from dinov3_deploy.reference.sliding_window import slide_inference
+    from dinov3_deploy.reference.training.sliding_window import slide_inference
 
     task = model.artifact.task
     shapes = model.shapes
@@ -150,7 +150,7 @@ def save_prediction(pred: Prediction, out_dir: Path, manifest: dict) -> dict:
     stem = Path(pred.name).stem
     summary = {"image": pred.name, "task": pred.task}
     if pred.labels is not None:
-        from dinov3_deploy.reference.visualize import colorize
+        from dinov3_deploy.reference.training.visualize import colorize
 
         classes = manifest.get("classes") or {}
         palette = classes.get("palette") or _palette(int(manifest["head"]["n_classes"]))
@@ -186,7 +186,7 @@ def save_prediction(pred: Prediction, out_dir: Path, manifest: dict) -> dict:
 
 
 def _palette(n: int) -> list[list[int]]:
-    from dinov3_deploy.reference.synthetic import palette
+    from dinov3_deploy.reference.training.synthetic import palette
 
     try:
         return palette(n)

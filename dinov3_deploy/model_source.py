@@ -45,7 +45,8 @@ class ModelSource:
         """The fp32 TaskModel in eval mode. Random parts come from `seed` without touching the
         caller's RNG state, so the same source always gives the same weights."""
         from dinov3_deploy.reference.configs import get_config
-        from dinov3_deploy.reference.task_model import TASKS, build_task_model
+        from dinov3_deploy.reference.factory import build_task_model
+        from dinov3_deploy.reference.models.task_model import TASKS
 
         if self.task not in TASKS:
             raise DeployError(f"unknown task '{self.task}', expected one of {', '.join(TASKS)}")
@@ -66,7 +67,7 @@ class ModelSource:
             if self.task in ("seg", "cls") and n_classes <= 0:
                 n_classes = DEFAULT_N_CLASSES
             from dinov3_deploy.reference.configs import normalization_for_weights
-            from dinov3_deploy.reference.synthetic import MAX_CLASSES, class_names, palette
+            from dinov3_deploy.reference.training.synthetic import MAX_CLASSES, class_names, palette
 
             mean, std = normalization_for_weights(self.weights)
             extra = {"mean": mean, "std": std}
@@ -81,7 +82,7 @@ class ModelSource:
                 raise DeployError(str(exc)) from exc
             # Random parts get trained-scale statistics, so parity checks exercise attention, RoPE,
             # LayerNorm and BatchNorm for real (the training init makes a near-identity network).
-            from dinov3_deploy.reference.random_init import release_like_
+            from dinov3_deploy.reference.models.random_init import release_like_
 
             if self.random_backbone:
                 release_like_(model.backbone)

@@ -17,11 +17,11 @@ Everything else in `engines/` asks this module, never `import tensorrt` itself.
 from __future__ import annotations
 
 import importlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
+from dinov3_deploy.atomic import write_bytes
 from dinov3_deploy.errors import DeployError, MissingDependencyError
 
 FLAVORS = ("auto", "tensorrt", "tensorrt-rtx")
@@ -77,11 +77,7 @@ class TrtApi:
         """After a build: persist the timing cache (tensorrt); TensorRT-RTX has none at build time."""
         if self.is_rtx or "timing_cache" not in settings:
             return
-        path = Path(settings["timing_cache"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        tmp.write_bytes(memoryview(config.get_timing_cache().serialize()))
-        os.replace(tmp, path)
+        write_bytes(Path(settings["timing_cache"]), bytes(memoryview(config.get_timing_cache().serialize())))
 
     # -- run-time differences ------------------------------------------------------------------
     def create_context(self, engine, runtime_cache: Path | None = None):
@@ -98,8 +94,7 @@ class TrtApi:
 
         def save() -> None:
             if runtime_cache is not None:
-                runtime_cache.parent.mkdir(parents=True, exist_ok=True)
-                runtime_cache.write_bytes(memoryview(cache.serialize()))
+                write_bytes(runtime_cache, bytes(memoryview(cache.serialize())))
 
         return ctx, save
 

@@ -8,11 +8,12 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from .checkpoints import detect_source, load_into, read_state_dict, to_official
 from .configs import ConvNeXtConfig, ViTConfig, get_config
-from .convnext import ConvNeXt
-from .random_init import INITS, release_like_
-from .vit import DinoVisionTransformer
+from .formats.checkpoints import detect_source, load_into, read_state_dict, to_official
+from .models.convnext import ConvNeXt
+from .models.random_init import INITS, release_like_
+from .models.task_model import HeadSpec, TaskModel
+from .models.vit import DinoVisionTransformer
 
 
 def build_backbone(name_or_cfg: str | ViTConfig | ConvNeXtConfig, device=None) -> nn.Module:
@@ -66,3 +67,26 @@ def config_for_weights(cfg: ViTConfig | ConvNeXtConfig, sd: dict) -> ViTConfig |
 def count_parameters(model: nn.Module) -> int:
     """Parameters, counting tensors shared between modules once (ConvNeXt's norm / norms.3)."""
     return sum(p.numel() for p in model.parameters())
+
+
+def build_task_model(
+    task: str,
+    backbone: str | nn.Module,
+    *,
+    n_classes: int = 0,
+    layers: str = "last",
+    backbone_weights=None,
+    head_type: str = "linear",
+    attn_impl: str = "sdpa",
+    **spec_kwargs,
+) -> TaskModel:
+    """A task model with a randomly initialised head (or none for features)."""
+    if isinstance(backbone, str):
+        name = backbone
+        backbone = create_backbone(name, backbone_weights, attn_impl=attn_impl)
+    else:
+        name = backbone.cfg.name
+    if task in ("seg", "cls") and n_classes <= 0:
+        raise ValueError(f"task '{task}' needs n_classes > 0")
+    spec = HeadSpec(task=task, backbone=name, n_classes=n_classes, layers=layers, head_type=head_type, **spec_kwargs)
+    return TaskModel(backbone, spec).eval()

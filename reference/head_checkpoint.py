@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
+from dinov3_deploy.atomic import atomic_dir
 from dinov3_deploy.errors import CheckpointError
 
-from .checkpoints import atomic_dir
-from .task_model import HeadSpec, TaskModel
+from .models.task_model import HeadSpec, TaskModel
 
 FORMAT = "dinov3-deploy-head"
 VERSION = 1
@@ -58,10 +58,23 @@ def save_head_checkpoint(
         "backbone_seed": backbone_seed,
         "extra": dict(extra or {}),
     }
-    with atomic_dir(target, overwrite=True) as tmp:
+    with atomic_dir(target, overwrite=True, ours=foreign_files, what="a head checkpoint") as tmp:
         save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": FORMAT})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     return target
+
+
+def foreign_files(path: Path) -> list[str] | None:
+    """Files in a head checkpoint directory that a head checkpoint does not hold; None when `path`
+    is not a head checkpoint (so it is never replaced)."""
+    try:
+        ours = json.loads((path / CONFIG_NAME).read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours:
+        return None
+    return sorted(p.relative_to(path).as_posix() for p in path.rglob("*")
+                  if p.is_file() and p.name not in (CONFIG_NAME, WEIGHTS_NAME))
 
 
 def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:

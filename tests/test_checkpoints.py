@@ -11,7 +11,7 @@ import torch
 
 from dinov3_deploy.errors import CheckpointError
 from dinov3_deploy.reference import ViTConfig, build_backbone, create_backbone, get_config
-from dinov3_deploy.reference.checkpoints import (
+from dinov3_deploy.reference.formats.checkpoints import (
     check_fits,
     detect_family,
     detect_source,
@@ -20,7 +20,7 @@ from dinov3_deploy.reference.checkpoints import (
     read_state_dict,
     save_state_dict,
 )
-from dinov3_deploy.reference.convert_hf import rope_periods
+from dinov3_deploy.reference.formats.convert_hf import rope_periods
 
 VIT_7B_TINY = ViTConfig("vit7b_tiny_test", 128, 2, 1, ffn_layer="swiglu", ffn_ratio=3, ffn_align=64,
                         qkv_bias=False, mask_k_bias=False, local_cls_norm=True)
@@ -391,7 +391,7 @@ def test_failed_write_leaves_nothing(tmp_path):
     class Boom(Exception):
         pass
 
-    from dinov3_deploy.reference.checkpoints import atomic_write
+    from dinov3_deploy.reference.formats.checkpoints import atomic_write
 
     def write(tmp):
         Path(tmp).write_text("half")
@@ -414,7 +414,7 @@ def test_load_into_is_strict_even_when_called_directly(g):
 def test_official_keys_pass_any_explicit_source_unchanged(g, source):
     """A wrong --source on an official file is harmless: keys already in our layout win over what a
     converter would synthesise (zero q/v biases, recomputed periods, a zero mask_token)."""
-    from dinov3_deploy.reference.checkpoints import to_official
+    from dinov3_deploy.reference.formats.checkpoints import to_official
 
     for name in ("vit_tiny_test", "convnext_tiny_test"):
         sd = _official(name, g)

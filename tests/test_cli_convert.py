@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 from dinov3_deploy.cli import cli
 from dinov3_deploy.reference import create_backbone, get_config
-from dinov3_deploy.reference.checkpoints import read_metadata, read_state_dict
-from dinov3_deploy.reference.convert_hf import official_to_hf
-from dinov3_deploy.reference.convert_timm import official_to_timm
+from dinov3_deploy.reference.formats.checkpoints import read_metadata, read_state_dict
+from dinov3_deploy.reference.formats.convert_hf import official_to_hf
+from dinov3_deploy.reference.formats.convert_timm import official_to_timm
 
 
 def _official(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -147,7 +147,7 @@ def _bad_inputs(tmp_path):
         "unknown model": ([vit, tmp_path / "o.pth", "--to", "official", "--model", "vitz16"], "unknown backbone"),
         "suffix": ([vit, tmp_path / "o.safetensors", "--to", "official", "--model", "vit_tiny_test"],
                    "--to safetensors"),
-        "exists": ([vit, tmp_path / "exists.pth", "--to", "official", "--model", "vit_tiny_test"], "--force"),
+        "exists": ([vit, tmp_path / "exists.pth", "--to", "official", "--model", "vit_tiny_test"], "--overwrite"),
         "wrong source": ([timm_file, tmp_path / "o.pth", "--to", "official", "--model", "vit_tiny_test",
                           "--source", "hf"], "left unconverted; pass --source timm"),
     }

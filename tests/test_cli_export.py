@@ -124,8 +124,8 @@ def test_export_from_a_head_checkpoint_with_uint8_input(tmp_path):
     reference later and refuses when the checkpoint changed under it."""
     import torch
 
+    from dinov3_deploy.reference.factory import build_task_model
     from dinov3_deploy.reference.head_checkpoint import save_head_checkpoint
-    from dinov3_deploy.reference.task_model import build_task_model
 
     torch.manual_seed(5)
     tm = build_task_model("seg", "vit_tiny_test", n_classes=3, class_names=["sky", "road", "car"],
@@ -163,7 +163,7 @@ def test_export_that_fails_parity_leaves_no_artifact(tmp_path, monkeypatch):
 def test_satellite_weights_get_their_normalisation(tmp_path):
     """Release file names say which pre-processing the weights need (SAT-493M: its own mean/std)."""
     from dinov3_deploy.reference import create_backbone
-    from dinov3_deploy.reference.checkpoints import save_state_dict
+    from dinov3_deploy.reference.formats.checkpoints import save_state_dict
 
     weights = tmp_path / "dinov3_vit_tiny_test_pretrain_sat493m-eadcf0ff.safetensors"
     save_state_dict(create_backbone("vit_tiny_test").state_dict(), weights)

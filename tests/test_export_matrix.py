@@ -19,9 +19,8 @@ import torch
 from dinov3_deploy.onnx_export import DeployModule, ensure_clean, export_onnx
 from dinov3_deploy.parity import compare
 from dinov3_deploy.reference.configs import get_config
-from dinov3_deploy.reference.factory import build_backbone
-from dinov3_deploy.reference.synthetic import make_sample
-from dinov3_deploy.reference.task_model import build_task_model
+from dinov3_deploy.reference.factory import build_backbone, build_task_model
+from dinov3_deploy.reference.training.synthetic import make_sample
 from dinov3_deploy.runners import OrtRunner, TorchRunner
 from dinov3_deploy.shapes import DimRange, ShapeSpec
 

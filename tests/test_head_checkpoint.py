@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from dinov3_deploy.errors import CheckpointError
+from dinov3_deploy.reference.factory import build_task_model
 from dinov3_deploy.reference.head_checkpoint import load_task_model, read_head_config, save_head_checkpoint
-from dinov3_deploy.reference.task_model import build_task_model
 
 
 def _randomise(model):

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov3_deploy.reference.heads import GlobalBatchNorm2d, bins_to_depth, select_layers
-from dinov3_deploy.reference.task_model import build_task_model
+from dinov3_deploy.reference.factory import build_task_model
+from dinov3_deploy.reference.models.heads import GlobalBatchNorm2d, bins_to_depth, select_layers
 
 
 def _eval_with_stats(model):

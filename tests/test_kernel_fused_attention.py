@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
 from dinov3_deploy.kernels.fused_attention import rope_attention, rope_attention_reference  # noqa: E402
 from dinov3_deploy.reference.configs import ViTConfig  # noqa: E402
 from dinov3_deploy.reference.factory import build_backbone, create_backbone  # noqa: E402
-from dinov3_deploy.reference.layers.rope import RopePositionEmbedding  # noqa: E402
+from dinov3_deploy.reference.models.layers.rope import RopePositionEmbedding  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

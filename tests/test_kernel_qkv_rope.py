@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
 
 from dinov3_deploy.kernels.qkv_rope import qkv_rope, qkv_rope_into, rope_table  # noqa: E402
-from dinov3_deploy.reference.layers.rope import RopePositionEmbedding, rope_apply  # noqa: E402
+from dinov3_deploy.reference.models.layers.rope import RopePositionEmbedding, rope_apply  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from dinov3_deploy.reference.metrics import SegMetrics, area_stats, mean_iou
+from dinov3_deploy.reference.training.metrics import SegMetrics, area_stats, mean_iou
 
 
 def test_hand_example_with_absent_and_ignored_classes():

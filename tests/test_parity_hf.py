@@ -21,8 +21,8 @@ from transformers import (  # noqa: E402
 )
 
 from dinov3_deploy.reference import ViTConfig, create_backbone, get_config  # noqa: E402
-from dinov3_deploy.reference.checkpoints import detect_source  # noqa: E402
-from dinov3_deploy.reference.convert_hf import hf_config, hf_to_official, official_to_hf, rope_periods  # noqa: E402
+from dinov3_deploy.reference.formats.checkpoints import detect_source  # noqa: E402
+from dinov3_deploy.reference.formats.convert_hf import hf_config, hf_to_official, official_to_hf, rope_periods  # noqa: E402
 
 TOL = 1e-5
 # vit7b16 in miniature: no qkv bias, SwiGLU aligned to 64, head dim 128, local_cls_norm.
@@ -209,7 +209,7 @@ def test_rope_coordinates_are_normalised_per_axis():
 
 def test_prefix_tokens_are_not_rotated():
     """Facts and HF agree: the cls and storage tokens skip RoPE, only the patch tokens rotate."""
-    from dinov3_deploy.reference.layers.rope import RopePositionEmbedding, rope_apply
+    from dinov3_deploy.reference.models.layers.rope import RopePositionEmbedding, rope_apply
 
     rope = RopePositionEmbedding(16)
     sin, cos = rope(2, 3)
@@ -281,7 +281,7 @@ def test_hf_vit_weights_into_convnext_name_the_cause(vit_pair):
 
 
 def _check_save_pretrained(tmp_path, cfg, hf, ours):
-    from dinov3_deploy.reference.checkpoints import read_state_dict
+    from dinov3_deploy.reference.formats.checkpoints import read_state_dict
 
     hf.save_pretrained(tmp_path)
     written = read_state_dict(tmp_path)

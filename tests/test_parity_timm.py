@@ -10,9 +10,9 @@ timm = pytest.importorskip("timm")
 from parity_helpers import randomize_, rel_err  # noqa: E402
 
 from dinov3_deploy.reference import ViTConfig, create_backbone, get_config  # noqa: E402
-from dinov3_deploy.reference.checkpoints import detect_source  # noqa: E402
-from dinov3_deploy.reference.convert_hf import rope_periods  # noqa: E402
-from dinov3_deploy.reference.convert_timm import official_to_timm, timm_to_official  # noqa: E402
+from dinov3_deploy.reference.formats.checkpoints import detect_source  # noqa: E402
+from dinov3_deploy.reference.formats.convert_hf import rope_periods  # noqa: E402
+from dinov3_deploy.reference.formats.convert_timm import official_to_timm, timm_to_official  # noqa: E402
 
 TOL = 1e-5
 

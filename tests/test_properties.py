@@ -6,8 +6,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dinov3_deploy.reference.layers.rope import RopePositionEmbedding, rope_apply
-from dinov3_deploy.reference.sliding_window import count_map, effective_crop, window_grid
+from dinov3_deploy.reference.models.layers.rope import RopePositionEmbedding, rope_apply
+from dinov3_deploy.reference.training.sliding_window import count_map, effective_crop, window_grid
 
 sizes = st.integers(min_value=1, max_value=300)
 

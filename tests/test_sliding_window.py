@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov3_deploy.reference.sliding_window import count_map, effective_crop, slide_inference, window_grid
+from dinov3_deploy.reference.training.sliding_window import count_map, effective_crop, slide_inference, window_grid
 
 
 def _axes(windows):
@@ -120,11 +120,11 @@ def test_bad_inputs():
 
 
 def test_slide_predict_uses_the_task_model_logits():
-    from dinov3_deploy.reference.task_model import build_task_model
+    from dinov3_deploy.reference.factory import build_task_model
 
     model = build_task_model("seg", "vit_tiny_test", n_classes=3)
     image = torch.randn(1, 3, 48, 80)
-    from dinov3_deploy.reference.sliding_window import slide_predict
+    from dinov3_deploy.reference.training.sliding_window import slide_predict
 
     out = slide_predict(model, image, crop=32, stride=16, out_size=(24, 40), batch_size=4)
     ref = slide_inference(lambda x: model(x)["logits"], image, 3, 32, 16, out_size=(24, 40))

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dinov3_deploy.errors import CheckpointError
-from dinov3_deploy.reference import trainer as trainer_mod
 from dinov3_deploy.reference.head_checkpoint import load_task_model
-from dinov3_deploy.reference.trainer import TrainConfig, lr_factor, sample_indices, train
+from dinov3_deploy.reference.training import trainer as trainer_mod
+from dinov3_deploy.reference.training.trainer import TrainConfig, lr_factor, sample_indices, train
 
 
 def _small(out, **kw) -> TrainConfig:

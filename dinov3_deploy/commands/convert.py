@@ -24,8 +24,8 @@ def convert_checkpoint(src: Path, dst: Path, *, target: str, model: str | None =
 
     from dinov3_deploy.errors import DeployError
     from dinov3_deploy.reference import build_backbone, get_config
-    from dinov3_deploy.reference import checkpoints as ck
     from dinov3_deploy.reference.factory import config_for_weights
+    from dinov3_deploy.reference.formats import checkpoints as ck
 
     if model is None:
         model, how = guess_model(src)
@@ -56,12 +56,13 @@ def convert_checkpoint(src: Path, dst: Path, *, target: str, model: str | None =
     if target == "hf" and dst.suffix != ".safetensors":
         from safetensors.torch import save_file
 
-        from dinov3_deploy.reference.convert_hf import hf_config
+        from dinov3_deploy.atomic import atomic_dir, write_json
+        from dinov3_deploy.reference.formats.convert_hf import hf_config
 
         tensors = ck.own_storage(out)
-        with ck.atomic_dir(dst, overwrite=force) as tmp:
+        with atomic_dir(dst, overwrite=force, ours=hf_folder_foreign_files, what="a Hugging Face folder") as tmp:
             save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt", **meta})
-            (tmp / "config.json").write_text(json.dumps(hf_config(cfg), indent=2) + "\n")
+            write_json(tmp / "config.json", hf_config(cfg))
     elif dst.suffix == ".safetensors":
         ck.save_state_dict(out, dst, metadata=meta)
     else:
@@ -76,7 +77,7 @@ def guess_model(src: Path) -> tuple[str | None, str]:
     import re
 
     from dinov3_deploy.reference import get_config, list_backbones
-    from dinov3_deploy.reference.checkpoints import read_metadata
+    from dinov3_deploy.reference.formats.checkpoints import read_metadata
 
     src = Path(src)
     weights = src / "model.safetensors" if src.is_dir() else src
@@ -107,6 +108,7 @@ def guess_model(src: Path) -> tuple[str | None, str]:
 
 
 def _check_destination(dst: Path, target: str, force: bool) -> None:
+    from dinov3_deploy.atomic import check_replaceable
     from dinov3_deploy.errors import DeployError
 
     suffix = dst.suffix
@@ -118,8 +120,31 @@ def _check_destination(dst: Path, target: str, force: bool) -> None:
         raise DeployError(f"--to timm writes a .pth or .safetensors file (got '{dst.name}')")
     if target == "hf" and suffix not in ("", ".safetensors"):
         raise DeployError(f"--to hf writes a directory or a .safetensors file (got '{dst.name}')")
-    if dst.exists() and not force:
-        raise DeployError(f"{dst} exists; pass --force to replace it")
+    if target == "hf" and suffix == "":
+        check_replaceable(dst.resolve(), force, hf_folder_foreign_files, "a Hugging Face folder")
+    elif dst.is_dir():
+        raise DeployError(f"{dst} is a directory; --to {target} writes a file: choose a file name")
+    elif dst.exists() and not force:
+        raise DeployError(f"{dst} exists; pass --overwrite to replace it")
+
+
+HF_FILES = ("model.safetensors", "config.json")
+
+
+def hf_folder_foreign_files(folder: Path) -> list[str] | None:
+    """Files of an HF folder that `convert` did not write; None when `convert` did not write the
+    folder at all (its model.safetensors carries our metadata: the mark of ours)."""
+    from dinov3_deploy.reference.formats.checkpoints import read_metadata
+
+    weights = folder / "model.safetensors"
+    try:
+        ours = "dinov3_deploy.layout" in read_metadata(weights)
+    except Exception:  # noqa: BLE001 - unreadable means: not provably ours
+        ours = False
+    if not ours:
+        return None
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and p.relative_to(folder).as_posix() not in HF_FILES)
 
 
 def _same_network(official: dict, back: dict, cfg) -> None:
@@ -145,7 +170,7 @@ def _same_network(official: dict, back: dict, cfg) -> None:
 def _note_lost_periods(official: dict, cfg, target: str, echo) -> None:
     import torch
 
-    from dinov3_deploy.reference.convert_hf import rope_periods
+    from dinov3_deploy.reference.formats.convert_hf import rope_periods
 
     stored = official.get("rope_embed.periods")
     if stored is None:
@@ -170,8 +195,9 @@ def _note_lost_periods(official: dict, cfg, target: str, echo) -> None:
                    "safetensors metadata, a Hugging Face config.json, or Meta's file name).")
 @click.option("--source", type=click.Choice(SOURCES), default="auto", show_default=True,
               help="Layout of SRC; auto detects it from the key names.")
-@click.option("--force", is_flag=True, help="Replace DST if it exists.")
-def command(src: Path, dst: Path, target: str, model: str | None, source: str, force: bool) -> None:
+@click.option("--overwrite", "--force", "overwrite", is_flag=True,
+              help="Replace DST if it exists (an HF folder only when this tool wrote it and it holds nothing else).")
+def command(src: Path, dst: Path, target: str, model: str | None, source: str, overwrite: bool) -> None:
     """Convert a DINOv3 checkpoint SRC between layouts, verified before DST is (atomically) written."""
-    convert_checkpoint(src, dst, target=target, model=model, source=source, force=force,
+    convert_checkpoint(src, dst, target=target, model=model, source=source, force=overwrite,
                        echo=lambda msg: click.echo(msg, err=msg.startswith("note:")))

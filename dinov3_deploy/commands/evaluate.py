@@ -31,9 +31,9 @@ def command(task, head, backbone_weights, data, split, size, crop, stride, max_i
     import torch
 
     from dinov3_deploy.errors import DeployError
-    from dinov3_deploy.reference.datasets import open_dataset
     from dinov3_deploy.reference.head_checkpoint import load_task_model
-    from dinov3_deploy.reference.trainer import apply_threads, evaluate_seg
+    from dinov3_deploy.reference.training.datasets import open_dataset
+    from dinov3_deploy.reference.training.trainer import apply_threads, evaluate_seg
 
     from .train import print_seg_result
 
@@ -60,7 +60,7 @@ def command(task, head, backbone_weights, data, split, size, crop, stride, max_i
     print_seg_result({**metrics, "class_names": names},
                      title=f"{spec.backbone} {spec.task} head on {data} ({n} images, crop {crop}, short side {size})")
     if out:
-        from dinov3_deploy.reference.visualize import save_prediction_figure
+        from dinov3_deploy.reference.training.visualize import save_prediction_figure
 
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)

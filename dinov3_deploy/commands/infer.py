@@ -50,7 +50,7 @@ def command(artifact, images, out_dir, backend, demo, window, stride) -> None:
     if images:
         inputs += [(p.name, p) for p in list_images(list(images))]
     if demo:
-        from dinov3_deploy.reference.synthetic import make_sample
+        from dinov3_deploy.reference.training.synthetic import make_sample
 
         inputs += [(f"synthetic_{i}.png", make_sample(1000 + i, 384, 512)[0]) for i in range(demo)]
     if not inputs:

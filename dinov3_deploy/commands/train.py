@@ -45,7 +45,7 @@ def command(**kw) -> None:
 
         torchrun --standalone --nproc-per-node 2 --no-python dinov3-deploy train ...
     """
-    from dinov3_deploy.reference.trainer import TrainConfig, train
+    from dinov3_deploy.reference.training.trainer import TrainConfig, train
 
     resume = kw.pop("resume")
     kw["progress"] = not kw.pop("no_progress")

@@ -9,22 +9,20 @@ Nothing beyond tensors is ever unpickled (`torch.load(weights_only=True)` or saf
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
 import re
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 
+from dinov3_deploy.atomic import atomic_write
 from dinov3_deploy.errors import CheckpointError
 
-from .configs import BackboneConfig
+from ..configs import BackboneConfig
 
 SOURCES = ("official", "hf", "timm")
 StateDict = dict[str, torch.Tensor]
@@ -141,7 +139,7 @@ def detect_family(sd: Mapping[str, torch.Tensor]) -> str | None:
 def _converter(source: str):
     if source not in SOURCES:
         raise CheckpointError(f"unknown checkpoint source '{source}', expected one of {SOURCES} or 'auto'")
-    return importlib.import_module(f"dinov3_deploy.reference.convert_{source}") if source != "official" else None
+    return None if source == "official" else importlib.import_module(f"{__package__}.convert_{source}")
 
 
 def to_official(sd: StateDict, cfg: BackboneConfig, source: str = "auto") -> StateDict:
@@ -253,53 +251,6 @@ def _max_index(keys) -> int:
 
 
 # -- writing ---------------------------------------------------------------------------------
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path) then rename onto path, so a failure never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, *, overwrite: bool = False):
-    """Yield a temporary directory beside `path`; on success it replaces `path` in one rename."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path} exists; pass --force to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        mask = _umask()
-        for f in tmp.rglob("*"):
-            os.chmod(f, (0o777 if f.is_dir() else 0o666) & ~mask)
-        os.chmod(tmp, 0o777 & ~mask)  # mkdtemp makes 0700
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_state_dict(sd: StateDict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
     """Write .safetensors (preferred) or .pth, atomically. .pth holds a plain dict of tensors,
     readable with torch.load(weights_only=True)."""

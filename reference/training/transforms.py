@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .configs import NORMALIZATION
+from ..configs import NORMALIZATION
 from .metrics import IGNORE_INDEX
 
 IMAGENET_MEAN, IMAGENET_STD = NORMALIZATION["lvd1689m"]

@@ -22,7 +22,7 @@ import torch
 
 from dinov3_deploy.errors import CheckpointError
 
-from .configs import BackboneConfig, ConvNeXtConfig, ViTConfig
+from ..configs import BackboneConfig, ConvNeXtConfig, ViTConfig
 from .convert_hf import _num_indexed, rope_periods
 
 StateDict = dict[str, torch.Tensor]

@@ -118,28 +118,3 @@ def build_head(spec: HeadSpec, backbone: nn.Module, layer_ids: list[int]) -> nn.
 
         return DPTDepthHead(backbone, layer_ids, spec)
     return BinsDepthHead(in_ch, spec.n_bins, spec.min_depth, spec.max_depth)
-
-
-def build_task_model(
-    task: str,
-    backbone: str | nn.Module,
-    *,
-    n_classes: int = 0,
-    layers: str = "last",
-    backbone_weights=None,
-    head_type: str = "linear",
-    attn_impl: str = "sdpa",
-    **spec_kwargs,
-) -> TaskModel:
-    """A task model with a randomly initialised head (or none for features)."""
-    from .factory import create_backbone
-
-    if isinstance(backbone, str):
-        name = backbone
-        backbone = create_backbone(name, backbone_weights, attn_impl=attn_impl)
-    else:
-        name = backbone.cfg.name
-    if task in ("seg", "cls") and n_classes <= 0:
-        raise ValueError(f"task '{task}' needs n_classes > 0")
-    spec = HeadSpec(task=task, backbone=name, n_classes=n_classes, layers=layers, head_type=head_type, **spec_kwargs)
-    return TaskModel(backbone, spec).eval()

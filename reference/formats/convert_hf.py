@@ -23,7 +23,7 @@ import torch
 
 from dinov3_deploy.errors import CheckpointError
 
-from .configs import BackboneConfig, ConvNeXtConfig, ViTConfig
+from ..configs import BackboneConfig, ConvNeXtConfig, ViTConfig
 
 StateDict = dict[str, torch.Tensor]
 

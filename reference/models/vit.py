@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .configs import ViTConfig
+from ..configs import ViTConfig
 from .layers import LayerNorm, LayerScale, PatchEmbed, RopePositionEmbedding, SelfAttentionBlock
 from .layers.attention import ATTN_IMPLS, LinearKMaskedBias
 

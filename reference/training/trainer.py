@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from dinov3_deploy.atomic import atomic_write
 from dinov3_deploy.errors import CheckpointError, DeployError
 
+from ..models.task_model import TaskModel
 from .metrics import IGNORE_INDEX, SegMetrics
-from .task_model import TaskModel
 
 STATE_NAME = "train_state.pt"
 
@@ -146,10 +147,9 @@ def _dropout_mask(seed: int, step: int, k: int, channels: int, p: float) -> torc
 # -- model -----------------------------------------------------------------------------------------
 def build_model(cfg: TrainConfig, class_names: list[str], palette: list[list[int]]) -> TaskModel:
     """Backbone (from cfg.backbone_weights, or random from cfg.seed) + a head initialised from cfg.seed."""
-    from .configs import normalization_for_weights
-    from .factory import create_backbone
-    from .head_checkpoint import random_backbone
-    from .task_model import build_task_model
+    from ..configs import normalization_for_weights
+    from ..factory import build_task_model, create_backbone
+    from ..head_checkpoint import random_backbone
 
     if cfg.backbone_weights is None:
         backbone = random_backbone(cfg.backbone, cfg.seed, cfg.attn_impl)
@@ -267,8 +267,7 @@ class _Batches:
 
 
 def _save_state(path: Path, step: int, head, optimizer, scheduler, cfg: TrainConfig) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(
+    atomic_write(path, lambda tmp: torch.save(
         {
             "step": step,
             "head": head.state_dict(),
@@ -277,8 +276,7 @@ def _save_state(path: Path, step: int, head, optimizer, scheduler, cfg: TrainCon
             "config": json.dumps(cfg.to_dict()),
         },
         tmp,
-    )
-    os.replace(tmp, path)
+    ))
 
 
 def _load_state(path: Path, cfg: TrainConfig) -> dict:
@@ -418,7 +416,7 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
     result.update(mIoU=metrics["mIoU"], aAcc=metrics["aAcc"], IoU=metrics["IoU"],
                   class_names=list(train_set.class_names))
     if is_main:
-        from .head_checkpoint import save_head_checkpoint
+        from ..head_checkpoint import save_head_checkpoint
 
         log.write(event="eval", step=end, mIoU=metrics["mIoU"], aAcc=metrics["aAcc"], IoU=metrics["IoU"])
         extra = {"mIoU": metrics["mIoU"], "aAcc": metrics["aAcc"], "train": cfg.to_dict(), "train_s": train_s,

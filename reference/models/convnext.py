@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .configs import ConvNeXtConfig
+from ..configs import ConvNeXtConfig
 from .layers import LayerNorm, LayerNorm2d
 from .vit import _blocks_to_take, _pack
 
