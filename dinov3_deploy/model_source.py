@@ -3,24 +3,13 @@ with a seed), so export builds it and `verify` rebuilds the identical fp32 refer
 
 from __future__ import annotations
 
-import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from dinov3_deploy.errors import ArtifactError, CheckpointError, DeployError
+from dinov3_deploy.hashing import sha256_file, sha256_path
 
 DEFAULT_N_CLASSES = 6  # the synthetic dataset's default (reference/synthetic.py)
-
-
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -42,53 +31,41 @@ class ModelSource:
         return self.head is None and self.task != "features"
 
     def build(self, attn_impl: str = "math"):
-        """The fp32 TaskModel in eval mode. Random parts come from `seed` without touching the
-        caller's RNG state, so the same source always gives the same weights."""
-        from dinov3_deploy.reference.configs import get_config
+        """The fp32 TaskModel in eval mode, through the reference factory's one random-weights
+        policy (reference/factory.py): random parts come from `seed` (a head checkpoint's backbone:
+        from the seed it recorded), without touching the caller's RNG, so the same source always
+        gives the same weights."""
+        from dinov3_deploy.reference.configs import get_config, normalization_for_weights
         from dinov3_deploy.reference.factory import build_task_model
         from dinov3_deploy.reference.models.task_model import TASKS
 
         if self.task not in TASKS:
             raise DeployError(f"unknown task '{self.task}', expected one of {', '.join(TASKS)}")
         get_config(self.backbone)  # unknown names raise a DeployError listing the known ones
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
-            if self.head is not None:
-                from dinov3_deploy.reference.head_checkpoint import load_task_model
+        if self.head is not None:
+            from dinov3_deploy.reference.head_checkpoint import load_task_model
 
-                model = load_task_model(self.head, self.weights, attn_impl=attn_impl)
-                if model.spec.task != self.task:
-                    raise CheckpointError(
-                        f"head checkpoint {self.head} is a '{model.spec.task}' head, not '{self.task}' "
-                        f"(pass --task {model.spec.task})"
-                    )
-                return model.eval()
-            n_classes = self.n_classes
-            if self.task in ("seg", "cls") and n_classes <= 0:
-                n_classes = DEFAULT_N_CLASSES
-            from dinov3_deploy.reference.configs import normalization_for_weights
-            from dinov3_deploy.reference.training.synthetic import MAX_CLASSES, class_names, palette
-
-            mean, std = normalization_for_weights(self.weights)
-            extra = {"mean": mean, "std": std}
-            if self.task == "seg" and 2 <= n_classes <= MAX_CLASSES:
-                extra.update(class_names=class_names(n_classes), palette=palette(n_classes))
-            try:
-                model = build_task_model(
-                    self.task, self.backbone, n_classes=n_classes, layers=self.layers,
-                    backbone_weights=self.weights, attn_impl=attn_impl, **extra,
+            model = load_task_model(self.head, self.weights, attn_impl=attn_impl)
+            if model.spec.task != self.task:
+                raise CheckpointError(
+                    f"head checkpoint {self.head} is a '{model.spec.task}' head, not '{self.task}' "
+                    f"(pass --task {model.spec.task})"
                 )
-            except ValueError as exc:
-                raise DeployError(str(exc)) from exc
-            # Random parts get trained-scale statistics, so parity checks exercise attention, RoPE,
-            # LayerNorm and BatchNorm for real (the training init makes a near-identity network).
-            from dinov3_deploy.reference.models.random_init import release_like_
-
-            if self.random_backbone:
-                release_like_(model.backbone)
-            if model.head is not None:
-                release_like_(model.head)
             return model.eval()
+        n_classes = self.n_classes
+        if self.task in ("seg", "cls") and n_classes <= 0:
+            n_classes = DEFAULT_N_CLASSES
+        from dinov3_deploy.reference.training.synthetic import MAX_CLASSES, class_names, palette
+
+        mean, std = normalization_for_weights(self.weights)
+        extra = {"mean": mean, "std": std}
+        if self.task == "seg" and 2 <= n_classes <= MAX_CLASSES:
+            extra.update(class_names=class_names(n_classes), palette=palette(n_classes))
+        try:
+            return build_task_model(self.task, self.backbone, n_classes=n_classes, layers=self.layers,
+                                    backbone_weights=self.weights, attn_impl=attn_impl, seed=self.seed, **extra)
+        except ValueError as exc:
+            raise DeployError(str(exc)) from exc
 
     @classmethod
     def resolve(cls, task: str, backbone: str | None, weights=None, head=None, n_classes: int = 0,
@@ -104,6 +81,9 @@ class ModelSource:
                 )
             backbone = spec.backbone
             head = str(Path(head).resolve())
+            from dinov3_deploy.reference.head_checkpoint import backbone_for_head
+
+            weights, _ = backbone_for_head(head, weights)  # the head's own backbone, or a clear refusal
         if backbone is None:
             raise DeployError("--model is required unless --head names a head checkpoint")
         if weights is not None:
@@ -122,7 +102,7 @@ class ModelSource:
             "task": self.task,
             "backbone": self.backbone,
             "weights": self.weights,
-            "weights_sha256": sha256_file(self.weights) if self.weights else None,
+            "weights_sha256": sha256_path(self.weights) if self.weights else None,
             "head": self.head,
             "head_sha256": head_files,
             "n_classes": self.n_classes,
@@ -142,7 +122,7 @@ class ModelSource:
                 raise ArtifactError(
                     f"the reference backbone weights {weights} are gone; pass --weights PATH to verify against them"
                 )
-            if d.get("weights_sha256") and sha256_file(weights) != d["weights_sha256"]:
+            if d.get("weights_sha256") and sha256_path(weights) != d["weights_sha256"]:
                 raise ArtifactError(f"backbone weights {weights} differ from the ones this artifact was exported from")
         if head is not None:
             if not Path(head).is_dir():

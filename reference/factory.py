@@ -1,4 +1,19 @@
-"""`create_backbone`: the one entry point to every backbone, random or from a checkpoint."""
+"""The one place models are built: `create_backbone` (every backbone, random or from a checkpoint),
+`random_backbone` and `build_task_model`. It joins the models and the checkpoint formats, so it
+sits above both.
+
+Random weights policy (one for the whole tool). Whatever is random in a model that an artifact,
+a parity check, a benchmark or the trainer uses is drawn with the "release-like" initialisation
+(models/random_init.py: trained-scale LayerScale, norms and linears, so attention and RoPE matter
+and a wrong export cannot pass parity by being near the identity) from an explicit seed, with the
+caller's RNG left untouched:
+  - a random backbone is `random_backbone(name, seed)`: the trainer's (seed = --seed) and the one
+    `--head` exports rebuild (the seed the head recorded) are the same call, hence the same weights;
+  - a random head on top (`build_task_model(..., seed=seed)`) is built and `release_like_`-drawn
+    from `seed + 1`.
+The release's training initialisation (`init="train"`, LayerScale 1e-5) is the default of bare
+`create_backbone(name)` only, for code that trains a backbone itself.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +71,16 @@ def create_backbone(
     return model.eval()
 
 
+RANDOM_INIT = "release-like"
+
+
+def random_backbone(name: str | ViTConfig | ConvNeXtConfig, seed: int, *, attn_impl: str = "sdpa") -> nn.Module:
+    """The random backbone of `seed` under the tool's policy (module docstring): same seed, same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_backbone(name, None, attn_impl=attn_impl, init=RANDOM_INIT)
+
+
 def config_for_weights(cfg: ViTConfig | ConvNeXtConfig, sd: dict) -> ViTConfig | ConvNeXtConfig:
     """`cfg`, adjusted to what an official-layout state dict legitimately adds: satellite (SAT-493M)
     ViT-L weights carry the training-only local_cls_norm, so the model builds it to load strictly."""
@@ -78,15 +103,31 @@ def build_task_model(
     backbone_weights=None,
     head_type: str = "linear",
     attn_impl: str = "sdpa",
+    seed: int | None = None,
     **spec_kwargs,
 ) -> TaskModel:
-    """A task model with a randomly initialised head (or none for features)."""
-    if isinstance(backbone, str):
-        name = backbone
-        backbone = create_backbone(name, backbone_weights, attn_impl=attn_impl)
-    else:
-        name = backbone.cfg.name
+    """A task model with an untrained head (or none for features), in eval mode.
+
+    seed=None: the head has the training initialisation from the global RNG (the trainer's start)
+    and a backbone named without weights gets the training init too. With a seed, everything
+    random follows the tool's policy (module docstring): `random_backbone(name, seed)` and a
+    release-like head drawn from `seed + 1`, the global RNG untouched."""
     if task in ("seg", "cls") and n_classes <= 0:
         raise ValueError(f"task '{task}' needs n_classes > 0")
+    if isinstance(backbone, str):
+        name = backbone
+        if backbone_weights is None and seed is not None:
+            backbone = random_backbone(name, seed, attn_impl=attn_impl)
+        else:
+            backbone = create_backbone(name, backbone_weights, attn_impl=attn_impl)
+    else:
+        name = backbone.cfg.name
     spec = HeadSpec(task=task, backbone=name, n_classes=n_classes, layers=layers, head_type=head_type, **spec_kwargs)
-    return TaskModel(backbone, spec).eval()
+    if seed is None:
+        return TaskModel(backbone, spec).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + 1)
+        model = TaskModel(backbone, spec)
+        if model.head is not None:
+            release_like_(model.head)
+    return model.eval()

@@ -19,30 +19,26 @@ import torch
 
 from dinov3_deploy.atomic import atomic_dir
 from dinov3_deploy.errors import CheckpointError
+from dinov3_deploy.hashing import sha256_path
 
 from .models.task_model import HeadSpec, TaskModel
 
 FORMAT = "dinov3-deploy-head"
-VERSION = 1
+VERSION = 2  # 2: random backbones are release-like (factory.RANDOM_INIT); backbone_weights recorded
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "head.safetensors"
 
 
-def random_backbone(name: str, seed: int, attn_impl: str = "sdpa"):
-    """A randomly initialised backbone that depends on `seed` only (the global RNG is left alone).
-    Heads trained on such a backbone record the seed, so `load_task_model` rebuilds the same one."""
-    from .factory import create_backbone
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return create_backbone(name, None, attn_impl=attn_impl)
-
-
 def save_head_checkpoint(
-    path: str | os.PathLike, task_model: TaskModel, extra: dict | None = None, *, backbone_seed: int | None = None
+    path: str | os.PathLike, task_model: TaskModel, extra: dict | None = None, *, backbone_seed: int | None = None,
+    backbone_weights: str | os.PathLike | None = None,
 ) -> Path:
-    """Write task_model's head and spec to directory `path` atomically (replacing an old one).
-    `backbone_seed`: the head was trained on `random_backbone(spec.backbone, backbone_seed)`."""
+    """Write task_model's head and spec to directory `path` atomically (replacing an old head
+    checkpoint, never anything else). The backbone the head was trained on is recorded:
+    `backbone_weights` (path and sha256) or `backbone_seed` (it was
+    `factory.random_backbone(spec.backbone, backbone_seed)`); with neither, loading needs --weights."""
+    if backbone_seed is not None and backbone_weights is not None:
+        raise ValueError("a head is trained on weights or on a random backbone, not both")
     from safetensors.torch import save_file
 
     target = Path(path)
@@ -56,6 +52,8 @@ def save_head_checkpoint(
         "patch_size": int(getattr(task_model.backbone, "patch_size", 16)),
         "input_multiple": int(task_model.backbone.cfg.input_multiple),
         "backbone_seed": backbone_seed,
+        "backbone_weights": None if backbone_weights is None else {
+            "path": str(Path(backbone_weights).resolve()), "sha256": sha256_path(backbone_weights)},
         "extra": dict(extra or {}),
     }
     with atomic_dir(target, overwrite=True, ours=foreign_files, what="a head checkpoint") as tmp:
@@ -116,27 +114,76 @@ def read_head_spec(path: str | os.PathLike) -> HeadSpec:
     return HeadSpec.from_dict(read_head_config(path)["spec"])
 
 
+def backbone_for_head(ckpt_dir: str | os.PathLike, weights: str | os.PathLike | None = None
+                      ) -> tuple[str | None, int | None]:
+    """(backbone weights path, None) or (None, random seed): the backbone this head was trained on.
+
+    A head is only meaningful on the features it was trained on, so nothing else is accepted:
+    recorded weights are used when `weights` is not given and the recorded file still hashes the
+    same (a moved file: pass --weights, checked against the recorded hash); a head trained on a
+    random backbone gets exactly that random backbone (its recorded seed) and refuses real weights."""
+    p = resolve_checkpoint_dir(ckpt_dir)
+    config = read_head_config(p)
+    seed = config.get("backbone_seed")
+    record = config.get("backbone_weights")
+    if int(config.get("version", 1)) < 2 and seed is not None:
+        raise CheckpointError(
+            f"{p} was trained on a random backbone of an older dinov3-deploy (head format {config.get('version')}), "
+            "which this version no longer builds; retrain it with `dinov3-deploy train`")
+    if seed is not None:
+        if weights is not None:
+            raise CheckpointError(
+                f"{p} was trained on a random backbone (seed {seed}), not on {weights}: its predictions would be "
+                "meaningless on other features; drop --weights, or retrain the head with --weights")
+        return None, int(seed)
+    if record is None:  # older heads: the backbone is not recorded, the user must say it
+        if weights is None:
+            raise CheckpointError(f"{p} does not record the backbone weights it was trained on; pass --weights PATH")
+        return str(weights), None
+    want = record.get("sha256")
+    if weights is not None:
+        if want and Path(weights).exists() and sha256_path(weights) != want:
+            raise CheckpointError(
+                f"{weights} is not the backbone {p} was trained on ({record.get('path')}, sha256 {want[:12]}…); "
+                "pass those weights")
+        return str(weights), None
+    recorded = record.get("path")
+    if not recorded or not Path(recorded).exists():
+        raise CheckpointError(
+            f"{p} was trained on backbone weights {recorded} (sha256 {str(want)[:12]}…), which are not there any "
+            "more; pass --weights PATH to them")
+    if want and sha256_path(recorded) != want:
+        raise CheckpointError(
+            f"{p} was trained on backbone weights {recorded}, but that file has changed since (sha256 differs); "
+            "pass --weights PATH to the original weights")
+    return recorded, None
+
+
 def load_task_model(
     ckpt_dir: str | os.PathLike,
     backbone_weights: str | os.PathLike | dict | None = None,
     attn_impl: str = "sdpa",
 ) -> TaskModel:
-    """Rebuild the TaskModel of a head checkpoint in eval mode. The backbone comes from
-    `backbone_weights` (any format `create_backbone` reads); without them it is the seeded random
-    backbone the head was trained on when the checkpoint records one (`backbone_seed`, tests and
-    demos), else a fresh random one."""
+    """Rebuild the TaskModel of a head checkpoint in eval mode, on the backbone it was trained on
+    (`backbone_for_head`: the recorded weights, or the recorded random seed; CheckpointError
+    otherwise). `backbone_weights` (any format `create_backbone` reads) overrides the recorded
+    path, not the recorded hash; a state dict is taken as given."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from .factory import create_backbone
+    from .factory import create_backbone, random_backbone
 
     p = resolve_checkpoint_dir(ckpt_dir)
     config = read_head_config(p)
     spec = HeadSpec.from_dict(config["spec"])
-    if backbone_weights is None and config.get("backbone_seed") is not None:
-        backbone = random_backbone(spec.backbone, int(config["backbone_seed"]), attn_impl)
+    if isinstance(backbone_weights, dict):  # a state dict: the caller vouches for it
+        weights, seed = backbone_weights, None
     else:
-        backbone = create_backbone(spec.backbone, backbone_weights, attn_impl=attn_impl)
+        weights, seed = backbone_for_head(p, backbone_weights)
+    if weights is None:
+        backbone = random_backbone(spec.backbone, seed, attn_impl=attn_impl)
+    else:
+        backbone = create_backbone(spec.backbone, weights, attn_impl=attn_impl)
     with torch.random.fork_rng(devices=[]):  # the head's init is overwritten: leave the caller's RNG alone
         model = TaskModel(backbone, spec)
     if list(model.layer_ids) != list(config.get("layer_ids", model.layer_ids)):

@@ -42,3 +42,34 @@ def test_eval_errors_are_clean(tmp_path):
     res = CliRunner().invoke(cli, ["eval", "--head", str(tmp_path / "missing")])
     assert res.exit_code == 2
     assert "head checkpoint not found" in res.output and "Traceback" not in res.output
+
+
+def test_an_existing_run_is_refused_resumed_or_replaced_never_lost(tmp_path):
+    """`train --out` over a run refuses without --overwrite (its head may have been exported from);
+    --overwrite replaces only a run folder of ours; a failed --resume leaves no folder behind."""
+    runner = CliRunner()
+    small = ["--iters", "2", "--train-size", "8", "--val-size", "2", "--no-progress"]
+    out = tmp_path / "run"
+    assert runner.invoke(cli, ["train", "--out", str(out), *small]).exit_code == 0
+    head_bytes = (out / "head" / "head.safetensors").read_bytes()
+    res = runner.invoke(cli, ["train", "--out", str(out), "--seed", "3", *small])
+    assert res.exit_code == 2 and "--overwrite" in res.output and "--resume" in res.output
+    assert (out / "head" / "head.safetensors").read_bytes() == head_bytes
+    (out / "notes.txt").write_text("mine")
+    res = runner.invoke(cli, ["train", "--out", str(out), "--seed", "3", "--overwrite", *small])
+    assert res.exit_code == 2 and "notes.txt" in res.output
+    assert (out / "head" / "head.safetensors").read_bytes() == head_bytes
+    (out / "notes.txt").unlink()
+    res = runner.invoke(cli, ["train", "--out", str(out), "--seed", "3", "--overwrite", *small])
+    assert res.exit_code == 0, res.output
+    assert (out / "head" / "head.safetensors").read_bytes() != head_bytes
+
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "thesis.tex").write_text("years of work")
+    res = runner.invoke(cli, ["train", "--out", str(user), "--overwrite", *small])
+    assert res.exit_code == 2 and "thesis.tex" in res.output and (user / "thesis.tex").exists()
+
+    res = runner.invoke(cli, ["train", "--out", str(tmp_path / "nothing"), "--resume", *small])
+    assert res.exit_code == 2 and "cannot resume" in res.output
+    assert not (tmp_path / "nothing").exists()

@@ -63,7 +63,7 @@ def test_only_head_tensors_and_atomic_replace(tmp_path):
     assert read_head_config(tmp_path / "ck")["spec"]["n_classes"] == 6
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
     # a training output directory with the checkpoint in head/ is accepted too
-    save_head_checkpoint(tmp_path / "run" / "head", model2)
+    save_head_checkpoint(tmp_path / "run" / "head", model2, backbone_seed=0)
     assert load_task_model(tmp_path / "run").spec.n_classes == 6
 
 
@@ -74,7 +74,7 @@ def test_errors(tmp_path):
     with pytest.raises(CheckpointError, match="config.json is missing"):
         load_task_model(tmp_path / "empty")
     model = build_task_model("seg", "vit_tiny_test", n_classes=4)
-    save_head_checkpoint(tmp_path / "ck", model)
+    save_head_checkpoint(tmp_path / "ck", model, backbone_seed=0)
     cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
     cfg["spec"]["n_classes"] = 9  # config no longer matches the weights
     (tmp_path / "ck" / "config.json").write_text(json.dumps(cfg))
@@ -91,7 +91,7 @@ def test_errors(tmp_path):
 
 
 def test_seeded_random_backbone_is_rebuilt(tmp_path):
-    from dinov3_deploy.reference.head_checkpoint import random_backbone
+    from dinov3_deploy.reference.factory import random_backbone
 
     backbone = random_backbone("vit_tiny_test", seed=5)
     model = build_task_model("seg", backbone, n_classes=3)

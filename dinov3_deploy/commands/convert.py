@@ -7,7 +7,6 @@ only then writes, atomically (a temporary name renamed into place)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -19,16 +18,19 @@ SOURCES = ("auto", "official", "hf", "timm")
 def convert_checkpoint(src: Path, dst: Path, *, target: str, model: str | None = None, source: str = "auto",
                        force: bool = False, echo=lambda msg: None) -> Path:
     """The whole conversion; returns the path written. Raises DeployError subclasses.
-    Without `model`, the backbone is told from SRC (see `guess_model`)."""
+    Without `model`, the backbone is told from SRC (see `identify_backbone`)."""
     import torch
 
     from dinov3_deploy.errors import DeployError
     from dinov3_deploy.reference import build_backbone, get_config
     from dinov3_deploy.reference.factory import config_for_weights
     from dinov3_deploy.reference.formats import checkpoints as ck
+    from dinov3_deploy.reference.formats.identify import identify_backbone
 
+    if not src.exists():
+        raise DeployError(f"checkpoint not found: {src}")
     if model is None:
-        model, how = guess_model(src)
+        model, how = identify_backbone(src)
         if model is None:
             raise DeployError(f"cannot tell which backbone {src} holds; pass --model (see `dinov3-deploy models`)")
         echo(f"model: {model} ({how})")
@@ -71,40 +73,7 @@ def convert_checkpoint(src: Path, dst: Path, *, target: str, model: str | None =
     return dst
 
 
-def guess_model(src: Path) -> tuple[str | None, str]:
-    """(backbone name, how it was found) from what SRC says about itself: our safetensors metadata,
-    a Hugging Face config.json, or Meta's file name `dinov3_<name>_pretrain_<data>-<hash>.pth`."""
-    import re
 
-    from dinov3_deploy.reference import get_config, list_backbones
-    from dinov3_deploy.reference.formats.checkpoints import read_metadata
-
-    src = Path(src)
-    weights = src / "model.safetensors" if src.is_dir() else src
-    name = read_metadata(weights).get("dinov3_deploy.model")
-    if name in list_backbones(include_test=True):
-        return name, "safetensors metadata"
-    config = src / "config.json" if src.is_dir() else None
-    if config is not None and config.is_file():
-        try:
-            hf = json.loads(config.read_text())
-        except (OSError, ValueError):
-            hf = {}
-        for name in list_backbones(include_test=True):
-            cfg = get_config(name)
-            if cfg.family == "vit":
-                want = (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.ffn_layer == "swiglu")
-                have = (hf.get("hidden_size"), hf.get("num_hidden_layers"), hf.get("num_attention_heads"),
-                        bool(hf.get("use_gated_mlp")))
-            else:
-                want = (list(cfg.dims), list(cfg.depths))
-                have = (hf.get("hidden_sizes"), hf.get("depths"))
-            if want == have and hf.get("model_type", "").endswith(cfg.family):
-                return name, "config.json"
-    m = re.match(r"dinov3_(.+?)_pretrain_", src.name)
-    if m and m[1] in list_backbones(include_test=True):
-        return m[1], "file name"
-    return None, ""
 
 
 def _check_destination(dst: Path, target: str, force: bool) -> None:

@@ -148,11 +148,10 @@ def _dropout_mask(seed: int, step: int, k: int, channels: int, p: float) -> torc
 def build_model(cfg: TrainConfig, class_names: list[str], palette: list[list[int]]) -> TaskModel:
     """Backbone (from cfg.backbone_weights, or random from cfg.seed) + a head initialised from cfg.seed."""
     from ..configs import normalization_for_weights
-    from ..factory import build_task_model, create_backbone
-    from ..head_checkpoint import random_backbone
+    from ..factory import build_task_model, create_backbone, random_backbone
 
-    if cfg.backbone_weights is None:
-        backbone = random_backbone(cfg.backbone, cfg.seed, cfg.attn_impl)
+    if cfg.backbone_weights is None:  # the policy's random backbone: `export --head` rebuilds it from the seed
+        backbone = random_backbone(cfg.backbone, cfg.seed, attn_impl=cfg.attn_impl)
     else:
         backbone = create_backbone(cfg.backbone, cfg.backbone_weights, attn_impl=cfg.attn_impl)
     mean, std = normalization_for_weights(cfg.backbone_weights)  # SAT-493M weights have their own
@@ -311,10 +310,49 @@ class _Log:
                 f.write(json.dumps(row) + "\n")
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, stop_after: int | None = None, console=None) -> dict:
+RUN_FILES = ("metrics.jsonl", STATE_NAME, "predictions.png", "head/config.json", "head/head.safetensors")
+
+
+def run_foreign_files(out: Path) -> list[str] | None:
+    """Files in `out` a training run does not write; None when `out` holds no run of ours."""
+    present = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    if not present & {"metrics.jsonl", STATE_NAME, "head/config.json"}:
+        return None
+    return sorted(present - set(RUN_FILES))
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> None:
+    """Check --out before any work: --resume needs a run there; otherwise an existing run is
+    replaced only with --overwrite and only when it holds nothing but a run's files (a head another
+    artifact was exported from is not lost by accident). Creates nothing."""
+    from dinov3_deploy.atomic import check_replaceable
+
+    if resume:
+        if not (out / STATE_NAME).exists():
+            raise CheckpointError(f"cannot resume: {out / STATE_NAME} does not exist (train without --resume first)")
+        return
+    if out.exists() and out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DeployError(f"{out} already holds files (a training run?); pass --resume to continue it, --overwrite "
+                          "to replace it, or choose another --out")
+    check_replaceable(out.resolve(), overwrite, run_foreign_files, "a training run")
+
+
+def _clear_run(out: Path) -> None:
+    import shutil
+
+    for rel in RUN_FILES:
+        (out / rel).unlink(missing_ok=True)
+    shutil.rmtree(out / "head", ignore_errors=True)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
+          console=None) -> dict:
     """Train a segmentation head; returns the final metrics and paths. `stop_after` ends the run
     early after that many steps, with its state saved (what an interruption leaves behind).
+    An existing run in cfg.out is continued with `resume`, replaced with `overwrite`, else refused.
     torch's thread count is restored on return."""
+    if int(os.environ.get("RANK", "0")) == 0:  # other ranks start after rank 0 may have written
+        prepare_out(Path(cfg.out), resume=resume, overwrite=overwrite)
     threads = torch.get_num_threads()
     try:
         return _train(cfg, resume=resume, stop_after=stop_after, console=console)
@@ -343,6 +381,8 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
     out = Path(cfg.out)
     is_main = rank == 0
     if is_main:
+        if not resume:
+            _clear_run(out)  # prepare_out vouched: only a run's own files are there
         out.mkdir(parents=True, exist_ok=True)
 
     optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -422,7 +462,8 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
         extra = {"mIoU": metrics["mIoU"], "aAcc": metrics["aAcc"], "train": cfg.to_dict(), "train_s": train_s,
                  "dataset": getattr(train_set, "name", cfg.data)}
         seed = cfg.seed if cfg.backbone_weights is None else None
-        result["checkpoint"] = str(save_head_checkpoint(out / "head", model, extra=extra, backbone_seed=seed))
+        result["checkpoint"] = str(save_head_checkpoint(out / "head", model, extra=extra, backbone_seed=seed,
+                                                        backbone_weights=cfg.backbone_weights))
         if kept:
             from .visualize import save_prediction_figure
 

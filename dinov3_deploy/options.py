@@ -1,0 +1,140 @@
+"""Options every command spells and checks the same way: `--weights` (one type, one resolver),
+`--device`, `--overwrite`, `-o/--out`. A bad value fails at the option, naming it and the rule
+(click prints "Invalid value for '--x'" and exits 2), before any work starts."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from dinov3_deploy.errors import DeployError
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+class PrimaryNameOption(click.Option):
+    """An option whose help shows only its first name: older spellings stay accepted (--force,
+    --backbone-weights) without cluttering the help."""
+
+    def get_help_record(self, ctx):
+        opts = self.opts
+        short = [o for o in opts if not o.startswith("--")]
+        self.opts = short + [o for o in opts if o.startswith("--")][:1]
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.opts = opts
+
+
+class WeightsPath(click.ParamType):
+    """Backbone weights: a checkpoint file (.pth/.pt/.bin/.safetensors) or a Hugging Face model
+    folder. Returns the absolute path as a string."""
+
+    name = "weights"
+
+    def convert(self, value, param, ctx):
+        if value is None:
+            return None
+        p = Path(value)
+        if not p.exists():
+            self.fail(f"backbone weights not found: {value}", param, ctx)
+        if p.is_dir() and not any((p / n).exists() for n in HF_WEIGHT_FILES):
+            self.fail(f"{value} is a folder without {' / '.join(HF_WEIGHT_FILES)}: not a Hugging Face model folder",
+                      param, ctx)
+        return str(p.resolve())
+
+
+def weights_option(help_text: str = "Backbone weights: Meta's .pth, a Hugging Face folder or file, timm, or our "
+                                    ".safetensors. Random weights without it."):
+    return click.option("--weights", "--backbone-weights", "weights", cls=PrimaryNameOption, type=WeightsPath(),
+                        default=None, help=help_text)
+
+
+def resolve_model(model: str | None, weights: str | None, default: str | None = None) -> str | None:
+    """The backbone name: from the weights whenever they say which model they hold (our safetensors
+    metadata, an HF config.json, Meta's file name), checked against --model when both are given;
+    else --model, else `default` (only when there are no weights to be silent about)."""
+    if weights is None:
+        return model or default
+    from dinov3_deploy.reference.formats.identify import identify_backbone
+
+    found, how = identify_backbone(weights)
+    if found is not None and model is not None and found != model:
+        raise DeployError(f"--model {model} does not match the weights: {weights} holds {found} (from its {how}); "
+                          "drop --model")
+    if found is None and model is None:
+        raise DeployError(f"cannot tell which backbone {weights} holds (no metadata, config.json or official file "
+                          "name); pass --model (see `dinov3-deploy models`)")
+    return found or model
+
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+class Device(click.ParamType):
+    """auto | cpu | cuda[:N]; a CUDA device that this machine lacks is refused here."""
+
+    name = "device"
+
+    def convert(self, value, param, ctx):
+        if not _DEVICE.fullmatch(str(value)):
+            self.fail(f"'{value}' is not a device: use auto, cpu, cuda or cuda:N", param, ctx)
+        if value.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                self.fail(f"'{value}' asked for, but this machine has no CUDA GPU (torch.cuda.is_available() is "
+                          "False); use --device cpu or auto", param, ctx)
+            index = int(value.split(":")[1]) if ":" in value else 0
+            if index >= torch.cuda.device_count():
+                self.fail(f"'{value}' asked for, but this machine has {torch.cuda.device_count()} GPU(s)", param, ctx)
+        return value
+
+
+def device_option(help_text: str = "auto (a CUDA GPU when there is one, else the CPU) | cpu | cuda[:N]."):
+    return click.option("--device", type=Device(), default="auto", show_default=True, help=help_text)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class DataSpec(click.ParamType):
+    """synthetic[:N] | ade20k:PATH | folder:PATH, checked before any model is built."""
+
+    name = "data"
+
+    def convert(self, value, param, ctx):
+        kind, _, arg = str(value).partition(":")
+        if kind == "synthetic":
+            if arg and not (arg.isdigit() and int(arg) > 0):
+                self.fail(f"'{value}': synthetic:N takes a positive number of images", param, ctx)
+        elif kind in ("ade20k", "folder"):
+            if not arg:
+                self.fail(f"'{value}': {kind}:PATH needs the dataset folder", param, ctx)
+            if not Path(arg).is_dir():
+                self.fail(f"'{value}': dataset folder {arg} not found", param, ctx)
+        else:
+            self.fail(f"'{value}' is not a dataset: use synthetic[:N], ade20k:PATH or folder:PATH", param, ctx)
+        return value
+
+
+def data_option():
+    return click.option("--data", type=DataSpec(), default="synthetic", show_default=True,
+                        help="synthetic[:N] (built in) | ade20k:PATH (ADEChallengeData2016) | folder:PATH "
+                             "(images/, masks/, classes.txt).")
+
+
+def overwrite_option(help_text: str):
+    return click.option("--overwrite", "--force", "overwrite", cls=PrimaryNameOption, is_flag=True, help=help_text)
+
+
+def out_option(default: str | None, help_text: str, **kw):
+    return click.option("-o", "--out", "out", type=click.Path(), default=default, show_default=default is not None,
+                        help=help_text, **kw)
