@@ -9,7 +9,7 @@ from pathlib import Path
 from dinov3_deploy.errors import ArtifactError, CheckpointError, DeployError
 from dinov3_deploy.hashing import sha256_file, sha256_path
 
-DEFAULT_N_CLASSES = 6  # the synthetic dataset's default (reference/synthetic.py)
+DEFAULT_N_CLASSES = 6  # the synthetic dataset's default (reference/training/synthetic.py)
 
 
 @dataclass(frozen=True)

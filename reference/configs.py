@@ -23,7 +23,6 @@ class ViTConfig:
     rope_base: float = 100.0
     rope_rescale_coords: float | None = 2.0  # train-mode augmentation only
     local_cls_norm: bool = False  # training-only norm present in 7B / SAT checkpoints
-    params_m: float = 0.0  # published parameter count in millions (DINOV3-FACTS.md)
     family: str = field(default="vit", init=False)
 
     @property
@@ -50,7 +49,6 @@ class ConvNeXtConfig:
     dims: tuple[int, int, int, int]
     layer_norm_eps: float = 1e-6
     layerscale_init: float = 1e-6
-    params_m: float = 0.0
     # Stride of the tokens forward_features returns (the last stage's). get_intermediate_layers
     # returns each stage's own map (stride 4..32), as the release's hub models do.
     patch_size: int = 32
@@ -71,20 +69,20 @@ BackboneConfig = ViTConfig | ConvNeXtConfig
 _REGISTRY: dict[str, BackboneConfig] = {
     c.name: c
     for c in [
-        ViTConfig("vits16", 384, 12, 6, params_m=21.6),
-        ViTConfig("vits16plus", 384, 12, 6, ffn_layer="swiglu", ffn_ratio=6, params_m=28.7),
-        ViTConfig("vitb16", 768, 12, 12, params_m=85.7),
-        ViTConfig("vitl16", 1024, 24, 16, params_m=303.2),
-        ViTConfig("vitl16plus", 1024, 24, 16, ffn_layer="swiglu", ffn_ratio=6, params_m=403.9),
-        ViTConfig("vith16plus", 1280, 32, 20, ffn_layer="swiglu", ffn_ratio=6, params_m=840.6),
+        ViTConfig("vits16", 384, 12, 6),
+        ViTConfig("vits16plus", 384, 12, 6, ffn_layer="swiglu", ffn_ratio=6),
+        ViTConfig("vitb16", 768, 12, 12),
+        ViTConfig("vitl16", 1024, 24, 16),
+        ViTConfig("vitl16plus", 1024, 24, 16, ffn_layer="swiglu", ffn_ratio=6),
+        ViTConfig("vith16plus", 1280, 32, 20, ffn_layer="swiglu", ffn_ratio=6),
         ViTConfig(
             "vit7b16", 4096, 40, 32, ffn_layer="swiglu", ffn_ratio=3, ffn_align=64,
-            qkv_bias=False, mask_k_bias=False, local_cls_norm=True, params_m=6716.0,
+            qkv_bias=False, mask_k_bias=False, local_cls_norm=True,
         ),
-        ConvNeXtConfig("convnext_tiny", (3, 3, 9, 3), (96, 192, 384, 768), params_m=27.8),
-        ConvNeXtConfig("convnext_small", (3, 3, 27, 3), (96, 192, 384, 768), params_m=49.5),
-        ConvNeXtConfig("convnext_base", (3, 3, 27, 3), (128, 256, 512, 1024), params_m=87.6),
-        ConvNeXtConfig("convnext_large", (3, 3, 27, 3), (192, 384, 768, 1536), params_m=196.2),
+        ConvNeXtConfig("convnext_tiny", (3, 3, 9, 3), (96, 192, 384, 768)),
+        ConvNeXtConfig("convnext_small", (3, 3, 27, 3), (96, 192, 384, 768)),
+        ConvNeXtConfig("convnext_base", (3, 3, 27, 3), (128, 256, 512, 1024)),
+        ConvNeXtConfig("convnext_large", (3, 3, 27, 3), (192, 384, 768, 1536)),
     ]
 }
 
@@ -92,8 +90,8 @@ _REGISTRY: dict[str, BackboneConfig] = {
 _TINY: dict[str, BackboneConfig] = {
     c.name: c
     for c in [
-        ViTConfig("vit_tiny_test", 64, 4, 2, params_m=0.0),
-        ViTConfig("vit_tiny_swiglu_test", 64, 4, 2, ffn_layer="swiglu", ffn_ratio=6, params_m=0.0),
+        ViTConfig("vit_tiny_test", 64, 4, 2),
+        ViTConfig("vit_tiny_swiglu_test", 64, 4, 2, ffn_layer="swiglu", ffn_ratio=6),
         ConvNeXtConfig("convnext_tiny_test", (1, 1, 2, 1), (16, 32, 48, 64)),
     ]
 }
@@ -114,8 +112,8 @@ def get_config(name: str) -> BackboneConfig:
     return cfg
 
 
-# Pre-processing of the released weights (DINOV3-FACTS.md): web images (LVD-1689M) use ImageNet
-# statistics, the satellite weights (SAT-493M) their own.
+# Pre-processing of the released weights: RGB input; the web-image weights (LVD-1689M) use ImageNet
+# statistics, the satellite weights (SAT-493M) statistics of their own training set.
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "lvd1689m": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
     "sat493m": ((0.430, 0.411, 0.296), (0.213, 0.156, 0.143)),

@@ -7,6 +7,7 @@ from PIL import Image
 
 from dinov3_deploy.errors import DeployError
 from dinov3_deploy.reference.training.datasets import ADE20K_CLASSES, ade20k, folder, open_dataset
+from dinov3_deploy.reference.training.images import read_rgb
 from dinov3_deploy.reference.training.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -21,6 +22,88 @@ from dinov3_deploy.reference.training.transforms import (
 def _write(path, array):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path)
+
+
+def _png_rgb16(path, array):
+    """A 16-bit-per-sample RGB PNG, written by hand: PIL cannot save one."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w, _ = array.shape
+    rows = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))  # filter 0 per row
+    header = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)  # bit depth 16, colour type 2 (RGB)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+def test_read_rgb_honours_exif_orientation(tmp_path):
+    # Orientation 6: the stored pixels must be turned 90 degrees clockwise to be upright, as a
+    # phone held in portrait writes them. A mask drawn on the upright picture has the turned shape.
+    stored = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3) * 9
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    image = read_rgb(tmp_path / "phone.png")
+    assert image.shape == (3, 2, 3) and image.dtype == np.uint8
+    np.testing.assert_array_equal(image, np.rot90(stored, k=-1))
+    Image.fromarray(stored).save(tmp_path / "plain.png")
+    np.testing.assert_array_equal(read_rgb(tmp_path / "plain.png"), stored)
+
+
+def test_read_rgb_scales_16_bit_grey_instead_of_clipping(tmp_path):
+    grey = np.array([[0, 257 * 100, 65535]], dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "depthlike.png")
+    assert Image.open(tmp_path / "depthlike.png").mode == "I;16"  # what the test is about
+    image = read_rgb(tmp_path / "depthlike.png")
+    assert image.dtype == np.uint8 and image.shape == (1, 3, 3)
+    assert image[..., 0].tolist() == [[0, 100, 255]]  # convert("RGB") alone gives [0, 255, 255]
+    assert (image == image[..., :1]).all()
+
+
+def test_read_rgb_16_bit_colour_keeps_the_high_byte(tmp_path):
+    samples = np.array([[[0x1234, 0xABCD, 0xFFFF], [0x00FF, 0x8000, 0x0100]]], dtype=np.uint16)
+    _png_rgb16(tmp_path / "rgb16.png", samples)
+    image = read_rgb(tmp_path / "rgb16.png")
+    assert image.dtype == np.uint8
+    assert image.tolist() == [[[0x12, 0xAB, 0xFF], [0x00, 0x80, 0x01]]]
+
+
+def test_read_rgb_grey_palette_and_alpha_become_rgb(tmp_path):
+    grey = np.array([[0, 7, 200]], dtype=np.uint8)
+    Image.fromarray(grey).save(tmp_path / "l.png")
+    assert read_rgb(tmp_path / "l.png").tolist() == [[[0] * 3, [7] * 3, [200] * 3]]
+    Image.fromarray(grey > 100).save(tmp_path / "bits.png")  # mode "1"
+    assert read_rgb(tmp_path / "bits.png")[..., 0].tolist() == [[0, 0, 255]]
+    # Alpha is dropped, not composited: a fully transparent pixel keeps its stored colour.
+    rgba = np.array([[[10, 20, 30, 0], [40, 50, 60, 128], [70, 80, 90, 255]]], dtype=np.uint8)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    assert read_rgb(tmp_path / "rgba.png").tolist() == rgba[..., :3].tolist()
+    Image.fromarray(np.stack([grey, grey * 0], -1), mode="LA").save(tmp_path / "la.png")
+    assert read_rgb(tmp_path / "la.png")[..., 2].tolist() == [[0, 7, 200]]
+    pal = Image.new("P", (2, 1))
+    pal.putpalette([255, 0, 0, 0, 0, 255])
+    pal.putdata([1, 0])
+    pal.save(tmp_path / "p.png")
+    assert read_rgb(tmp_path / "p.png").tolist() == [[[0, 0, 255], [255, 0, 0]]]
+
+
+def test_read_rgb_unreadable_files_name_the_file_and_reason(tmp_path):
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(DeployError, match=r"cannot read image .*text\.png: cannot identify image file"):
+        read_rgb(tmp_path / "text.png")
+    Image.fromarray(np.full((64, 64, 3), 9, np.uint8)).save(tmp_path / "whole.png")
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DeployError, match=r"cut\.png: .*(truncated|broken)"):
+        read_rgb(tmp_path / "cut.png")
+    with pytest.raises(DeployError, match=r"missing\.jpg: .*No such file"):
+        read_rgb(tmp_path / "missing.jpg")
+    Image.fromarray(np.ones((2, 2), np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(DeployError, match=r"float\.tif: pixel mode F"):
+        read_rgb(tmp_path / "float.tif")
 
 
 def test_ade20k_layout_reduce_zero_label_and_list_file(tmp_path):

@@ -1,10 +1,10 @@
-"""Task heads against the official definitions (DINOV3-FACTS.md), on ViT and ConvNeXt backbones."""
+"""Task heads against the official definitions (docs/dinov3-semantics.md), on ViT and ConvNeXt backbones."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov3_deploy.reference.factory import build_task_model
+from dinov3_deploy.reference.factory import build_task_model, create_backbone
 from dinov3_deploy.reference.models.heads import GlobalBatchNorm2d, bins_to_depth, select_layers
 
 
@@ -30,6 +30,37 @@ def test_select_layers_official_indices():
     assert select_layers("four_even", 4) == [0, 1, 2, 3]  # ConvNeXt stages
     with pytest.raises(ValueError):
         select_layers("middle", 12)
+
+
+@pytest.mark.parametrize("name, n_extra", [("vit_tiny_test", 4), ("convnext_tiny_test", 0)])
+def test_get_intermediate_layers_selection_and_packing(name, n_extra):
+    """The release's argument rules, the same on both families: int n = the last n blocks (ConvNeXt:
+    stages), a sequence = those 0-based indices; results are maps or (map, cls[, extra]) tuples."""
+    torch.manual_seed(0)
+    model = create_backbone(name).eval()
+    depth = model.n_blocks
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        last_two = model.get_intermediate_layers(x, n=2)
+        by_index = model.get_intermediate_layers(x, n=[depth - 2, depth - 1])
+        assert len(last_two) == 2
+        for a, b in zip(last_two, by_index):
+            torch.testing.assert_close(a, b)
+        torch.testing.assert_close(last_two[0], model.get_intermediate_layers(x, n=[depth - 2])[0])  # in block order
+        # the last block, normed, is what forward_features returns
+        feats = model.forward_features(x)
+        (tokens, cls, extra), = model.get_intermediate_layers(x, n=1, return_class_token=True,
+                                                               return_extra_tokens=True)
+        torch.testing.assert_close(tokens, feats["x_norm_patchtokens"])
+        torch.testing.assert_close(cls, feats["x_norm_clstoken"])
+        assert extra.shape == (2, n_extra, tokens.shape[-1])
+        pairs = model.get_intermediate_layers(x, n=[0], reshape=True, return_class_token=True)
+        assert len(pairs) == 1 and len(pairs[0]) == 2 and pairs[0][0].ndim == 4 and pairs[0][1].ndim == 2
+        (m, e), = model.get_intermediate_layers(x, n=[depth - 1], return_extra_tokens=True)
+        assert e.shape[1] == n_extra and m.shape == tokens.shape
+    for bad in (depth + 1, [depth], [-1], []):
+        with pytest.raises(ValueError, match="out of range"):
+            model.get_intermediate_layers(x, n=bad)
 
 
 @pytest.mark.parametrize("backbone, layers", [("vit_tiny_test", "four_last"), ("convnext_tiny_test", "four_even"),

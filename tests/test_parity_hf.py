@@ -2,8 +2,8 @@
 
 Tiny configs with every weight randomised (LayerScale, norms and biases far from their init, so no
 branch is trivially zero or identity), fp32 on CPU, relative Frobenius error <= 1e-5, both
-directions of the conversion. Where HF and DINOV3-FACTS.md could disagree, a test states which
-is right and why.
+directions of the conversion. Where HF and the release (docs/dinov3-semantics.md) could disagree, a
+test states which is right and why.
 """
 
 import json

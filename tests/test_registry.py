@@ -1,4 +1,4 @@
-"""The registry matches the published architecture table (DINOV3-FACTS.md), counted on the meta device."""
+"""The registry matches the release's architecture table (docs/dinov3-semantics.md), counted on the meta device."""
 
 import pytest
 import torch

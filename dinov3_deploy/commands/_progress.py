@@ -33,14 +33,20 @@ class RichProgress:
             self._status.update(f"{self._step}: {text} ...")
 
 
+# Width of a console that is not a terminal. Rich tables take their natural width (they do not
+# expand to the console), so a wide console only stops rich from shrinking columns and cutting
+# cells short with "…" when the output goes to a file, a pipe or a CI log.
+NON_TERMINAL_WIDTH = 1000
+
+
 def make_console():
-    """A rich console; when output is not a terminal (CI logs, pipes) it is 120 columns wide rather
-    than rich's 80, so parity tables are not truncated (COLUMNS still wins when set)."""
+    """A rich console. When output is not a terminal (CI logs, pipes, files) it is wide, so tables are
+    written whole instead of fitted to rich's default 80 columns (COLUMNS still wins when set)."""
     import os
 
     from rich.console import Console
 
     console = Console()
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=120)
+        console = Console(width=NON_TERMINAL_WIDTH)
     return console

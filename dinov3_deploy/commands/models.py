@@ -34,14 +34,16 @@ def command(as_json: bool, include_test: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
+
+    from dinov3_deploy.commands._progress import make_console
 
     table = Table(title="DINOv3 backbones")
     for col, justify in (("name", "left"), ("family", "left"), ("params (M)", "right"), ("dim", "right"),
                          ("depth", "right"), ("heads", "right"), ("FFN", "left")):
-        table.add_column(col, justify=justify)
+        # fold, never "…": on a narrow terminal a cell wraps onto the next line but keeps every character
+        table.add_column(col, justify=justify, overflow="fold")
     for r in rows:
         table.add_row(r["name"], r["family"], f"{r['params_m']:.1f}", str(r["dim"]), str(r["depth"]),
                       str(r["heads"]), r["ffn"])
-    Console().print(table)
+    make_console().print(table)

@@ -87,10 +87,11 @@ def command(**kw) -> None:
 
 
 def print_seg_result(result: dict, title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from ._progress import make_console
+
+    console = make_console()
     console.print(f"[bold]{title}")
     table = Table()
     table.add_column("class")

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from ..configs import ConvNeXtConfig
+from .intermediate import IntermediateLayers
 from .layers import LayerNorm, LayerNorm2d
-from .vit import _blocks_to_take, _pack
 
 
 class ConvNeXtBlock(nn.Module):
@@ -30,7 +30,7 @@ class ConvNeXtBlock(nn.Module):
         return x + (self.gamma * y).permute(0, 3, 1, 2)
 
 
-class ConvNeXt(nn.Module):
+class ConvNeXt(IntermediateLayers, nn.Module):
     def __init__(self, cfg: ConvNeXtConfig, device=None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -93,20 +93,10 @@ class ConvNeXt(nn.Module):
             "x_prenorm": tokens,
         }
 
-    def get_intermediate_layers(
-        self,
-        x: torch.Tensor,
-        n: int | Sequence[int] = 1,
-        *,
-        reshape: bool = False,
-        return_class_token: bool = False,
-        return_extra_tokens: bool = False,
-        norm: bool = True,
-    ) -> tuple:
+    def _intermediate(self, x: torch.Tensor, take: list[int], *, reshape: bool, norm: bool):
         """Official ConvNeXt semantics (the release's hub models, built without a patch size): the
         raw stage maps, strides 4/8/16/32; `norm` applies the stage's norm (identity except the
-        last); the class token is the stage's global average."""
-        take = _blocks_to_take(n, 4)
+        last); the class token is the stage's global average; there are no extra tokens."""
         maps = self._stem_to(x, take)[:-1]
         pools = [m.mean(dim=(-2, -1)) for m in maps]
         cls_tokens, outputs = pools, []
@@ -119,7 +109,7 @@ class ConvNeXt(nn.Module):
         else:
             outputs = maps if reshape else [m.flatten(2).transpose(1, 2) for m in maps]
         extra = [o.new_zeros(o.shape[0], 0, o.shape[1] if reshape else o.shape[-1]) for o in outputs]
-        return _pack(outputs, cls_tokens, extra, return_class_token, return_extra_tokens)
+        return outputs, cls_tokens, extra
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)["x_norm_clstoken"]

@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from ..configs import ViTConfig
+from .intermediate import IntermediateLayers
 from .layers import LayerNorm, LayerScale, PatchEmbed, RopePositionEmbedding, SelfAttentionBlock
 from .layers.attention import ATTN_IMPLS, LinearKMaskedBias
 
 
-class DinoVisionTransformer(nn.Module):
+class DinoVisionTransformer(IntermediateLayers, nn.Module):
     def __init__(self, cfg: ViTConfig, device=None) -> None:
         super().__init__()
         self.cfg = cfg
@@ -104,18 +105,8 @@ class DinoVisionTransformer(nn.Module):
             "x_prenorm": x_prenorm,
         }
 
-    def get_intermediate_layers(
-        self,
-        x: torch.Tensor,
-        n: int | Sequence[int] = 1,
-        *,
-        reshape: bool = False,
-        return_class_token: bool = False,
-        return_extra_tokens: bool = False,
-        norm: bool = True,
-    ) -> tuple:
-        """Official semantics: int n = the last n blocks, a sequence = those 0-based block indices."""
-        take = _blocks_to_take(n, self.n_blocks)
+    def _intermediate(self, x: torch.Tensor, take: list[int], *, reshape: bool, norm: bool):
+        """Block outputs split into patch tokens (or [B, D, H/16, W/16] maps), class and storage tokens."""
         tokens, (H, W) = self.prepare_tokens(x)
         outputs = self._run_blocks(tokens, (H, W), take)[:-1]
         if norm:
@@ -127,25 +118,7 @@ class DinoVisionTransformer(nn.Module):
         if reshape:
             B = x.shape[0]
             outputs = [o.reshape(B, H, W, -1).permute(0, 3, 1, 2).contiguous() for o in outputs]
-        return _pack(outputs, cls_tokens, extra, return_class_token, return_extra_tokens)
+        return outputs, cls_tokens, extra
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_features(x)["x_norm_clstoken"]
-
-
-def _blocks_to_take(n: int | Sequence[int], depth: int) -> list[int]:
-    take = list(range(depth - n, depth)) if isinstance(n, int) else [int(i) for i in n]
-    bad = [i for i in take if not 0 <= i < depth]
-    if bad or not take:
-        raise ValueError(f"layers {list(n) if not isinstance(n, int) else n} out of range for {depth} blocks")
-    return take
-
-
-def _pack(outputs, cls_tokens, extra, return_class_token: bool, return_extra_tokens: bool) -> tuple:
-    if return_class_token and return_extra_tokens:
-        return tuple(zip(outputs, cls_tokens, extra))
-    if return_class_token:
-        return tuple(zip(outputs, cls_tokens))
-    if return_extra_tokens:
-        return tuple(zip(outputs, extra))
-    return tuple(outputs)

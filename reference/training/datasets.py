@@ -1,6 +1,6 @@
 """Segmentation datasets as sequences of (image uint8 [H,W,3] RGB, mask uint8 [H,W], 255 = ignore).
 
-    synthetic[:N]     the procedural dataset that ships with the package (reference/synthetic.py)
+    synthetic[:N]     the procedural dataset that ships with the package (synthetic.py, beside this file)
     ade20k:PATH       ADE20K (ADEChallengeData2016 layout), reduce-zero-label, 150 classes
     folder:PATH       images/ + masks/ (PNG, class index per pixel, 255 ignore) + classes.txt
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from dinov3_deploy.errors import DeployError
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+from .images import IMAGE_EXTS, read_rgb
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -49,17 +49,6 @@ def generated_palette(n: int) -> list[list[int]]:
         r, g, b = colorsys.hls_to_rgb(h, light, 0.75)
         out.append([int(r * 255), int(g * 255), int(b * 255)])
     return out
-
-
-def _read_image(path: Path):
-    import numpy as np
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except OSError as exc:
-        raise DeployError(f"cannot read image {path}: {exc}") from exc
 
 
 def _read_mask(path: Path):
@@ -96,7 +85,7 @@ class SegDataset:
         import numpy as np
 
         img_path, mask_path = self.pairs[i]
-        image, mask = _read_image(img_path), _read_mask(mask_path)
+        image, mask = read_rgb(img_path), _read_mask(mask_path)
         if image.shape[:2] != mask.shape:
             raise DeployError(f"{img_path} is {image.shape[:2]} but its mask {mask_path} is {mask.shape}")
         if self.reduce_zero_label:  # 0 (other) -> 255 ignore, k -> k - 1
