@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
-# GPU check for the performance core (issue 5), one run on one card (Hopper: H100/H200).
+# GPU check of the performance core, one run on one card (Hopper: H100/H200).
 #   bash bench/gpu_check.sh            # from the repository root, on the GPU machine
 # Uses the machine's own Python + torch + triton (installs nothing but this project, without
-# dependencies), runs the GPU tests, runs the benchmark, writes JSON under $OUT (when set) and
-# bench/results/, and prints a short table last. Sized for ~8 minutes on an H100.
+# dependencies), runs the GPU tests, then both benchmarks through the one harness (same timing,
+# environment capture and report schema): the kernel bench (kernels_bench.py) and the model
+# bench (`dinov3-deploy bench`, which also needs click/rich/onnx from the machine). Reports go to
+# bench/results/ and $OUT (when set); each table is printed from its JSON at the end, also when a
+# step was cut short by its timeout (the JSON is rewritten after every case).
+# Time limits (seconds, override by environment): TESTS_S=300 (about 30 cold Triton compiles),
+# KERNEL_S=210, MODEL_S=90: about 10 minutes at most, usually less.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
+TESTS_S=${TESTS_S:-300}
+KERNEL_S=${KERNEL_S:-210}
+MODEL_S=${MODEL_S:-90}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RES=bench/results
 mkdir -p "$RES"
@@ -28,26 +36,47 @@ if ! $PY -m pip install --no-deps --no-build-isolation -q -e . >>"$LOG" 2>&1; th
   export PYTHONPATH="$SHIM${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
-echo "== GPU tests" | tee -a "$LOG"
+echo "== GPU tests (limit ${TESTS_S}s)" | tee -a "$LOG"
 if $PY -c "import pytest" 2>/dev/null; then
-  timeout 120 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_kernel_attention.py tests/test_kernel_qkv_rope.py \
-    tests/test_kernel_fused_attention.py tests/test_kernel_stitch.py 2>&1 | tail -25 | tee -a "$LOG"
+  timeout "$TESTS_S" $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_kernel_attention.py \
+    tests/test_kernel_qkv_rope.py tests/test_kernel_fused_attention.py tests/test_kernel_stitch.py 2>&1 \
+    | tail -25 | tee -a "$LOG"
   TESTS_RC=${PIPESTATUS[0]}
 else
   echo "pytest is not installed in $PY (and this machine has no network): GPU tests NOT run" | tee -a "$LOG"
   TESTS_RC=missing-pytest
 fi
 
-echo "== benchmark" | tee -a "$LOG"
-JSON=$RES/kernels_bench_$STAMP.json
-timeout 360 $PY bench/kernels_bench.py --out "$JSON" --budget-s 270 >"$LOG.bench" 2>&1
-BENCH_RC=$?
-cat "$LOG.bench" >>"$LOG"
-[ -n "${OUT:-}" ] && cp "$JSON" "$OUT/" 2>/dev/null
-echo "== tests rc=$TESTS_RC bench rc=$BENCH_RC json=$JSON"
-if [ "$BENCH_RC" -eq 0 ]; then
-  tail -40 "$LOG.bench"
-else  # cut short (timeout or crash): the JSON holds every finished section; print its table
-  tail -15 "$LOG.bench"
-  $PY -c "import json, runpy, sys; m = runpy.run_path('bench/kernels_bench.py'); print(m['summary'](json.load(open(sys.argv[1]))))" "$JSON" 2>&1 | tail -40
-fi
+# step NAME LIMIT_S JSON CMD...: runs CMD under the limit, keeps its output in the log and copies
+# the report (JSON + Markdown) to $OUT.
+step() {
+  local name=$1 limit=$2 json=$3; shift 3
+  echo "== $name (limit ${limit}s)" | tee -a "$LOG"
+  timeout "$limit" "$@" >"$LOG.$name" 2>&1
+  local rc=$?
+  cat "$LOG.$name" >>"$LOG"
+  [ "$rc" -ne 0 ] && tail -15 "$LOG.$name"
+  if [ -n "${OUT:-}" ]; then cp "$json" "${json%.json}.md" "$OUT/" 2>/dev/null; fi
+  return "$rc"
+}
+
+KJSON=$RES/kernels_bench_$STAMP.json
+step kernel-bench "$KERNEL_S" "$KJSON" \
+  $PY -m dinov3_deploy.bench.kernels_bench --out "$KJSON" --budget-s $((KERNEL_S - 45))
+KERNEL_RC=$?
+
+MJSON=$RES/model_bench_$STAMP.json
+step model-bench "$MODEL_S" "$MJSON" \
+  $PY -c "from dinov3_deploy.cli import main; main()" bench --model vitb16 --task seg --batch 1,8 --size 512 \
+  --precision bf16 --attn sdpa,triton --out "$RES" --name "model_bench_$STAMP" --no-plot
+MODEL_RC=$?
+
+# The tables, read back from the reports (whatever each step finished before any timeout).
+for json in "$KJSON" "$MJSON"; do
+  if [ -f "$json" ]; then
+    $PY -m dinov3_deploy.bench.report "$json" 2>&1 | tail -80
+  else
+    echo "no report at $json"
+  fi
+done
+echo "== tests rc=$TESTS_RC kernel bench rc=$KERNEL_RC model bench rc=$MODEL_RC reports: $KJSON $MJSON"

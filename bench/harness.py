@@ -1,5 +1,7 @@
 """The benchmark: every target (a PyTorch configuration or an artifact backend) behind one face,
-timed on the same deterministic inputs and compared with the fp32 PyTorch reference.
+timed on the same deterministic inputs and compared with the fp32 PyTorch reference. The kernel
+benchmark (kernels_bench.py) builds its rows with the same `timed_row`, so model and kernel
+reports hold the same row: status, timing statistics, parity.
 
 A target is three plain functions, so the harness knows nothing about any backend:
     prepare(host batch) -> what `call` takes (e.g. a device tensor; untimed)
@@ -16,9 +18,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dinov3_deploy.parity import compare
+from dinov3_deploy.parity import OutputParity, compare
 
-from .timing import measure
+from .timing import Timing, measure
 
 
 @dataclass
@@ -87,6 +89,58 @@ def _peak_memory_mb(cuda: bool) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**20, 1)
 
 
+def _sync(cuda: bool) -> None:
+    if cuda:
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def timed_row(
+    row: dict,
+    call: Callable[[], object],
+    timer: Callable[[Callable[[], object]], Timing],
+    *,
+    check: Callable[[object], list[OutputParity]] | None = None,
+    cuda: bool = False,
+    track_memory: bool = False,
+    flops: float | None = None,
+) -> dict:
+    """One row of every report, model or kernel: `row` (what was run) plus status, timing and
+    parity. The first call is timed on its own (compilation, autotuning, allocation) and its
+    output is what `check` compares with the reference; then `timer(call)` takes the samples.
+    Status: "ok", "parity-failed" (timed, but outside the thresholds) or "failed" (raised, with
+    the reason); a crashing case is a result, not the end of the run."""
+    try:
+        t0 = time.perf_counter()
+        out = call()
+        _sync(cuda)
+        first_s = time.perf_counter() - t0
+        parity = check(out) if check is not None else []
+        del out
+        if track_memory:
+            _peak_memory_reset(cuda)
+        timing = timer(call)
+    except Exception as exc:  # noqa: BLE001 - a crashing target is reported, not fatal
+        return {**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:400]}
+    lat = timing.summary()
+    res = {
+        **row,
+        "status": "ok" if all(p.passed for p in parity) else "parity-failed",
+        **lat,
+        "first_call_s": round(first_s, 3),
+        "peak_mem_mb": _peak_memory_mb(cuda) if track_memory else None,
+        "parity": [p.to_dict() for p in parity],
+    }
+    if flops:
+        res["tflops"] = float(f"{flops / lat['median_ms'] / 1e9:.4g}")
+    return res
+
+
+def skipped_row(row: dict, reason: str) -> dict:
+    return {**row, "status": "skipped", "reason": reason}
+
+
 def run_benchmark(
     targets: list[Target],
     shapes: list[Shape],
@@ -107,6 +161,10 @@ def run_benchmark(
                 t.close()
 
 
+def _check(ref: dict, t: Target, case: str, task: str, out: object) -> list[OutputParity]:
+    return compare(ref, t.fetch(out), case, task, t.precision)
+
+
 def _run(targets, shapes, make_input, reference, task, warmup, iters, log) -> list[dict]:
     rows = []
     for shape in shapes:
@@ -117,28 +175,19 @@ def _run(targets, shapes, make_input, reference, task, warmup, iters, log) -> li
             row = {"target": t.name, "precision": t.precision, "shape": shape.label, "batch": shape.batch,
                    "height": shape.height, "width": shape.width, **t.info}
             if t.skip_reason:
-                rows.append({**row, "status": "skipped", "reason": t.skip_reason})
+                rows.append(skipped_row(row, t.skip_reason))
                 continue
             log(f"{t.name} on {shape.label}")
             try:
                 x = t.prepare(batch)
-                t0 = time.perf_counter()
-                out = t.fetch(t.call(x))  # first call: compilation, autotuning, allocation
-                first_s = time.perf_counter() - t0
-                _peak_memory_reset(t.cuda)
-                timing = measure(functools.partial(t.call, x), warmup=warmup, iters=iters, cuda=t.cuda)
-                parity = compare(ref, out, shape.label, task, t.precision)
-            except Exception as exc:  # noqa: BLE001 - a crashing target is reported, not fatal
+            except Exception as exc:  # noqa: BLE001 - reported like a failing call
                 rows.append({**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:400]})
                 continue
-            lat = timing.summary()
-            rows.append({
-                **row,
-                "status": "ok" if all(p.passed for p in parity) else "parity-failed",
-                **lat,
-                "first_call_s": round(first_s, 3),
-                "images_per_s": round(shape.batch / (lat["median_ms"] / 1e3), 2),
-                "peak_mem_mb": _peak_memory_mb(t.cuda),
-                "parity": [p.to_dict() for p in parity],
-            })
+            r = timed_row(row, functools.partial(t.call, x),
+                          functools.partial(measure, warmup=warmup, iters=iters, cuda=t.cuda),
+                          check=functools.partial(_check, ref, t, shape.label, task),
+                          cuda=t.cuda, track_memory=True)
+            if "median_ms" in r:
+                r["images_per_s"] = round(shape.batch / (r["median_ms"] / 1e3), 2)
+            rows.append(r)
     return rows

@@ -1,71 +1,138 @@
-"""Benchmark of the performance core on one GPU, in one run (issue 5's figures).
+"""Benchmark of the performance core (Triton kernels and the models that use them) on one GPU.
 
-    python bench/kernels_bench.py --out results.json          # on a CUDA GPU (Hopper targets)
-    python bench/kernels_bench.py --smoke --out smoke.json    # CPU: tiny shapes, Triton interpreter
+The cases live here; timing, rows, environment and the report are the shared ones (timing.py,
+harness.timed_row, machine.py, report.py), so a kernel report has the same envelope and rows as
+`dinov3-deploy bench`'s.
 
-Sections (each case's median of CUDA-event-timed runs after warm-up, random data):
-  attention  TFLOP/s of the Triton kernel (pointer and TMA variants) vs PyTorch SDPA with the
-             cuDNN and flash backends, bf16, head dim 64, N = 1029 / 4101, H = 6 / 12 / 16, B = 1 / 8 / 32
+    python -m dinov3_deploy.bench.kernels_bench --out results.json          # a CUDA GPU (Hopper)
+    python -m dinov3_deploy.bench.kernels_bench --smoke --out smoke.json    # CPU: toy sizes, interpreter
+
+Sections (random data; kernels timed with triton.testing.do_bench, models with CUDA events):
+  attention  the Triton kernel (pointer and TMA loads) vs PyTorch SDPA (cuDNN, flash), bf16,
+             head dim 64, N = 1029 / 4101, H = 6 / 12 / 16, B = 1 / 8 / 32
   fused      qkv [B, N, 3D] -> [B, N, D]: Triton qkv+RoPE+attention vs eager split + rope_apply + cuDNN SDPA
+  stitch     2048x1024 image, 150 classes, crop 512 / stride 341 (18 windows of 32x32 logits): the
+             Triton stitch vs the naive pad-and-add canvas (mmseg style) and the reference's
+             slide_inference accumulation
+  configs    a few block/warp/stage configurations of the attention and stitch kernels beside the
+             launcher's own choice ("heuristic"), so one run shows whether the heuristic picked well
   e2e        vitb16 / vitl16 backbone forward at 512x512, B = 1 / 8, bf16: eager (SDPA), torch.compile,
              attn_impl="triton" eager, and attn_impl="triton" under torch.compile
-  configs    a few block/warp/stage configurations of the attention and stitch kernels
-  stitch     2048x1024 image, 150 classes, crop 512 / stride 341 (18 windows of 32x32 logits):
-             the Triton stitch vs the naive pad-and-add canvas (mmseg style) and the reference slice-add
---smoke runs every section's code path at toy sizes on the CPU (tests/test_bench_smoke.py).
-Timings are only meaningful on a GPU; the JSON records device, versions and date.
+Every row carries parity against a plain-PyTorch fp32 reference (attention and fused on batch
+element 0, which is what fits: the reference materialises the N x N scores). Rows of kernels
+that run `tl.dot` record `dot_precision` ("ieee" for fp32 inputs: no TF32, else the dtype);
+rows of the attention kernel record the `load_path` that ran ("tma" or "pointer") and why.
+--smoke runs every section's code path at toy sizes on the CPU (Triton interpreter); its timings
+mean nothing, its parity does.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import os
-import platform
-import statistics
 import sys
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from dinov3_deploy.bench.harness import skipped_row, timed_row
+from dinov3_deploy.bench.machine import machine_info
+from dinov3_deploy.bench.report import markdown, write_report
+from dinov3_deploy.bench.timing import measure, measure_kernel
+from dinov3_deploy.parity import THRESHOLDS, OutputParity, compare_output
 
-# ----------------------------------------------------------------------------------------------
-# timing
-# ----------------------------------------------------------------------------------------------
-def median_ms(fn, *, warmup: int = 5, reps: int = 30) -> float:
-    """Median milliseconds of fn(): CUDA events on a GPU, perf_counter on the CPU."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-        for _ in range(reps):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
+SECTIONS = ("attention", "fused", "stitch", "configs", "e2e")
+PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """What `tl.dot` computes in: fp32 inputs use IEEE fp32 (the kernels ask for
+    input_precision="ieee", never TF32), other inputs their own type."""
+    return "ieee" if dtype == torch.float32 else str(dtype).removeprefix("torch.")
+
+
+def load_path(use_tma: bool, device: torch.device | str, tensors: tuple[torch.Tensor, ...] = ()) -> dict:
+    """Which attention load path runs for `use_tma` on `device` (and these q/k/v/out, whose
+    alignment also decides), as the kernel's launcher decides it."""
+    from dinov3_deploy.kernels import attention
+
+    if hasattr(attention, "resolve_load_path"):
+        path, reason = attention.resolve_load_path(use_tma, torch.device(device), tensors)
+    elif not use_tma:
+        path, reason = "pointer", "use_tma=False"
     else:
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+        path, reason = "unrecorded", "this kernels.attention cannot say (no resolve_load_path)"
+    return {"load_path": path, "load_path_reason": reason}
 
 
-def _case(fn, flops: float | None, smoke: bool, **timing) -> dict:
-    try:
-        ms = median_ms(fn, **({"warmup": 1, "reps": 1} if smoke else timing))
-    except Exception as exc:  # a backend missing on this card/build is a result, not a crash
-        return {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
-    out = {"ms": round(ms, 5)}
-    if flops:
-        out["tflops"] = float(f"{flops / ms / 1e9:.4g}")
-    return out
+# ----------------------------------------------------------------------------------------------
+# one run: where rows go, how they are timed
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class Run:
+    device: str
+    dtype: torch.dtype
+    smoke: bool
+    deadline: float  # time.time() after which cases are recorded as skipped
+    rows: list[dict]
+    save: Callable[[], None] = lambda: None
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def precision(self) -> str:
+        return PRECISION[self.dtype]
+
+    def kernel(self, row: dict, fn: Callable[[], object], check=None, flops: float | None = None) -> None:
+        """A kernel (or a library call it competes with): do_bench on a GPU. No peak memory: do_bench's
+        own L2-flush buffer (hundreds of MiB) would be counted as the kernel's."""
+        timer = functools.partial(measure_kernel, cuda=self.cuda, warmup=0, iters=1)
+        self._add(row, fn, timer, check, flops, track_memory=False)
+
+    def model(self, row: dict, fn: Callable[[], object], check=None) -> None:
+        """A whole forward pass: CUDA events, peak memory."""
+        timer = functools.partial(measure, warmup=0 if self.smoke else 3, iters=1 if self.smoke else 20,
+                                  cuda=self.cuda)
+        self._add(row, fn, timer, check, None, track_memory=True)
+
+    def _add(self, row, fn, timer, check, flops, track_memory) -> None:
+        if time.time() > self.deadline:
+            self.rows.append(skipped_row(row, "time budget of the run spent"))
+            return
+        self.rows.append(timed_row(row, fn, timer, check=check, cuda=self.cuda, track_memory=track_memory,
+                                   flops=flops))
+
+
+def _row(section: str, target: str, shape: str, dtype: torch.dtype, **extra) -> dict:
+    return {"section": section, "target": target, "shape": shape, "dtype": str(dtype).removeprefix("torch."),
+            "precision": PRECISION.get(dtype, "fp32"), **extra}
+
+
+def _np(t: torch.Tensor):
+    t = t.detach()
+    return (t.float() if t.is_floating_point() else t).cpu().numpy()
+
+
+def against(ref: torch.Tensor, precision: str, case: str, *, labels: bool = False):
+    """check(out) for timed_row: out's leading ref.shape[0] entries vs ref. Float outputs are
+    compared as rows of their last dimension (tokens / head vectors); integer ones as label maps."""
+    r = _np(ref)
+    th = THRESHOLDS[precision]
+
+    def check(out: torch.Tensor) -> list[OutputParity]:
+        o = _np(out[: ref.shape[0]])
+        if labels:
+            return [compare_output("labels", case, r, o, "seg", th)]
+        return [compare_output("out", case, r.reshape(-1, r.shape[-1]), o.reshape(-1, o.shape[-1]), "kernel", th)]
+
+    return check
 
 
 def _sdpa(backend):
@@ -78,54 +145,63 @@ def _sdpa(backend):
     return run
 
 
+def _sdpa_backends(run: Run) -> dict:
+    from torch.nn.attention import SDPBackend
+
+    if run.smoke:
+        return {"sdpa_math": SDPBackend.MATH}
+    return {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
+
+
 # ----------------------------------------------------------------------------------------------
 # sections
 # ----------------------------------------------------------------------------------------------
-def bench_attention(dev, dtype, smoke: bool) -> list[dict]:
-    from torch.nn.attention import SDPBackend
-
-    shapes = [(1, 2, 21, 64)] if smoke else [
+def bench_attention(run: Run) -> None:
+    shapes = [(1, 2, 21, 64)] if run.smoke else [
         (B, H, N, 64) for N in (1029, 4101) for H in (6, 12, 16) for B in (1, 8, 32)
     ]
-    backends = (
-        {"sdpa_math": SDPBackend.MATH}
-        if smoke
-        else {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
-    )
-    return [_attention_case(B, H, N, hd, dev, dtype, backends, smoke) for B, H, N, hd in shapes]
+    for B, H, N, hd in shapes:
+        _attention_case(run, B, H, N, hd)
+        run.save()
 
 
-def _attention_case(B, H, N, hd, dev, dtype, backends, smoke) -> dict:
-    from dinov3_deploy.kernels.attention import attention_flops, attention_into
+def _attention_case(run: Run, B: int, H: int, N: int, hd: int) -> None:
+    from dinov3_deploy.kernels.attention import attention_flops, attention_into, attention_reference
 
-    q, k, v = (torch.randn(B, H, N, hd, device=dev, dtype=dtype) for _ in range(3))
+    shape = f"B={B} H={H} N={N} hd={hd}"
+    q, k, v = (torch.randn(B, H, N, hd, device=run.device, dtype=run.dtype) for _ in range(3))
     out = torch.empty_like(q)
+    check = against(attention_reference(q[:1].float(), k[:1].float(), v[:1].float()), run.precision, shape)
     fl = attention_flops(B, H, N, hd)
-    row = {"B": B, "H": H, "N": N, "head_dim": hd,
-           "triton": _case(lambda: attention_into(q, k, v, out), fl, smoke),
-           "triton_tma": _case(lambda: attention_into(q, k, v, out, use_tma=True), fl, smoke)}
-    for name, be in backends.items():
-        run = _sdpa(be)
-        row[name] = _case(lambda run=run: run(q, k, v), fl, smoke)
-    return row
+    dims = {"B": B, "H": H, "N": N, "head_dim": hd}
+    for target, tma in (("triton", False), ("triton_tma", True)):
+        row = _row("attention", target, shape, run.dtype, **dims, dot_precision=dot_precision(run.dtype),
+                   **load_path(tma, q.device, (q, k, v, out)))
+        run.kernel(row, functools.partial(attention_into, q, k, v, out, use_tma=tma), check, fl)
+    for target, be in _sdpa_backends(run).items():
+        run.kernel(_row("attention", target, shape, run.dtype, **dims), functools.partial(_sdpa(be), q, k, v),
+                   check, fl)
 
 
-def bench_fused(dev, dtype, smoke: bool) -> list[dict]:
+def bench_fused(run: Run) -> None:
     from torch.nn.attention import SDPBackend
 
-    cases = [(1, 2, 4, 64)] if smoke else [(B, H, 32, 64) for H in (12, 16) for B in (1, 8, 32)]
-    sdpa = _sdpa(SDPBackend.MATH if smoke else SDPBackend.CUDNN_ATTENTION)
-    return [_fused_case(B, H, g, hd, dev, dtype, sdpa, smoke) for B, H, g, hd in cases]
+    cases = [(1, 2, 4, 64)] if run.smoke else [(B, H, 32, 64) for H in (12, 16) for B in (1, 8, 32)]
+    sdpa = _sdpa(SDPBackend.MATH if run.smoke else SDPBackend.CUDNN_ATTENTION)
+    for B, H, g, hd in cases:
+        _fused_case(run, B, H, g, hd, sdpa)
+        run.save()
 
 
-def _fused_case(B, H, g, hd, dev, dtype, sdpa, smoke) -> dict:
+def _fused_case(run: Run, B: int, H: int, g: int, hd: int, sdpa) -> None:
     from dinov3_deploy.kernels.attention import attention_flops
-    from dinov3_deploy.kernels.fused_attention import rope_attention
+    from dinov3_deploy.kernels.fused_attention import rope_attention, rope_attention_reference
     from dinov3_deploy.reference.models.layers.rope import RopePositionEmbedding, rope_apply
 
-    N, D = 5 + g * g, H * hd
-    sin, cos = RopePositionEmbedding(hd, device=dev)(g, g)
-    qkv = torch.randn(B, N, 3 * D, device=dev, dtype=dtype)
+    N, D = 5 + g * g, H * hd  # cls + 4 storage tokens, then a g x g patch grid
+    shape = f"B={B} H={H} N={N} hd={hd}"
+    sin, cos = RopePositionEmbedding(hd, device=run.device)(g, g)
+    qkv = torch.randn(B, N, 3 * D, device=run.device, dtype=run.dtype)
 
     def split():
         return qkv.reshape(B, N, 3, H, hd).permute(2, 0, 3, 1, 4).unbind(0)
@@ -139,70 +215,26 @@ def _fused_case(B, H, g, hd, dev, dtype, sdpa, smoke) -> dict:
         q, k, _ = split()
         return rope_apply(q, sin, cos), rope_apply(k, sin, cos)
 
+    check = against(rope_attention_reference(qkv[:1].float(), sin, cos, H), run.precision, shape)
     fl = attention_flops(B, H, N, hd)
-    return {"B": B, "H": H, "N": N, "head_dim": hd,
-            "triton_fused": _case(lambda: rope_attention(qkv, sin, cos, H), fl, smoke),
-            "eager_rope_sdpa": _case(eager, fl, smoke),
-            "eager_rope_only": _case(eager_rope_only, None, smoke)}
+    dims = {"B": B, "H": H, "N": N, "head_dim": hd}
+    run.kernel(_row("fused", "triton_fused", shape, run.dtype, **dims, dot_precision=dot_precision(run.dtype),
+                    **load_path(False, qkv.device)),
+               lambda: rope_attention(qkv, sin, cos, H), check, fl)
+    run.kernel(_row("fused", "eager_rope_sdpa", shape, run.dtype, **dims), eager, check, fl)
+    # the RoPE share of the eager path: a part of the work, so no speedup is quoted against it
+    run.kernel(_row("fused", "eager_rope_only", shape, run.dtype, **dims, component=True), eager_rope_only)
 
 
-def bench_configs(dev, dtype, smoke: bool) -> list[dict]:
-    """A few kernel configurations at two attention shapes and the stitch shape, so one run
-    shows whether the launch heuristics picked well."""
-    from dinov3_deploy.kernels.attention import attention_config, attention_flops, attention_into
-    from dinov3_deploy.kernels.stitch import stitch_into, windows_from_geometry
+def _stitch_problem(run: Run):
+    """Image size, classes, crop, stride and low-resolution window logits (one per window of the
+    reference's window_grid, the one definition of window placement)."""
+    from dinov3_deploy.reference.training.sliding_window import window_grid
 
-    rows = []
-    att_cfgs = [(16, 16, 4, 1)] if smoke else [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2),
-                                               (64, 32, 4, 4)]
-    for B, H, N, hd in [(1, 2, 21, 64)] if smoke else [(8, 12, 1029, 64), (1, 16, 1029, 64), (1, 16, 4101, 64)]:
-        q, k, v = (torch.randn(B, H, N, hd, device=dev, dtype=dtype) for _ in range(3))
-        out = torch.empty_like(q)
-        fl = attention_flops(B, H, N, hd)
-        row = {"kernel": "attention", "B": B, "H": H, "N": N, "heuristic": attention_config(B, H, N, hd, q.device)}
-        for bm, bn, w, st in att_cfgs:
-            cfg = dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st)
-            run = lambda cfg=cfg, q=q, k=k, v=v, out=out: attention_into(q, k, v, out, config=cfg)
-            row[f"m{bm}_n{bn}_w{w}_s{st}"] = _case(run, fl, smoke)
-        rows.append(row)
-    H, W, C, crop, stride, low = (12, 20, 4, 10, 6, 3) if smoke else (1024, 2048, 150, 512, 341, 32)
-    logits = torch.randn(len(windows_from_geometry(H, W, crop, stride)), C, low, low, device=dev)
-    labels = torch.empty((H, W), dtype=torch.int64, device=dev)
-    row = {"kernel": "stitch", "H": H, "W": W, "classes": C}
-    for bp, bc, w in [(32, 4, 4)] if smoke else [(128, 8, 4), (128, 16, 4), (128, 16, 8), (64, 16, 4), (256, 8, 8)]:
-        cfg = dict(BLOCK_P=bp, BLOCK_C=bc, num_warps=w)
-        row[f"p{bp}_c{bc}_w{w}"] = _case(lambda cfg=cfg: stitch_into(logits, (H, W), crop, stride, labels, config=cfg),
-                                         None, smoke)
-    rows.append(row)
-    return rows
-
-
-def bench_e2e(dev, dtype, smoke: bool, deadline: float, rows: list[dict], save=lambda: None) -> list[dict]:
-    """Appends to `rows` as it goes and calls save() after every case: a run cut short by the
-    GPU script's timeout still leaves what it measured."""
-    from dinov3_deploy.reference.factory import create_backbone
-
-    cases = [("vit_tiny_test", 1, 32)] if smoke else [(m, B, 512) for m in ("vitb16", "vitl16") for B in (1, 8)]
-    variants = ["eager", "triton"] if smoke else ["eager", "compile", "triton", "triton_compile"]
-    for name, B, size in cases:
-        base = create_backbone(name, device=dev).to(dtype)
-        x = torch.randn(B, 3, size, size, device=dev, dtype=dtype)
-        row = {"model": name, "B": B, "size": size}
-        rows.append(row)
-        for var in variants:
-            if time.time() > deadline:
-                row[var] = {"error": "skipped: time budget of the run spent"}
-                continue
-            model = create_backbone(name, device=dev, attn_impl="triton" if "triton" in var else "sdpa").to(dtype)
-            model.load_state_dict(base.state_dict())
-            fn = torch.compile(model.forward_features) if "compile" in var else model.forward_features
-            with torch.no_grad():
-                row[var] = _case(lambda fn=fn, x=x: fn(x), None, smoke, warmup=3, reps=20)
-            del model, fn
-            save()
-        if not smoke:
-            torch._dynamo.reset()
-    return rows
+    H, W, C, crop, stride, low = (12, 20, 4, 10, 6, 3) if run.smoke else (1024, 2048, 150, 512, 341, 32)
+    windows = window_grid(H, W, crop, stride)
+    logits = torch.randn(len(windows), C, low, low, device=run.device)
+    return H, W, C, crop, stride, windows, logits
 
 
 def naive_pad_and_add(logits, H, W, windows, n_classes):
@@ -213,97 +245,145 @@ def naive_pad_and_add(logits, H, W, windows, n_classes):
         up = F.interpolate(logits[k : k + 1].float(), size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
         canvas += F.pad(up, (x0, W - x1, y0, H - y1))
         count += F.pad(torch.ones_like(up[:, :1]), (x0, W - x1, y0, H - y1))
-    return (canvas / count).argmax(1)
+    return (canvas / count).argmax(1)[0]
 
 
-def slice_add(logits, H, W, windows, n_classes):
-    """reference/sliding_window.py's accumulation (slice-add into one canvas), then argmax."""
-    canvas = logits.new_zeros((1, n_classes, H, W), dtype=torch.float32)
-    count = logits.new_zeros((1, 1, H, W), dtype=torch.float32)
-    up = F.interpolate(logits.float(), size=(windows[0][1] - windows[0][0], windows[0][3] - windows[0][2]),
-                       mode="bilinear", align_corners=False)
-    for k, (y0, y1, x0, x1) in enumerate(windows):
-        canvas[..., y0:y1, x0:x1] += up[k : k + 1]
-        count[..., y0:y1, x0:x1] += 1
-    return (canvas / count).argmax(1)
+def reference_labels(logits, H, W, crop, stride):
+    """The reference's own accumulation (slide_inference, all windows in one chunk) fed the
+    precomputed window logits; the 1-channel zero image only gives it the crops' sizes."""
+    from dinov3_deploy.reference.training.sliding_window import slide_inference
+
+    image = logits.new_zeros((1, 1, H, W))
+    out = slide_inference(lambda crops: logits, image, logits.shape[1], crop, stride, batch_size=logits.shape[0])
+    return out.argmax(1)[0]
 
 
-def bench_stitch(dev, smoke: bool) -> list[dict]:
-    from dinov3_deploy.kernels.stitch import stitch_into, windows_from_geometry
+def bench_stitch(run: Run) -> None:
+    from dinov3_deploy.kernels.stitch import stitch_into
 
-    H, W, C, crop, stride, low = (12, 20, 4, 10, 6, 3) if smoke else (1024, 2048, 150, 512, 341, 32)
-    windows = windows_from_geometry(H, W, crop, stride)
-    logits = torch.randn(len(windows), C, low, low, device=dev)
-    labels = torch.empty((H, W), dtype=torch.int64, device=dev)
-    probs = torch.empty((C, H, W), device=dev)
-    row = {"H": H, "W": W, "classes": C, "windows": len(windows),
-           "triton_labels": _case(lambda: stitch_into(logits, (H, W), crop, stride, labels), None, smoke),
-           "triton_labels_probs": _case(lambda: stitch_into(logits, (H, W), crop, stride, labels, probs), None, smoke),
-           "naive_pad_add": _case(lambda: naive_pad_and_add(logits, H, W, windows, C), None, smoke, warmup=2, reps=10),
-           "reference_slice_add": _case(lambda: slice_add(logits, H, W, windows, C), None, smoke, warmup=2, reps=10)}
-    stitch_into(logits, (H, W), crop, stride, labels)
-    row["labels_agree_with_naive"] = float((labels == naive_pad_and_add(logits, H, W, windows, C)[0]).float().mean())
-    return [row]
+    H, W, C, crop, stride, windows, logits = _stitch_problem(run)
+    shape = f"{H}x{W} C={C} crop={crop} stride={stride}"
+    labels = torch.empty((H, W), dtype=torch.int64, device=run.device)
+    probs = torch.empty((C, H, W), device=run.device)
+    check = against(reference_labels(logits, H, W, crop, stride), "fp32", shape, labels=True)
+    dims = {"H": H, "W": W, "classes": C, "windows": len(windows)}
 
+    def triton(with_probs: bool):
+        stitch_into(logits, (H, W), crop, stride, labels, probs if with_probs else None)
+        return labels
 
-# ----------------------------------------------------------------------------------------------
-# report
-# ----------------------------------------------------------------------------------------------
-def environment() -> dict:
-    import triton
-
-    env = {"date": datetime.now(UTC).isoformat(timespec="seconds"), "python": platform.python_version(),
-           "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-           "host": platform.node()}
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        env.update(device=p.name, sm_count=p.multi_processor_count, capability=f"{p.major}.{p.minor}",
-                   cudnn=torch.backends.cudnn.version())
-    else:
-        env.update(device="cpu (Triton interpreter)" if os.environ.get("TRITON_INTERPRET") == "1" else "cpu")
-    return env
+    run.kernel(_row("stitch", "triton_labels", shape, torch.float32, **dims), lambda: triton(False), check)
+    run.kernel(_row("stitch", "triton_labels_probs", shape, torch.float32, **dims), lambda: triton(True), check)
+    run.kernel(_row("stitch", "naive_pad_add", shape, torch.float32, **dims),
+               lambda: naive_pad_and_add(logits, H, W, windows, C), check)
+    run.kernel(_row("stitch", "reference_slide_inference", shape, torch.float32, **dims),
+               lambda: reference_labels(logits, H, W, crop, stride))
+    run.save()
 
 
-def _ms(cell) -> str:
-    return f"{cell['ms']:.3f}" if isinstance(cell, dict) and "ms" in cell else "-"
+def bench_configs(run: Run) -> None:
+    from dinov3_deploy.kernels.attention import attention_config, attention_flops, attention_into, attention_reference
+    from dinov3_deploy.kernels.stitch import stitch_config, stitch_into
+
+    att_cfgs = [(16, 16, 4, 1)] if run.smoke else [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2),
+                                                   (64, 32, 4, 4)]
+    for B, H, N, hd in [(1, 2, 21, 64)] if run.smoke else [(8, 12, 1029, 64), (1, 16, 1029, 64), (1, 16, 4101, 64)]:
+        q, k, v = (torch.randn(B, H, N, hd, device=run.device, dtype=run.dtype) for _ in range(3))
+        out = torch.empty_like(q)
+        shape = f"B={B} H={H} N={N} hd={hd}"
+        check = against(attention_reference(q[:1].float(), k[:1].float(), v[:1].float()), run.precision, shape)
+        extra = {"kernel": "attention", "B": B, "H": H, "N": N, "head_dim": hd,
+                 "dot_precision": dot_precision(run.dtype), **load_path(False, q.device, (q, k, v, out))}
+        choices = [("heuristic", None)] + [
+            (f"m{bm}_n{bn}_w{w}_s{st}", dict(BLOCK_M=bm, BLOCK_N=bn, num_warps=w, num_stages=st))
+            for bm, bn, w, st in att_cfgs]
+        for name, cfg in choices:
+            shown = cfg or attention_config(B, H, N, hd, q.device)
+            run.kernel(_row("configs", name, shape, run.dtype, **extra, config=shown),
+                       functools.partial(attention_into, q, k, v, out, config=cfg), check, attention_flops(B, H, N, hd))
+        run.save()
+
+    H, W, C, crop, stride, windows, logits = _stitch_problem(run)
+    shape = f"{H}x{W} C={C} crop={crop} stride={stride}"
+    labels = torch.empty((H, W), dtype=torch.int64, device=run.device)
+    check = against(reference_labels(logits, H, W, crop, stride), "fp32", shape, labels=True)
+    choices = [("heuristic", None)] + [(f"p{bp}_c{bc}_w{w}", dict(BLOCK_P=bp, BLOCK_C=bc, num_warps=w))
+                                       for bp, bc, w in ([(32, 4, 4)] if run.smoke else
+                                                         [(128, 8, 4), (128, 16, 4), (128, 16, 8), (64, 16, 4),
+                                                          (256, 8, 8)])]
+    for name, cfg in choices:
+        def fn(cfg=cfg):
+            stitch_into(logits, (H, W), crop, stride, labels, config=cfg)
+            return labels
+
+        shown = cfg or stitch_config(labels.device, W, C)
+        run.kernel(_row("configs", name, shape, torch.float32, kernel="stitch", H=H, W=W, classes=C, config=shown),
+                   fn, check)
+    run.save()
 
 
-def _tf(cell) -> str:
-    return f"{cell['tflops']:.0f}" if isinstance(cell, dict) and "tflops" in cell else "-"
+def bench_e2e(run: Run) -> None:
+    """Backbone forward passes; every variant compared with the fp32 SDPA model on the same input.
+    Release-like random weights: with the training init a ViT is nearly the identity and a wrong
+    attention would still pass parity."""
+    cases = [("vit_tiny_test", 1, 32)] if run.smoke else [(m, B, 512) for m in ("vitb16", "vitl16") for B in (1, 8)]
+    variants = ["eager", "triton"] if run.smoke else ["eager", "compile", "triton", "triton_compile"]
+    for name, B, size in cases:
+        shape = f"{name} B={B} {size}x{size}"
+        if time.time() > run.deadline:
+            run.rows += [skipped_row(_row("e2e", var, shape, run.dtype), "time budget of the run spent")
+                         for var in variants]
+            continue
+        _e2e_case(run, name, B, size, shape, variants)
+        if not run.smoke:
+            torch._dynamo.reset()
 
 
-def summary(res: dict) -> str:
-    lines = [f"device: {res['env']['device']}  torch {res['env']['torch']}  triton {res['env']['triton']}"]
-    for r in res.get("attention", []):
-        ref = r.get("cudnn", r.get("sdpa_math"))
-        lines.append(f"attn B={r['B']:>2} H={r['H']:>2} N={r['N']}: triton {_tf(r['triton'])} / tma "
-                     f"{_tf(r['triton_tma'])} / cudnn {_tf(ref)} / flash {_tf(r.get('flash'))} TFLOP/s")
-    for r in res.get("fused", []):
-        lines.append(f"fused B={r['B']:>2} H={r['H']:>2} N={r['N']}: triton {_ms(r['triton_fused'])} ms vs eager "
-                     f"rope+sdpa {_ms(r['eager_rope_sdpa'])} ms (rope alone {_ms(r['eager_rope_only'])})")
-    for r in res.get("configs", []):
-        cells = {k: v for k, v in r.items() if isinstance(v, dict) and "ms" in v}
-        best = min(cells, key=lambda k: cells[k]["ms"]) if cells else "-"
-        shape = f"B={r['B']} H={r['H']} N={r['N']}" if r["kernel"] == "attention" else f"{r['W']}x{r['H']}"
-        timings = " ".join(f"{k}={_ms(v)}" for k, v in cells.items())
-        lines.append(f"config {r['kernel']} {shape}: best {best} {timings}")
-    for r in res.get("e2e", []):
-        cells = " ".join(f"{k} {_ms(r[k])}" for k in ("eager", "compile", "triton", "triton_compile") if k in r)
-        lines.append(f"e2e {r['model']} B={r['B']}: {cells} ms")
-    for r in res.get("stitch", []):
-        lines.append(f"stitch {r['W']}x{r['H']} C={r['classes']}: triton {_ms(r['triton_labels'])} ms "
-                     f"(+probs {_ms(r['triton_labels_probs'])}) vs naive {_ms(r['naive_pad_add'])} ms, "
-                     f"slice-add {_ms(r['reference_slice_add'])} ms, agree {r['labels_agree_with_naive']:.5f}")
-    return "\n".join(lines)
+def _e2e_case(run: Run, name: str, B: int, size: int, shape: str, variants: list[str]) -> None:
+    from dinov3_deploy.reference.factory import create_backbone
+
+    base = create_backbone(name, device=run.device, init="release-like")
+    x = torch.randn(B, 3, size, size, device=run.device)
+    ref = base.forward_features(x)["x_norm_patchtokens"]
+    check = against(ref, run.precision, shape)
+    x = x.to(run.dtype)
+    for var in variants:
+        impl = "triton" if "triton" in var else "sdpa"
+        model = create_backbone(name, device=run.device, attn_impl=impl)
+        model.load_state_dict(base.state_dict())
+        model = model.to(run.dtype)
+        fwd = torch.compile(model.forward_features) if "compile" in var else model.forward_features
+        extra = {"model": name, "B": B, "size": size, "attn_impl": impl, "compile": "compile" in var}
+        if impl == "triton":
+            extra.update(dot_precision=dot_precision(run.dtype), **load_path(False, x.device))
+        run.model(_row("e2e", var, shape, run.dtype, **extra), lambda fwd=fwd: fwd(x)["x_norm_patchtokens"], check)
+        del model, fwd
+        run.save()
+
+
+BENCHES = {"attention": bench_attention, "fused": bench_fused, "stitch": bench_stitch, "configs": bench_configs,
+           "e2e": bench_e2e}
+
+
+def baselines(smoke: bool) -> dict[str, str]:
+    """Per section, the target the others' speedups are quoted against (the project's goals:
+    attention >= cuDNN, fused >= 2x eager, stitch >= 20x the naive canvas, e2e vs torch.compile)."""
+    return {"attention": "sdpa_math" if smoke else "cudnn", "fused": "eager_rope_sdpa", "stitch": "naive_pad_add",
+            "configs": "heuristic", "e2e": "eager" if smoke else "compile"}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    ap.add_argument("--out", type=Path, required=True, help="report JSON to write (a .md lands beside it)")
     ap.add_argument("--smoke", action="store_true", help="toy sizes; runs on the CPU through the Triton interpreter")
-    ap.add_argument("--sections", default="attention,fused,stitch,configs,e2e")
-    ap.add_argument("--budget-s", type=float, default=330.0, help="stop starting e2e cases after this many seconds")
+    ap.add_argument("--sections", default=",".join(SECTIONS))
+    ap.add_argument("--budget-s", type=float, default=330.0,
+                    help="cases that would start after this many seconds are recorded as skipped")
     args = ap.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    unknown = [s for s in sections if s not in BENCHES]
+    if unknown:
+        ap.error(f"unknown sections {', '.join(unknown)} (choose from {', '.join(SECTIONS)})")
     if not torch.cuda.is_available():
         if not args.smoke:
             print("no CUDA device: only --smoke runs here", file=sys.stderr)
@@ -312,26 +392,29 @@ def main(argv=None) -> int:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if dev == "cuda" else torch.float32
     start = time.time()
-    res: dict = {"env": environment(), "smoke": args.smoke, "dtype": str(dtype).removeprefix("torch.")}
-    sections = args.sections.split(",")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "kind": "kernel",
+        "machine": machine_info(),
+        "config": {"title": "performance core" + (" (smoke)" if args.smoke else ""), "smoke": args.smoke,
+                   "device": dev, "dtype": str(dtype).removeprefix("torch."), "sections": sections,
+                   "budget_s": args.budget_s, "baselines": baselines(args.smoke),
+                   "timing": {"kernel": "triton.testing.do_bench warmup 25 ms, rep 100 ms" if dev == "cuda"
+                              else "perf_counter, 1 call after the first",
+                              "model": "CUDA events, 3 warm-up + 20 calls" if dev == "cuda"
+                              else "perf_counter, 1 call after the first"}},
+        "rows": [],
+    }
 
     def save() -> None:
-        res["wall_s"] = round(time.time() - start, 1)
-        args.out.write_text(json.dumps(res, indent=1))
+        report["wall_s"] = round(time.time() - start, 1)
+        write_report(report, args.out, png=False)
 
+    run = Run(dev, dtype, args.smoke, start + args.budget_s, report["rows"], save)
     with torch.no_grad():
-        for name, run in [
-            ("attention", lambda: bench_attention(dev, dtype, args.smoke)),
-            ("fused", lambda: bench_fused(dev, dtype, args.smoke)),
-            ("stitch", lambda: bench_stitch(dev, args.smoke)),
-            ("configs", lambda: bench_configs(dev, dtype, args.smoke)),
-            ("e2e", lambda: bench_e2e(dev, dtype, args.smoke, start + args.budget_s, res.setdefault("e2e", []), save)),
-        ]:
-            if name in sections:
-                res[name] = run()
-                save()
-    print(summary(res))
+        for name in sections:
+            BENCHES[name](run)
+            save()
+    print(markdown(report))
     return 0
 
 

@@ -1,13 +1,59 @@
-"""Benchmark reports: JSON (the record), Markdown (for READMEs and PRs), PNG (for people)."""
+"""Benchmark reports: JSON (the record), Markdown (for READMEs and PRs), PNG (for people).
+
+One envelope for every report, model bench (`dinov3-deploy bench`) or kernel bench
+(kernels_bench.py):
+    schema   SCHEMA
+    kind     "model" | "kernel"
+    machine  machine.machine_info(): card / CPU, versions, date_utc
+    config   what was run (title, shapes, warm-up and iteration settings, ...)
+    rows     one per timed case: target, shape, status ("ok" | "parity-failed" | "failed" |
+             "skipped"), reason (when not timed), timing statistics (median/p10/p90/min ms,
+             iters, clock), first_call_s, peak_mem_mb, parity (per output)
+plus what the kind adds (a model report: reference and thresholds).
+
+    python -m dinov3_deploy.bench.report REPORT.json     # prints its Markdown table
+"""
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from dinov3_deploy.atomic import atomic_write, write_text
 
-SCHEMA = "dinov3-deploy-bench/1"
+from .machine import device_label
+
+SCHEMA = "dinov3-deploy-bench/2"
+KINDS = ("model", "kernel")
+STATUSES = ("ok", "parity-failed", "failed", "skipped")
+TIMING_KEYS = ("median_ms", "p10_ms", "p90_ms", "min_ms", "iters", "clock")
+
+
+def validate(report: dict) -> dict:
+    """Raise ValueError naming the first thing that breaks the envelope; return the report."""
+    for key in ("schema", "kind", "machine", "config", "rows"):
+        if key not in report:
+            raise ValueError(f"benchmark report lacks '{key}'")
+    if report["schema"] != SCHEMA:
+        raise ValueError(f"benchmark report schema '{report['schema']}', expected '{SCHEMA}'")
+    if report["kind"] not in KINDS:
+        raise ValueError(f"benchmark report kind '{report['kind']}' not in {KINDS}")
+    for i, row in enumerate(report["rows"]):
+        missing = [k for k in ("target", "shape", "status") if k not in row]
+        if not missing:
+            if row["status"] not in STATUSES:
+                raise ValueError(f"row {i} ({row['target']} {row['shape']}): status '{row['status']}'")
+            timed = row["status"] in ("ok", "parity-failed")
+            missing = [k for k in (*TIMING_KEYS, "parity") if k not in row] if timed else (
+                [] if "reason" in row else ["reason"])
+        if missing:
+            raise ValueError(f"row {i} of the benchmark report lacks {', '.join(missing)}")
+    return report
+
+
+def read_report(path: str | Path) -> dict:
+    return validate(json.loads(Path(path).read_text()))
 
 
 def _parity_cell(row: dict) -> str:
@@ -22,6 +68,8 @@ def _parity_cell(row: dict) -> str:
 
 
 def markdown(report: dict) -> str:
+    if report.get("kind") == "kernel":
+        return kernel_markdown(report)
     m = report["machine"]
     dev = m["gpu"]["name"] if m["gpu"] else f"CPU: {m['cpu']} ({m['cpu_count']} cores)"
     lines = [
@@ -45,6 +93,50 @@ def markdown(report: dict) -> str:
         f"{p}: rel fro <= {t['max_rel_fro']:.0e}, min token cos >= {t['min_token_cos']}, "
         f"labels >= {t['min_label_agreement']:.1%}" for p, t in th.items())]
     return "\n".join(lines) + "\n"
+
+
+def kernel_markdown(report: dict) -> str:
+    """One table per section; `speedup` is the section baseline's median over the row's (same shape),
+    left out for rows that time only a part of the work (`component`)."""
+    m, cfg = report["machine"], report["config"]
+    baselines = cfg.get("baselines", {})
+    lines = [f"# Benchmark: {cfg['title']}", "",
+             f"{device_label(m)}; torch {m['versions']['torch']}, triton {m['versions']['triton']}; {m['date_utc']}.",
+             "Kernels: median of triton.testing.do_bench samples (L2 flushed before each) on a GPU; models: "
+             "CUDA events; perf_counter on the CPU. Parity vs each section's plain-PyTorch fp32 reference."]
+    sections = list(dict.fromkeys(r.get("section", "") for r in report["rows"]))
+    for sec in sections:
+        rows = [r for r in report["rows"] if r.get("section", "") == sec]
+        base = baselines.get(sec)
+        med = {(r["target"], r["shape"]): r["median_ms"] for r in rows if "median_ms" in r}
+        lines += ["", f"## {sec}" + (f" (speedup vs {base})" if base else ""), "",
+                  "| target | shape | median ms | p10-p90 ms | TFLOP/s | speedup | dot | load path | parity |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in rows:
+            extra = f"{r.get('dot_precision') or '-'} | {r.get('load_path') or '-'}"
+            if "median_ms" not in r:
+                lines.append(f"| {r['target']} | {r['shape']} | - | - | - | - | {extra} | "
+                             f"{r['status']}: {r.get('reason', '')} |")
+                continue
+            tf = f"{r['tflops']:.4g}" if r.get("tflops") else "-"
+            b = med.get((base, r["shape"]))
+            comparable = b and r["target"] != base and not r.get("component")
+            speed = f"{b / r['median_ms']:.2f}x" if comparable else "-"
+            lines.append(f"| {r['target']} | {r['shape']} | {r['median_ms']:.4g} | {r['p10_ms']:.4g}-{r['p90_ms']:.4g} "
+                         f"| {tf} | {speed} | {extra} | {_kernel_parity_cell(r)} |")
+    return "\n".join(lines) + "\n"
+
+
+def _kernel_parity_cell(row: dict) -> str:
+    if not row["parity"]:
+        return "not checked"
+    cells = []
+    for p in row["parity"]:
+        if p.get("rel_fro") is not None:
+            cells.append(f"rel {p['rel_fro']:.1e}")
+        if p.get("label_agreement") is not None:
+            cells.append(f"labels {p['label_agreement']:.4%}")
+    return ", ".join(cells) + (" ok" if row["status"] == "ok" else " FAIL")
 
 
 def plot(report: dict, path: Path) -> None:
@@ -93,8 +185,9 @@ def plot(report: dict, path: Path) -> None:
 
 
 def write_report(report: dict, json_path: Path, *, png: bool = True) -> list[Path]:
-    """report.json + report.md (+ report.png), each written atomically; returns the paths."""
-    report = {"schema": SCHEMA, **report}
+    """report.json + report.md (+ report.png), each written atomically; returns the paths. The
+    envelope is checked first: a report that does not match SCHEMA is never written."""
+    report = validate({"schema": SCHEMA, "kind": "model", **report})
     write_text(json_path, json.dumps(report, indent=2) + "\n")
     md = json_path.with_suffix(".md")
     write_text(md, markdown(report))
@@ -103,3 +196,14 @@ def write_report(report: dict, json_path: Path, *, png: bool = True) -> list[Pat
         plot(report, json_path.with_suffix(".png"))
         paths.append(json_path.with_suffix(".png"))
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the Markdown of each report named (how gpu_check.sh shows a run that was cut short)."""
+    for path in (sys.argv[1:] if argv is None else argv):
+        print(markdown(read_report(path)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dinov3_deploy.errors import DeployError
+from dinov3_deploy.reference.models.layers.attention import ATTN_IMPLS as ATTN_IMPLS  # re-exported for the CLI
 
 from .harness import Target, runner_target, torch_target
-
-ATTN_IMPLS = ("sdpa", "math", "triton")
 
 
 def resolve_device(device: str) -> str:

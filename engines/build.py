@@ -6,6 +6,15 @@
     engine.save("model.engine"); engine.facts     # size, I/O, layers, log: for the manifest
 
 Engine facts are recorded at build time because reading them back from a serialised engine needs a GPU.
+
+Polygraphy does the configuration and the build (`CreateConfig` / `CreateConfigRTX` with its
+`Profile`s, chosen in trt_api.py, then `EngineBytesFromNetwork`). Ours, where Polygraphy does not fit:
+* parsing (`network_from_onnx`): Polygraphy's `NetworkFromOnnxPath` creates the Builder with its one
+  process-wide logger, and a builder keeps the logger it was created with; the manifest's build log
+  needs a logger per build, and a parse error must say what failed (Polygraphy logs the parser's
+  errors and raises "Could not parse ONNX correctly");
+* saving (`BuiltEngine.save`): `SaveEngine` takes a deserialised engine, which needs a GPU, and
+  writes in place; we write the serialised bytes atomically.
 """
 
 from __future__ import annotations
@@ -15,10 +24,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dinov3_deploy.atomic import write_bytes
 from dinov3_deploy.errors import DeployError
 from dinov3_deploy.shapes import ShapeSpec
 
-from .trt_api import TrtApi, load_api
+from .trt_api import TrtApi, load_api, quiet_polygraphy
 
 MAX_LOG_LINES = 400
 
@@ -78,6 +88,8 @@ def network_from_onnx(onnx_path: str | os.PathLike, api: TrtApi | None = None) -
 
 @dataclass(frozen=True)
 class Profile:
+    """One input's shape range, as the manifest records it (turned into a Polygraphy `Profile` to build)."""
+
     name: str
     min: tuple[int, ...]
     opt: tuple[int, ...]
@@ -105,7 +117,7 @@ class BuiltEngine:
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
-        path.write_bytes(self.data)
+        write_bytes(path, self.data)
         return path
 
 
@@ -120,23 +132,27 @@ def build_engine(
 ) -> BuiltEngine:
     """Build a serialised engine; the facts (for the manifest) include size, I/O, profile,
     network layer count, flavour settings and the build log."""
-    api, trt = net.api, net.api.trt
-    config = net.builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
+    from polygraphy.exception import PolygraphyException
+
+    api = net.api
     if not 0 <= opt_level <= 5:
         raise DeployError(f"builder optimisation level must be 0..5, got {opt_level}")
-    config.builder_optimization_level = opt_level
-    for prof in profiles:
-        p = net.builder.create_optimization_profile()
-        p.set_shape(prof.name, prof.min, prof.opt, prof.max)
-        config.add_optimization_profile(p)
-    settings = api.configure(config, targets=targets, timing_cache=timing_cache)
+    workspace = int(workspace_gib * (1 << 30))
+    ptrt = api.polygraphy()
+    create_config, settings = api.create_config(
+        [ptrt.Profile().add(p.name, p.min, p.opt, p.max) for p in profiles],
+        workspace_bytes=workspace, opt_level=opt_level, targets=targets, timing_cache=timing_cache)
     t0 = time.perf_counter()
-    serialized = net.builder.build_serialized_network(net.network, config)
+    with quiet_polygraphy():
+        try:
+            # The config object itself (not its loader) goes to the build: the timing cache is saved from it.
+            config = create_config(net.builder, net.network)
+            serialized = ptrt.EngineBytesFromNetwork((net.builder, net.network, net.parser), config=config)()
+        except PolygraphyException as exc:
+            tail = "\n".join(net.logger.lines[-20:])
+            raise EngineBuildError(
+                f"{api.flavor} {api.version} failed to build an engine from {net.onnx_path}: {exc}\n{tail}") from exc
     seconds = time.perf_counter() - t0
-    if serialized is None:
-        tail = "\n".join(net.logger.lines[-20:])
-        raise EngineBuildError(f"{api.flavor} {api.version} failed to build an engine from {net.onnx_path}:\n{tail}")
     api.save_caches(config, settings)
     data = bytes(memoryview(serialized))
     facts = {
@@ -145,7 +161,7 @@ def build_engine(
         **settings,
         "strongly_typed": True,
         "builder_optimization_level": opt_level,
-        "workspace_bytes": int(workspace_gib * (1 << 30)),
+        "workspace_bytes": workspace,
         "profiles": [{"input": p.name, "min": list(p.min), "opt": list(p.opt), "max": list(p.max)} for p in profiles],
         "io": net.io(),
         "network_layers": net.network.num_layers,

@@ -1,5 +1,20 @@
 """Running a serialised engine (needs a CUDA GPU): deserialise, one execution context (with the
-TensorRT-RTX runtime cache when that flavour), dynamic input shapes, torch CUDA buffers."""
+TensorRT-RTX runtime cache when that flavour), dynamic input shapes, torch CUDA buffers.
+
+What a runner must get right, and why this is ours rather than Polygraphy's `TrtRunner`:
+* Stream order. The engine runs on a stream of its own (TensorRT synchronises the whole device
+  around work enqueued on the legacy default stream), which first waits for the torch stream that
+  wrote the input; then the torch stream waits for the engine, so whatever reads the outputs on it,
+  and the caching allocator's reuse of freed blocks, come after. `TrtRunner` runs on a stream from
+  Polygraphy's own CUDA wrapper and cannot be ordered after a torch stream.
+* A clear error for an input outside the engine's optimisation profile, with the profile's range
+  (`TrtRunner` reports only that the shape was refused).
+* The TensorRT-RTX runtime cache: loaded at activation, saved once, atomically, on `close()`.
+  Kernels keep being compiled for new shapes during a session, so the cache is most complete then.
+* Buffers allocated once per input shape, not per call.
+Deserialisation is ours too: Polygraphy's `EngineFromBytes`/`EngineFromPath` set
+`engine_host_code_allowed`, which would let an engine file carry host code that runs here.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +22,18 @@ from pathlib import Path
 
 import numpy as np
 
-from dinov3_deploy.errors import ArtifactError
+from dinov3_deploy.errors import ArtifactError, InputShapeError
 
-from .trt_api import TrtApi, load_api
+from .trt_api import RuntimeCache, TrtApi, load_api
 
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT32": "int32", "INT64": "int64",
                  "UINT8": "uint8", "BOOL": "bool", "INT8": "int8"}
 
 
 class EngineRunner:
-    """`run(batch) -> {output: array}` over a serialised engine."""
+    """`run(batch) -> {output: array}` over a serialised engine; `close()` when done."""
+
+    device = "cuda"  # where the I/O buffers live (the CPU tests set "cpu" around a stand-in engine)
 
     def __init__(self, engine_path: str | Path, flavor: str, built_version: str | None = None,
                  runtime_cache: Path | None = None, name: str | None = None) -> None:
@@ -30,41 +47,84 @@ class EngineRunner:
         self.name = name or f"{flavor} engine"
         self.runtime_cache = runtime_cache
         self._ctx = None
+        self._cache: RuntimeCache | None = None
+        self._ran = False  # an inference ran since activation: the runtime cache may hold new kernels
+        self._shape: tuple[int, ...] | None = None  # the input shape the context and buffers are set up for
+        self._buffers: dict = {}  # tensor name -> torch CUDA tensor, for self._shape
 
     def _activate(self) -> None:
         import torch
 
         trt = self.api.trt
+        torch.cuda.init()  # a current CUDA context: the runtime cache is checked against it when loaded
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self._engine is None:
             raise ArtifactError(f"{self.api.flavor} {self.api.version} could not deserialise {self.engine_path}")
-        self._ctx, self._save_cache = self.api.create_context(self._engine, self.runtime_cache)
+        self._ctx, self._cache = self.api.create_context(self._engine, self.runtime_cache)
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if n not in self._inputs]
         self._stream = torch.cuda.Stream()
+
+    def _torch_dtype(self, name: str):
+        import torch
+
+        return getattr(torch, _TORCH_DTYPES[str(self._engine.get_tensor_dtype(name)).split(".")[-1]])
+
+    def _bind(self, shape: tuple[int, ...]) -> None:
+        """Set the input shape and give every I/O tensor a buffer of its shape (only when the shape changes)."""
+        import torch
+
+        if shape == self._shape:
+            return
+        (inp,) = self._inputs
+        if not self._ctx.set_input_shape(inp, shape):
+            lo, _, hi = self._engine.get_tensor_profile_shape(inp, self._ctx.active_optimization_profile)
+            raise InputShapeError(
+                f"{self.name}: input '{inp}' of shape {list(shape)} is outside the range the engine was built for: "
+                f"min {list(lo)}, max {list(hi)} (per dimension). Resize or split the batch to fit, or export "
+                "again with wider --batch/--height/--width ranges."
+            )
+        buffers = {inp: torch.empty(shape, dtype=self._torch_dtype(inp), device=self.device)}
+        for name in self._outputs:
+            buffers[name] = torch.empty(tuple(self._ctx.get_tensor_shape(name)), dtype=self._torch_dtype(name),
+                                        device=self.device)
+        for name, buf in buffers.items():
+            if not self._ctx.set_tensor_address(name, buf.data_ptr()):
+                raise RuntimeError(f"{self.name}: set_tensor_address failed for '{name}'")
+        self._buffers, self._shape = buffers, shape
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         import torch
 
         if self._ctx is None:
             self._activate()
-        (inp,) = self._inputs
-        x = torch.from_numpy(np.ascontiguousarray(batch)).cuda()
-        self._ctx.set_input_shape(inp, tuple(x.shape))
-        self._ctx.set_tensor_address(inp, x.data_ptr())
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        self._bind(tuple(x.shape))
+        producer = torch.cuda.current_stream()
+        self._buffers[self._inputs[0]].copy_(x)  # on the producer stream
+        self._stream.wait_stream(producer)
+        if not self._ctx.execute_async_v3(self._stream.cuda_stream):
+            raise RuntimeError(f"{self.name}: execute_async_v3 failed")
+        producer.wait_stream(self._stream)
+        self._ran = True
+        # Copied out on the producer stream, so after the engine: the buffers are reused by the next call.
         outs = {}
         for name in self._outputs:
-            shape = tuple(self._ctx.get_tensor_shape(name))
-            dtype = _TORCH_DTYPES[str(self._engine.get_tensor_dtype(name)).split(".")[-1]]
-            outs[name] = torch.empty(shape, dtype=getattr(torch, dtype), device="cuda")
-            self._ctx.set_tensor_address(name, outs[name].data_ptr())
-        with torch.cuda.stream(self._stream):
-            if not self._ctx.execute_async_v3(self._stream.cuda_stream):
-                raise RuntimeError(f"{self.name}: execute_async_v3 failed")
-        self._stream.synchronize()
-        self._save_cache()
-        return {k: v.float().cpu().numpy() if v.dtype in (torch.float16, torch.bfloat16) else v.cpu().numpy()
-                for k, v in outs.items()}
+            buf = self._buffers[name]
+            buf = buf.float() if buf.dtype in (torch.float16, torch.bfloat16) else buf
+            outs[name] = buf.to("cpu", copy=True).numpy()
+        return outs
+
+    def close(self) -> None:
+        """Save the TensorRT-RTX runtime cache (once, if an inference compiled anything) and release the engine."""
+        if self._ctx is None:
+            return
+        if self._cache is not None and self._ran:
+            self._stream.synchronize()
+            self._cache.save()
+        self._buffers, self._shape, self._ran = {}, None, False
+        self._ctx = self._cache = None
+        self._engine = self._runtime = None

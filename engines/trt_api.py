@@ -12,11 +12,22 @@ optimisation profiles, Runtime). What differs:
 | runs on Hopper (SM90) | yes | no (refused at deserialisation) |
 
 Everything else in `engines/` asks this module, never `import tensorrt` itself.
+
+Polygraphy's TensorRT loaders build for us (`CreateConfig` / `CreateConfigRTX`, `Profile`,
+`EngineBytesFromNetwork`). Polygraphy serves one flavour per process: each of its backend modules
+binds a lazy `tensorrt` or `tensorrt_rtx` module when first imported, chosen by
+`polygraphy.config.USE_TENSORRT_RTX` (read from `POLYGRAPHY_USE_TENSORRT_RTX` when polygraphy is
+imported). `TrtApi.polygraphy()` sets that flag from our flavour before the first import, so the
+`--trt-flavor` switch, not the environment, decides; a second flavour in the same process is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import sys
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -50,53 +61,93 @@ class TrtApi:
         TensorRT-RTX support; we use it for every TensorRT)."""
         return 1 << int(self.trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
-    def configure(self, config, *, targets: list[str] | None = None, timing_cache: Path | None = None) -> dict:
-        """Apply the flavour-specific builder settings; returns what was set (for the manifest)."""
+    def polygraphy(self) -> ModuleType:
+        """`polygraphy.backend.trt`, bound to this flavour (see the module docstring)."""
+        from polygraphy import config
+        from polygraphy.exception import PolygraphyException
+
+        if "polygraphy.backend.trt" not in sys.modules:
+            config.USE_TENSORRT_RTX = self.is_rtx
+        import polygraphy.backend.trt as ptrt
+        from polygraphy.backend.trt import loader
+
+        with quiet_polygraphy():
+            try:
+                bound = loader.trt.__name__  # imports the module Polygraphy chose
+            except PolygraphyException:
+                bound = "tensorrt_rtx" if config.USE_TENSORRT_RTX else "tensorrt"
+        if bound != self.trt.__name__:
+            raise DeployError(
+                f"Polygraphy's TensorRT backend is already bound to '{bound}' in this process and cannot switch "
+                f"to '{self.trt.__name__}' (it picks one flavour per process); build {self.flavor} engines in a "
+                "separate process"
+            )
+        return ptrt
+
+    def create_config(self, profiles: list, *, workspace_bytes: int, opt_level: int,
+                      targets: list[str] | None = None, timing_cache: Path | None = None) -> tuple[object, dict]:
+        """Polygraphy's builder-config loader for this flavour, and what it sets (for the manifest).
+        `profiles` are Polygraphy `Profile`s. TensorRT-RTX has no timing cache: `timing_cache` is ignored."""
+        ptrt, trt = self.polygraphy(), self.trt
+        common = {
+            "profiles": profiles,
+            "memory_pool_limits": {trt.MemoryPoolType.WORKSPACE: workspace_bytes},
+            "builder_optimization_level": opt_level,
+            # TensorRT's own default; Polygraphy's (DETAILED) would put per-layer details into every engine
+            "profiling_verbosity": trt.ProfilingVerbosity.LAYER_NAMES_ONLY,
+        }
         if self.is_rtx:
             names = [t.upper() for t in (targets or DEFAULT_RTX_TARGETS)]
-            known = list(self.trt.ComputeCapability.__members__)
-            bad = [t for t in names if t not in known or t in ("NONE",)]
+            known = [k for k in self.trt.ComputeCapability.__members__ if k != "NONE"]  # SMxy..., CURRENT
+            bad = [t for t in names if t not in known]
             if bad:
-                raise DeployError(f"unknown TensorRT-RTX target(s) {bad}; known: {[k for k in known if k != 'NONE']}")
-            config.num_compute_capabilities = len(names)
-            for i, name in enumerate(names):
-                config.set_compute_capability(self.trt.ComputeCapability.__members__[name], i)
-            return {"targets": names}
+                raise DeployError(f"unknown TensorRT-RTX target(s) {bad}; known: {known}")
+            from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
+
+            if "CURRENT" in names:  # the GPU of this machine: needs one, and excludes listed targets
+                if len(names) > 1:
+                    raise DeployError(f"TensorRT-RTX target CURRENT cannot be combined with others, got {names}")
+                with quiet_polygraphy():
+                    return CreateConfigRTX(use_gpu=True, **common), {"targets": names}
+            # SM86 -> (8, 6), SM120 -> (12, 0): the minor version is the last digit
+            caps = [(int(n[2:-1]), int(n[-1])) for n in names]
+            with quiet_polygraphy():
+                return CreateConfigRTX(compute_capabilities=caps, **common), {"targets": names}
         if targets:
             raise DeployError("compute-capability targets apply to --trt-flavor tensorrt-rtx only; "
                               "tensorrt builds for the GPU it runs on")
         settings: dict = {"targets": ["build-gpu"]}
         if timing_cache is not None:
-            blob = timing_cache.read_bytes() if timing_cache.exists() else b""
-            cache = config.create_timing_cache(blob)
-            config.set_timing_cache(cache, ignore_mismatch=False)
             settings["timing_cache"] = str(timing_cache)
-        return settings
+        with quiet_polygraphy():
+            # tf32=True keeps TensorRT's default (Polygraphy clears TF32 unless asked). A missing timing
+            # cache file starts an empty cache, which save_caches then writes.
+            return ptrt.CreateConfig(tf32=True, load_timing_cache=settings.get("timing_cache"), **common), settings
 
     def save_caches(self, config, settings: dict) -> None:
-        """After a build: persist the timing cache (tensorrt); TensorRT-RTX has none at build time."""
+        """After a build: persist the timing cache (tensorrt); TensorRT-RTX has none at build time.
+        Ours, not EngineBytesFromNetwork(save_timing_cache=...): Polygraphy rewrites the file in
+        place, and a build killed mid-write would leave a truncated cache that the next build loads."""
         if self.is_rtx or "timing_cache" not in settings:
             return
         write_bytes(Path(settings["timing_cache"]), bytes(memoryview(config.get_timing_cache().serialize())))
 
     # -- run-time differences ------------------------------------------------------------------
-    def create_context(self, engine, runtime_cache: Path | None = None):
-        """An execution context; for TensorRT-RTX with a runtime cache of JIT kernels (loaded
-        from and later saved to `runtime_cache`). Returns (context, save_fn)."""
+    def create_context(self, engine, runtime_cache: Path | None = None) -> tuple[object, RuntimeCache | None]:
+        """An execution context and, for TensorRT-RTX with a `runtime_cache` path, the cache of its
+        JIT-compiled kernels (loaded from that file now; saved when the caller says so). Polygraphy has
+        no runtime-cache API, so this is ours."""
         if not self.is_rtx:
-            return engine.create_execution_context(), lambda: None
-        rc = engine.create_runtime_config()
-        cache = rc.create_runtime_cache()
+            return engine.create_execution_context(), None
+        config = engine.create_runtime_config()
+        cache = config.create_runtime_cache()
+        # deserialize() returns False, leaving the cache empty, when the file is from another GPU, driver
+        # or TensorRT-RTX version: kernels are then compiled again and the file replaced on save.
         if runtime_cache is not None and runtime_cache.exists():
             cache.deserialize(runtime_cache.read_bytes())
-        rc.set_runtime_cache(cache)
-        ctx = engine.create_execution_context(rc)
-
-        def save() -> None:
-            if runtime_cache is not None:
-                write_bytes(runtime_cache, bytes(memoryview(cache.serialize())))
-
-        return ctx, save
+        config.set_runtime_cache(cache)
+        context = engine.create_execution_context(config)
+        return context, (RuntimeCache(runtime_cache, config, cache) if runtime_cache is not None else None)
 
     def runnable_here(self, targets: list[str]) -> tuple[bool, str]:
         """Can an engine of this flavour and these targets run on this machine?"""
@@ -113,6 +164,19 @@ class TrtApi:
             why = " (TensorRT-RTX does not run on Hopper)" if sm == "SM90" else ""
             return False, f"this GPU is {sm}, the engine targets {', '.join(targets)}{why}"
         return True, ""
+
+
+@dataclass
+class RuntimeCache:
+    """TensorRT-RTX's cache of the kernels it JIT-compiles while an engine runs, and its file. Holds
+    the runtime config too, so that it lives as long as the execution context made from it."""
+
+    path: Path
+    config: object  # IRuntimeConfig
+    cache: object  # IRuntimeCache
+
+    def save(self) -> None:
+        write_bytes(self.path, bytes(memoryview(self.cache.serialize())))
 
 
 def load_api(flavor: str = "auto") -> TrtApi:
@@ -145,3 +209,16 @@ def load_api(flavor: str = "auto") -> TrtApi:
         if torch.cuda.is_available() or "tensorrt-rtx" not in found:
             return TrtApi("tensorrt", found["tensorrt"])
     return TrtApi("tensorrt-rtx", found["tensorrt-rtx"])
+
+
+@contextlib.contextmanager
+def quiet_polygraphy() -> Iterator[None]:
+    """Silence Polygraphy's logger for a block: it prints to stdout (module loads, build configuration,
+    timings), which would break into our progress display; its errors still raise PolygraphyException,
+    which callers turn into a DeployError. Restores the previous severity on exit. Also hides the
+    DeprecationWarning TensorRT-RTX raises because CreateConfig always attaches a timing cache (a no-op there)."""
+    from polygraphy.logger import G_LOGGER
+
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL + 1), warnings.catch_warnings():  # above CRITICAL: nothing prints
+        warnings.filterwarnings("ignore", ".*[Tt]iming cache operations are no-ops", DeprecationWarning)
+        yield

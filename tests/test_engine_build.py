@@ -103,3 +103,33 @@ def test_unparsable_onnx_is_a_clear_error(tmp_path):
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), bad)
     with pytest.raises(EngineBuildError, match="cannot parse"):
         network_from_onnx(bad, load_api("tensorrt-rtx"))
+
+
+def test_polygraphy_builds_silently_and_its_failures_are_engine_build_errors(tmp_path, capsys):
+    """Polygraphy's loaders do the build; its logger (stdout) must not break into the CLI's progress display."""
+    from dinov3_deploy.engines.build import Profile
+
+    api = load_api("tensorrt-rtx")
+    net = network_from_onnx(conv_graph(tmp_path / "m.onnx"), api)
+    build_engine(net, profiles_from_shapes(net, SHAPES), workspace_gib=0.5, opt_level=0, targets=["SM89"])
+    inverted = Profile("pixel_values", (8, 3, 64, 64), (2, 3, 32, 32), (1, 3, 16, 16))  # min > max
+    with pytest.raises(EngineBuildError, match="failed to build an engine.*Profile is not valid"):
+        build_engine(net, [inverted], workspace_gib=0.5, targets=["SM89"])
+    assert capsys.readouterr() == ("", "")
+    with pytest.raises(DeployError, match="CURRENT cannot be combined"):
+        build_engine(net, profiles_from_shapes(net, SHAPES), targets=["current", "SM89"])
+
+
+def test_polygraphy_serves_the_flavour_we_chose_and_refuses_a_second_one():
+    """Polygraphy binds tensorrt or tensorrt_rtx once per process; our --trt-flavor decides which."""
+    import types
+
+    from polygraphy import config
+
+    from dinov3_deploy.engines.trt_api import TrtApi
+
+    ptrt = load_api("tensorrt-rtx").polygraphy()  # before anything imports polygraphy.backend.trt: it binds then
+    assert config.USE_TENSORRT_RTX and ptrt.loader.trt.__name__ == "tensorrt_rtx"
+    other = TrtApi("tensorrt", types.ModuleType("tensorrt"))  # stands in for full TensorRT (not installable here)
+    with pytest.raises(DeployError, match="already bound to 'tensorrt_rtx'.*separate process"):
+        other.polygraphy()

@@ -1,0 +1,258 @@
+"""EngineRunner: input shapes checked against the engine's profile, buffers reused per shape, stream
+order, and the TensorRT-RTX runtime cache saved once, atomically.
+
+No engine can run on this machine (no GPU), so the CPU tests drive the runner through a MOCK: a fake
+TensorRT module, engine, execution context and CUDA streams stand in for the missing hardware. They
+follow the real TensorRT Python API the runner calls (set_input_shape -> bool, get_tensor_profile_shape
+-> [min, opt, max], set_tensor_address, execute_async_v3(stream handle) -> bool, runtime config/cache),
+and the fake "kernel" really reads the input from, and writes the outputs to, the addresses it was
+given (host memory here), so a wrong or stale binding shows up as wrong numbers. The GPU test at the
+end runs a real engine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from dinov3_deploy.errors import DeployError, InputShapeError
+
+pytest.importorskip("tensorrt_rtx")
+
+from dinov3_deploy.engines import trt_api  # noqa: E402
+from dinov3_deploy.engines.runtime import EngineRunner  # noqa: E402
+from dinov3_deploy.engines.trt_api import TrtApi, load_api  # noqa: E402
+
+PROFILE = ((1, 3, 16, 16), (2, 3, 32, 32), (4, 3, 64, 64))
+
+
+def host_array(ptr: int, shape, dtype) -> np.ndarray:
+    """A numpy view of `shape` elements of `dtype` at address `ptr` (writable)."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    return np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype=dtype).reshape(shape)
+
+
+class FakeContext:
+    """Stands in for IExecutionContext. Outputs: "sum" = channel sum [b,1,h,w] fp32; "half" = 2x input, fp16."""
+
+    active_optimization_profile = 0
+
+    def __init__(self, log: list) -> None:
+        self.log, self.shape, self.addresses = log, None, {}
+        self.set_shape_calls = self.set_address_calls = 0
+
+    def set_input_shape(self, name, shape) -> bool:
+        self.set_shape_calls += 1
+        lo, _, hi = PROFILE
+        if name != "pixel_values" or len(shape) != 4 or not all(a <= s <= b for a, s, b in zip(lo, shape, hi)):
+            return False
+        self.shape = tuple(shape)
+        return True
+
+    def get_tensor_shape(self, name):
+        b, c, h, w = self.shape
+        return {"pixel_values": (b, c, h, w), "sum": (b, 1, h, w), "half": (b, c, h, w)}[name]
+
+    def set_tensor_address(self, name, ptr) -> bool:
+        self.set_address_calls += 1
+        self.addresses[name] = ptr
+        return True
+
+    def execute_async_v3(self, stream_handle) -> bool:
+        self.log.append(("execute", stream_handle))
+        x = host_array(self.addresses["pixel_values"], self.shape, np.float32)
+        host_array(self.addresses["sum"], self.get_tensor_shape("sum"), np.float32)[:] = x.sum(1, keepdims=True)
+        host_array(self.addresses["half"], self.shape, np.float16)[:] = 2 * x
+        return True
+
+
+class FakeRuntimeCache:
+    """Stands in for tensorrt_rtx.IRuntimeCache."""
+
+    def __init__(self) -> None:
+        self.loaded, self.serialized = None, 0
+
+    def deserialize(self, blob) -> bool:
+        self.loaded = bytes(blob)
+        return True
+
+    def serialize(self) -> bytes:
+        self.serialized += 1
+        return b"jit-kernels-%d" % self.serialized
+
+
+class FakeEngine:
+    """Stands in for ICudaEngine: one input, two outputs, one optimisation profile."""
+
+    def __init__(self, log: list) -> None:
+        self.log, self.cache = log, FakeRuntimeCache()
+        self.names = ["pixel_values", "sum", "half"]
+        self.contexts: list[FakeContext] = []
+
+    num_io_tensors = 3
+
+    def get_tensor_name(self, i):
+        return self.names[i]
+
+    def get_tensor_mode(self, name):
+        return "INPUT" if name == "pixel_values" else "OUTPUT"
+
+    def get_tensor_dtype(self, name):
+        return "DataType.HALF" if name == "half" else "DataType.FLOAT"
+
+    def get_tensor_profile_shape(self, name, profile_index):
+        assert name == "pixel_values" and profile_index == 0
+        return [list(d) for d in PROFILE]
+
+    def create_runtime_config(self):
+        cache = self.cache
+        return types.SimpleNamespace(create_runtime_cache=lambda: cache, set_runtime_cache=lambda c: None)
+
+    def create_execution_context(self, runtime_config=None):
+        self.contexts.append(FakeContext(self.log))
+        return self.contexts[-1]
+
+
+class FakeLogger:
+    WARNING = 2
+
+    def __init__(self, severity) -> None:
+        pass
+
+
+class FakeStream:
+    """Stands in for torch.cuda.Stream: records waits, so the test can check the order of work."""
+
+    def __init__(self, label: str, log: list, handle: int) -> None:
+        self.label, self.log, self.cuda_stream = label, log, handle
+
+    def wait_stream(self, other: FakeStream) -> None:
+        self.log.append(("wait", self.label, other.label))
+
+    def synchronize(self) -> None:
+        self.log.append(("sync", self.label))
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    """An EngineRunner over the MOCK engine above (no GPU here), buffers in host memory."""
+    log: list = []
+    engine = FakeEngine(log)
+    fake_trt = types.SimpleNamespace(
+        Logger=FakeLogger,
+        Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda data: engine),
+        TensorIOMode=types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
+    )
+    producer = FakeStream("producer", log, 7)
+    monkeypatch.setattr(torch.cuda, "init", lambda: None)
+    monkeypatch.setattr(torch.cuda, "Stream", lambda: FakeStream("engine", log, 11))
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: producer)
+    (tmp_path / "m.engine").write_bytes(b"serialised engine")
+    r = EngineRunner(tmp_path / "m.engine", "tensorrt-rtx", runtime_cache=tmp_path / "rtx.cache", name="mock")
+    r.api = TrtApi("tensorrt-rtx", fake_trt)
+    r.device = "cpu"
+    r.fake_engine, r.log = engine, log
+    return r
+
+
+def batch(b, h, w, seed=0):
+    return np.random.default_rng(seed).standard_normal((b, 3, h, w)).astype(np.float32)
+
+
+def test_shape_outside_the_profile_says_the_range(runner):
+    with pytest.raises(InputShapeError) as err:
+        runner.run(batch(1, 80, 32))  # height 80 > the profile's 64
+    msg = str(err.value)
+    assert isinstance(err.value, DeployError)  # the CLI prints it without a traceback
+    assert "'pixel_values'" in msg and "[1, 3, 80, 32]" in msg
+    assert "min [1, 3, 16, 16], max [4, 3, 64, 64]" in msg
+    out = runner.run(batch(2, 32, 32))  # the runner is still usable after the refusal
+    assert out["sum"].shape == (2, 1, 32, 32)
+
+
+def test_buffers_are_bound_once_per_shape_and_outputs_follow_the_input(runner):
+    a1, a2, b = batch(2, 32, 48, 1), batch(2, 32, 48, 2), batch(1, 16, 64, 3)
+    out1 = runner.run(a1)
+    ctx = runner.fake_engine.contexts[0]
+    addresses = dict(ctx.addresses)
+    out2 = runner.run(a2)
+    assert (ctx.set_shape_calls, ctx.set_address_calls) == (1, 3)  # second call of the shape: nothing re-bound
+    assert ctx.addresses == addresses
+    for x, out in ((a1, out1), (a2, out2)):  # each call's outputs are its own, not the previous call's
+        np.testing.assert_allclose(out["sum"], x.sum(1, keepdims=True), rtol=1e-6)
+        assert out["half"].dtype == np.float32  # fp16 outputs come back as float32
+        np.testing.assert_allclose(out["half"], 2 * x, rtol=1e-3)
+    assert not np.shares_memory(out1["sum"], out2["sum"])  # returned arrays do not alias the reused buffers
+    out3 = runner.run(b)
+    assert (ctx.set_shape_calls, ctx.set_address_calls) == (2, 6)
+    np.testing.assert_allclose(out3["sum"], b.sum(1, keepdims=True), rtol=1e-6)
+    np.testing.assert_allclose(runner.run(a1)["sum"], out1["sum"])  # back to the first shape: bound again
+
+
+def test_engine_stream_waits_for_the_producer_and_the_producer_for_the_engine(runner):
+    runner.run(batch(1, 16, 16))
+    assert runner.log == [("wait", "engine", "producer"), ("execute", 11), ("wait", "producer", "engine")]
+
+
+def test_runtime_cache_is_loaded_then_saved_once_atomically_on_close(runner, tmp_path, monkeypatch):
+    cache_file = tmp_path / "rtx.cache"
+    cache_file.write_bytes(b"from a previous run")
+    writes = []
+    real_write = trt_api.write_bytes
+    monkeypatch.setattr(trt_api, "write_bytes", lambda p, d: (writes.append(p), real_write(p, d)))
+    for seed in range(3):
+        runner.run(batch(1, 16, 16, seed))
+    cache = runner.fake_engine.cache
+    assert cache.loaded == b"from a previous run"
+    assert cache.serialized == 0 and cache_file.read_bytes() == b"from a previous run"  # not per inference
+    runner.close()
+    runner.close()
+    assert cache.serialized == 1 and writes == [cache_file]  # once, through the atomic writer
+    assert cache_file.read_bytes() == b"jit-kernels-1"
+
+
+def test_close_without_inference_leaves_the_cache_file_alone(runner, tmp_path):
+    (tmp_path / "rtx.cache").write_bytes(b"good")
+    with pytest.raises(InputShapeError):
+        runner.run(batch(8, 16, 16))  # refused: nothing ran
+    runner.close()
+    assert runner.fake_engine.cache.serialized == 0 and (tmp_path / "rtx.cache").read_bytes() == b"good"
+
+
+@pytest.mark.gpu
+def test_real_engine_runs_on_a_side_stream_and_matches_onnxruntime(tmp_path):
+    """A real engine on a GPU this machine's TensorRT can run (full TensorRT, or TensorRT-RTX off Hopper)."""
+    import onnxruntime as ort
+    from onnx import TensorProto
+    from test_engine_build import SHAPES, conv_graph
+
+    from dinov3_deploy.engines.build import build_engine, network_from_onnx, profiles_from_shapes
+
+    api = load_api("auto")
+    targets = None
+    if api.is_rtx:
+        major, minor = torch.cuda.get_device_capability()
+        targets = [f"SM{major}{minor}"]
+        ok, reason = api.runnable_here(targets)
+        if not ok:
+            pytest.skip(reason)
+    onnx_path = conv_graph(tmp_path / "m.onnx", dtype=TensorProto.FLOAT)  # comparable to ONNX Runtime's CPU result
+    net = network_from_onnx(onnx_path, api)
+    engine = build_engine(net, profiles_from_shapes(net, SHAPES), workspace_gib=0.5, targets=targets)
+    engine.save(tmp_path / "m.engine")
+    runner = EngineRunner(tmp_path / "m.engine", api.flavor, api.version, runtime_cache=tmp_path / "rt.cache")
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):  # the caller's current stream is not the default one
+        for shape in ((2, 3, 32, 48), (2, 3, 32, 48), (1, 3, 64, 16)):
+            x = np.random.default_rng(sum(shape)).standard_normal(shape).astype(np.float32)
+            out = runner.run(x)["out"]
+            np.testing.assert_allclose(out, session.run(None, {"pixel_values": x})[0], rtol=1e-2, atol=1e-2)  # TF32
+    with pytest.raises(InputShapeError, match=r"min \[1, 3, 16, 16\], max \[8, 3, 64, 64\]"):
+        runner.run(np.zeros((1, 3, 128, 16), np.float32))
+    runner.close()
+    assert (tmp_path / "rt.cache").exists() == api.is_rtx
