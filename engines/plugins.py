@@ -25,21 +25,27 @@ kernels never read them (asserted at compile time).
 What could not be run here (no GPU, no `tensorrt`): the registration itself, parsing the ONNX
 plugin node into a network, an engine build with these plugins, and executing the PTX. Tested
 here: the PTX compilation (tests/test_kernel_aot.py) and the ONNX export, with the translation
-checked numerically in ONNX Runtime (tests/test_kernel_onnx.py). Three assumptions about the
+checked numerically in ONNX Runtime (tests/test_kernel_onnx.py). Two assumptions about the
 `tensorrt.plugin` API to confirm on the first GPU machine with full TensorRT:
-  1. `ShapeExpr.is_constant` / `constant_value` as used by `_const`;
-  2. the type-string syntax given to `AutoTuneCombination`;
-  3. that TensorRT launches the kernels without the two trailing scratch pointers Triton adds
+  1. the type-string syntax given to `AutoTuneCombination`;
+  2. that TensorRT launches the kernels without the two trailing scratch pointers Triton adds
      (unused, size 0, asserted) - if it passes them, the parameter lists need two dummies.
 The stitch plugin writes int32 labels (the PyTorch op writes int64).
+
+Target. The PTX is compiled for the compute capability of the GPU that builds the engine (or the
+`arch` given to `register_plugins`): Triton compiles capability 9.0 to sm_90a, which loads on
+Hopper only, so a fixed target would break every other GPU. Its PTX ISA version is capped at what
+the installed driver can JIT: Triton otherwise writes the version of its bundled ptxas, which an
+older driver rejects.
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations`: tensorrt.plugin validates the registered functions'
+# annotations as real classes (issubclass(annotation, TensorDesc), the aot_impl return tuple).
+import ctypes
 import math
 from dataclasses import dataclass
 
-from dinov3_deploy.errors import require
+from dinov3_deploy.errors import DeployError, require
 
 ATTENTION_PLUGIN = "dinov3_deploy::attention"
 STITCH_PLUGIN = "dinov3_deploy::stitch"
@@ -61,6 +67,36 @@ class AotKernel:
         return self.num_warps * 32
 
 
+def device_arch() -> int:
+    """Compute capability of the current CUDA device as Triton's arch number (9.0 -> 90)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DeployError("no CUDA device to take the plugin kernels' target from; pass arch= (e.g. 90 for Hopper)")
+    major, minor = torch.cuda.get_device_capability()
+    return major * 10 + minor
+
+
+def driver_cuda_version() -> str | None:
+    """The CUDA version the installed driver supports ("12.4"), or None without a driver."""
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    v = ctypes.c_int(0)
+    if libcuda.cuDriverGetVersion(ctypes.byref(v)) != 0 or v.value <= 0:
+        return None
+    return f"{v.value // 1000}.{v.value % 1000 // 10}"
+
+
+def ptx_version(arch: int, driver_cuda: str | None) -> int:
+    """PTX ISA version (84 = 8.4) to write: the bundled ptxas's, capped at the driver's."""
+    from triton.backends.nvidia.compiler import get_ptxas, ptx_get_version
+
+    version = ptx_get_version(get_ptxas(arch).version)
+    return version if driver_cuda is None else min(version, ptx_get_version(driver_cuda))
+
+
 def _compile(fn, signature: dict, constexprs: dict, divisible16: list[str], arch: int, **options) -> AotKernel:
     import triton
     from triton.backends.compiler import GPUTarget
@@ -75,6 +111,7 @@ def _compile(fn, signature: dict, constexprs: dict, divisible16: list[str], arch
         raise ValueError(f"no type for kernel arguments {missing}")
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in divisible16}
     src = ASTSource(fn=fn, signature={n: sig[n] for n in names}, constexprs=constexprs, attrs=attrs)
+    options.setdefault("ptx_version", ptx_version(arch, driver_cuda_version()))
     compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
     md = compiled.metadata
     if md.global_scratch_size or md.profile_scratch_size or md.tensordesc_meta:
@@ -93,9 +130,13 @@ def attention_engine_config(head_dim: int) -> dict:
     return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2 if head_dim <= 64 else 1)
 
 
-def compile_attention_ptx(dtype: str = "float16", head_dim: int = 64, arch: int = 90, config: dict | None = None):
-    """PTX of the attention kernel for contiguous [B, H, N, head_dim] q/k/v/out of `dtype`."""
-    from dinov3_deploy.kernels.attention import LOG2E
+def compile_attention_ptx(dtype: str = "float16", head_dim: int = 64, arch: int | None = None,
+                          config: dict | None = None) -> AotKernel:
+    """PTX of the attention kernel for contiguous [B, H, N, head_dim] q/k/v/out of `dtype`, for
+    `arch` (default: the current device's)."""
+    import torch
+
+    from dinov3_deploy.kernels.attention import LOG2E, dot_precision
     from dinov3_deploy.kernels.attention import _attn_fwd_kernel as kernel
 
     if _interpreted(kernel):
@@ -106,10 +147,17 @@ def compile_attention_ptx(dtype: str = "float16", head_dim: int = 64, arch: int 
     ints = ["sq_b", "sq_h", "sq_n", "sk_b", "sk_h", "sk_n", "sv_b", "sv_h", "sv_n", "so_b", "so_h", "so_n", "H", "N"]
     sig = {"Q": t, "K": t, "V": t, "Out": t, **{n: "i32" for n in ints}}
     constexprs = dict(QK_SCALE=head_dim**-0.5 * LOG2E, HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M"],
-                      BLOCK_N=cfg["BLOCK_N"], USE_TMA=False, Q_BNH=False, K_BNH=False, V_BNH=False, O_BNH=False)
+                      BLOCK_N=cfg["BLOCK_N"], USE_TMA=False, Q_BNH=False, K_BNH=False, V_BNH=False, O_BNH=False,
+                      DOT_PRECISION=dot_precision(getattr(torch, dtype)))
     strides = [n for n in ints if n.startswith("s")]
-    return _compile(kernel, sig, constexprs, ["Q", "K", "V", "Out", *strides], arch,
+    return _compile(kernel, sig, constexprs, ["Q", "K", "V", "Out", *strides], device_arch() if arch is None else arch,
                     num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
+# the stitch kernel's integer parameters, in order: image size, classes, logits size, then the
+# fields of window_geometry, then the output size
+STITCH_INTS = ["H", "W", "C", "LH", "LW", "crop_h", "crop_w", "stride_h", "stride_w", "n_rows", "n_cols", "win_h",
+               "win_w", "OH", "OW"]
 
 
 def stitch_engine_config() -> dict:
@@ -117,18 +165,18 @@ def stitch_engine_config() -> dict:
 
 
 def compile_stitch_ptx(logits_dtype: str = "float32", labels_dtype: str = "int32", resize: bool = False,
-                       arch: int = 90, config: dict | None = None) -> AotKernel:
-    """PTX of the stitch kernel (labels only) for [n_windows, C, h', w'] logits."""
+                       arch: int | None = None, config: dict | None = None) -> AotKernel:
+    """PTX of the stitch kernel (labels only) for [n_windows, C, h', w'] logits, for `arch`
+    (default: the current device's)."""
     from dinov3_deploy.kernels.stitch import _stitch_kernel
 
     if _interpreted(_stitch_kernel):
         raise RuntimeError("TRITON_INTERPRET=1 is set: compile PTX in a process without it")
     cfg = dict(config or stitch_engine_config())
-    ints = ["H", "W", "C", "LH", "LW", "crop_h", "crop_w", "stride_h", "stride_w", "OH", "OW"]
     sig = {"LOGITS": "*" + _TRITON_TYPES[logits_dtype], "LABELS": "*" + _TRITON_TYPES[labels_dtype],
-           **{n: "i32" for n in ints}}
+           **{n: "i32" for n in STITCH_INTS}}
     constexprs = dict(PROBS=None, RESIZE=resize, WRITE_PROBS=False, BLOCK_P=cfg["BLOCK_P"], BLOCK_C=cfg["BLOCK_C"])
-    return _compile(_stitch_kernel, sig, constexprs, ["LOGITS", "LABELS"], arch,
+    return _compile(_stitch_kernel, sig, constexprs, ["LOGITS", "LABELS"], device_arch() if arch is None else arch,
                     num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
@@ -138,8 +186,10 @@ def compile_stitch_ptx(logits_dtype: str = "float32", labels_dtype: str = "int32
 _registered: list[str] = []
 
 
-def register_plugins() -> list[str]:
-    """Register both plugins with `tensorrt.plugin` (idempotent); returns their ids.
+def register_plugins(arch: int | None = None) -> list[str]:
+    """Register both plugins with `tensorrt.plugin` (idempotent); returns their ids. Their PTX is
+    compiled when TensorRT builds an engine, for `arch` (e.g. 90), by default for the current
+    CUDA device: the GPU building the engine.
 
     Raises MissingDependencyError (naming the `trt` extra) without the full `tensorrt` package.
     """
@@ -147,20 +197,29 @@ def register_plugins() -> list[str]:
     trtp = require("tensorrt.plugin", "trt")
     if _registered:
         return list(_registered)
-    _register_attention(trt, trtp)
-    _register_stitch(trt, trtp)
+    _register_attention(trt, trtp, arch)
+    _register_stitch(trt, trtp, arch)
     _registered.extend([ATTENTION_PLUGIN, STITCH_PLUGIN])
     return list(_registered)
 
 
 def _const(expr, what: str) -> int:
+    """The value of a build-time constant ShapeExpr (`is_constant` is a property, `constant_value`
+    a method in tensorrt.plugin)."""
     if not expr.is_constant:
         raise ValueError(f"{what} must be static in the network (it is compiled into the kernel)")
-    return int(expr.constant_value)
+    return int(expr.constant_value())
 
 
-def _register_attention(trt, trtp) -> None:
+def _aot_return(trtp):
+    """The return annotation tensorrt.plugin's aot_impl validator requires: (kernel name, PTX,
+    launch parameters, extra scalar arguments)."""
+    return tuple[str | bytes, str | bytes, trtp.KernelLaunchParams, trtp.SymIntExprs]
+
+
+def _register_attention(trt, trtp, arch: int | None) -> None:
     dtypes = {trt.float16: "float16", trt.bfloat16: "bfloat16"}
+    aot_return = _aot_return(trtp)
 
     @trtp.register(ATTENTION_PLUGIN)
     def attention_desc(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc) -> trtp.TensorDesc:
@@ -171,10 +230,11 @@ def _register_attention(trt, trtp) -> None:
         return [trtp.AutoTuneCombination("FP16|BF16, FP16|BF16, FP16|BF16, FP16|BF16", "LINEAR")]
 
     @trtp.aot_impl(ATTENTION_PLUGIN)
-    def attention_aot(q, k, v, outputs, tactic):
+    def attention_aot(q: trtp.TensorDesc, k: trtp.TensorDesc, v: trtp.TensorDesc, outputs: tuple[trtp.TensorDesc],
+                      tactic: int) -> aot_return:
         hd = _const(q.shape_expr[3], "the attention head dim")
         cfg = attention_engine_config(hd)
-        kern = compile_attention_ptx(dtypes[q.dtype], hd, config=cfg)
+        kern = compile_attention_ptx(dtypes[q.dtype], hd, arch=arch, config=cfg)
         B, H, N = q.shape_expr[0], q.shape_expr[1], q.shape_expr[2]
         launch = trtp.KernelLaunchParams()
         launch.grid_x = trtp.cdiv(N, cfg["BLOCK_M"])
@@ -187,7 +247,9 @@ def _register_attention(trt, trtp) -> None:
         return kern.name, kern.ptx, launch, extra
 
 
-def _register_stitch(trt, trtp) -> None:
+def _register_stitch(trt, trtp, arch: int | None) -> None:
+    aot_return = _aot_return(trtp)
+
     @trtp.register(STITCH_PLUGIN)
     def stitch_desc(logits: trtp.TensorDesc, image_h: int, image_w: int, crop_h: int, crop_w: int, stride_h: int,
                     stride_w: int, out_h: int, out_w: int) -> trtp.TensorDesc:
@@ -203,22 +265,23 @@ def _register_stitch(trt, trtp) -> None:
         return [trtp.AutoTuneCombination("FP32|FP16, INT32", "LINEAR")]
 
     @trtp.aot_impl(STITCH_PLUGIN)
-    def stitch_aot(logits, image_h: int, image_w: int, crop_h: int, crop_w: int, stride_h: int, stride_w: int,
-                   out_h: int, out_w: int, outputs, tactic):
-        from dinov3_deploy.kernels.stitch import window_geometry
+    def stitch_aot(logits: trtp.TensorDesc, image_h: int, image_w: int, crop_h: int, crop_w: int, stride_h: int,
+                   stride_w: int, out_h: int, out_w: int, outputs: tuple[trtp.TensorDesc], tactic: int) -> aot_return:
+        from dinov3_deploy.reference.training.sliding_window import window_geometry
 
         g = window_geometry(image_h, image_w, (crop_h, crop_w), (stride_h, stride_w))
         cfg = stitch_engine_config()
         dt = "float16" if logits.dtype == trt.float16 else "float32"
-        kern = compile_stitch_ptx(dt, "int32", resize=(out_h, out_w) != (image_h, image_w), config=cfg)
-        C, LH, LW = logits.shape_expr[1], logits.shape_expr[2], logits.shape_expr[3]
+        kern = compile_stitch_ptx(dt, "int32", resize=(out_h, out_w) != (image_h, image_w), arch=arch, config=cfg)
         launch = trtp.KernelLaunchParams()
         launch.grid_x = math.ceil(out_w / cfg["BLOCK_P"])
         launch.grid_y = out_h
         launch.block_x = kern.block_x
         launch.shared_mem = kern.shared
-        vals = [image_h, image_w, C, LH, LW, g["crop_h"], g["crop_w"], g["stride_h"], g["stride_w"], out_h, out_w]
-        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(v) for v in vals])
+        vals = dict(H=image_h, W=image_w, C=logits.shape_expr[1], LH=logits.shape_expr[2], LW=logits.shape_expr[3],
+                    crop_h=g.crop_h, crop_w=g.crop_w, stride_h=g.stride_h, stride_w=g.stride_w, n_rows=g.n_rows,
+                    n_cols=g.n_cols, win_h=g.win_h, win_w=g.win_w, OH=out_h, OW=out_w)
+        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(vals[n]) for n in STITCH_INTS])
         return kern.name, kern.ptx, launch, extra
 
 

@@ -25,6 +25,9 @@ works (the tests also run 32).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import os
 
 import torch
@@ -34,6 +37,7 @@ import triton.language as tl
 from dinov3_deploy.errors import DeployError
 
 LOG2E = 1.4426950408889634
+log = logging.getLogger("dinov3_deploy.kernels")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,35 +55,51 @@ def _tile_load(desc, b, h, start, BNH: tl.constexpr, ROWS: tl.constexpr, HEAD_DI
 
 
 @triton.jit
+def _program_rows(H, BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr):
+    """This program's (b, h, row offsets [BLOCK], column offsets [HEAD_DIM]): grid axis 0 walks
+    blocks of BLOCK rows (tokens), axis 1 the (batch, head) pairs."""
+    pid_bh = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return pid_bh // H, pid_bh % H, rows, tl.arange(0, HEAD_DIM)
+
+
+@triton.jit
+def _kv_tile(src, b, h, start_n, N, s_n,
+             HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
+             BNH: tl.constexpr):
+    """[BLOCK_N, HEAD_DIM] K or V tile from key start_n; rows past N read as 0 when MASKED."""
+    # one branch per constexpr case, no early return: the compiler would trace the code after it
+    if USE_TMA:
+        x = _tile_load(src, b, h, start_n, BNH, BLOCK_N, HEAD_DIM)
+    else:
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        ptrs = src + offs_n[:, None] * s_n + tl.arange(0, HEAD_DIM)[None, :]
+        if MASKED:
+            x = tl.load(ptrs, mask=offs_n[:, None] < N, other=0.0)
+        else:
+            x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
 def _attn_kv_step(
     acc, m_i, l_i, q, k_src, v_src, b, h, start_n, N, qk_scale,
     sk_n, sv_n,
     HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, USE_TMA: tl.constexpr,
-    K_BNH: tl.constexpr, V_BNH: tl.constexpr,
+    K_BNH: tl.constexpr, V_BNH: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    offs_n = start_n + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, HEAD_DIM)
-    if USE_TMA:
-        k = _tile_load(k_src, b, h, start_n, K_BNH, BLOCK_N, HEAD_DIM)
-    elif MASKED:
-        k = tl.load(k_src + offs_n[:, None] * sk_n + offs_d[None, :], mask=offs_n[:, None] < N, other=0.0)
-    else:
-        k = tl.load(k_src + offs_n[:, None] * sk_n + offs_d[None, :])
-    s = tl.dot(q, tl.trans(k)) * qk_scale  # [BLOCK_M, BLOCK_N] fp32, in log2 units
+    k = _kv_tile(k_src, b, h, start_n, N, sk_n, HEAD_DIM, BLOCK_N, MASKED, USE_TMA, K_BNH)
+    # [BLOCK_M, BLOCK_N] fp32, in log2 units
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
     if MASKED:
-        s = tl.where(offs_n[None, :] < N, s, float("-inf"))
+        s = tl.where((start_n + tl.arange(0, BLOCK_N))[None, :] < N, s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     p = tl.math.exp2(s - m_new[:, None])
     alpha = tl.math.exp2(m_i - m_new)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    if USE_TMA:
-        v = _tile_load(v_src, b, h, start_n, V_BNH, BLOCK_N, HEAD_DIM)
-    elif MASKED:
-        v = tl.load(v_src + offs_n[:, None] * sv_n + offs_d[None, :], mask=offs_n[:, None] < N, other=0.0)
-    else:
-        v = tl.load(v_src + offs_n[:, None] * sv_n + offs_d[None, :])
-    acc = tl.dot(p.to(v.dtype), v, acc)
+    v = _kv_tile(v_src, b, h, start_n, N, sv_n, HEAD_DIM, BLOCK_N, MASKED, USE_TMA, V_BNH)
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
 
 
@@ -91,21 +111,17 @@ def _attn_fwd_kernel(
     Out,
     QK_SCALE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     USE_TMA: tl.constexpr, Q_BNH: tl.constexpr = False, K_BNH: tl.constexpr = False,
-    V_BNH: tl.constexpr = False, O_BNH: tl.constexpr = False,
+    V_BNH: tl.constexpr = False, O_BNH: tl.constexpr = False, DOT_PRECISION: tl.constexpr = "ieee",
 ):
     # Parameter order (tensor inputs, integer scalars, tensor outputs; float scale a constexpr)
     # is the calling convention of TensorRT's AOT plugins: the same kernel serves both.
     qk_scale = QK_SCALE
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_DIM)
+    b, h, offs_m, offs_d = _program_rows(H, BLOCK_M, HEAD_DIM)
+    start_m = tl.program_id(0) * BLOCK_M
     row_ok = offs_m[:, None] < N
 
     if USE_TMA:
-        q = _tile_load(Q, b, h, pid_m * BLOCK_M, Q_BNH, BLOCK_M, HEAD_DIM)
+        q = _tile_load(Q, b, h, start_m, Q_BNH, BLOCK_M, HEAD_DIM)
         k_src = K
         v_src = V
     else:
@@ -122,20 +138,20 @@ def _attn_fwd_kernel(
     for start_n in range(0, n_full, BLOCK_N):
         acc, m_i, l_i = _attn_kv_step(
             acc, m_i, l_i, q, k_src, v_src, b, h, start_n, N, qk_scale, sk_n, sv_n,
-            HEAD_DIM, BLOCK_N, False, USE_TMA, K_BNH, V_BNH,
+            HEAD_DIM, BLOCK_N, False, USE_TMA, K_BNH, V_BNH, DOT_PRECISION,
         )
     if n_full < N:
         acc, m_i, l_i = _attn_kv_step(
             acc, m_i, l_i, q, k_src, v_src, b, h, n_full, N, qk_scale, sk_n, sv_n,
-            HEAD_DIM, BLOCK_N, True, USE_TMA, K_BNH, V_BNH,
+            HEAD_DIM, BLOCK_N, True, USE_TMA, K_BNH, V_BNH, DOT_PRECISION,
         )
 
     out = acc / l_i[:, None]
     if USE_TMA:
         if O_BNH:
-            Out.store([b, pid_m * BLOCK_M, h, 0], out.to(Out.dtype).reshape(1, BLOCK_M, 1, HEAD_DIM))
+            Out.store([b, start_m, h, 0], out.to(Out.dtype).reshape(1, BLOCK_M, 1, HEAD_DIM))
         else:
-            Out.store([b, h, pid_m * BLOCK_M, 0], out.to(Out.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
+            Out.store([b, h, start_m, 0], out.to(Out.dtype).reshape(1, 1, BLOCK_M, HEAD_DIM))
     else:
         o_base = Out + b.to(tl.int64) * so_b + h.to(tl.int64) * so_h
         tl.store(o_base + offs_m[:, None] * so_n + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok)
@@ -196,18 +212,54 @@ def _memory_order(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return t, False
 
 
-def _tma_ok(*tensors: torch.Tensor) -> bool:
-    if not interpreting():
-        if tensors[0].device.type != "cuda" or torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
-            return False
-    for t in tensors:
-        view, _ = _memory_order(t)
-        st = view.stride()
-        if t.data_ptr() % 16 or any((x * t.element_size()) % 16 for x in st[:-1]):
-            return False
-        if not (st[1] >= st[2] >= st[3] == 1 and (st[0] >= st[1] or t.shape[0] == 1)):
-            return False
-    return True
+def _descriptor_layout_ok(t: torch.Tensor) -> bool:
+    """A TMA descriptor needs a 16-byte aligned base and strides, and strides decreasing in
+    memory order."""
+    view, _ = _memory_order(t)
+    st = view.stride()
+    if t.data_ptr() % 16 or any((x * t.element_size()) % 16 for x in st[:-1]):
+        return False
+    return st[1] >= st[2] >= st[3] == 1 and (st[0] >= st[1] or t.shape[0] == 1)
+
+
+@functools.cache
+def _warn_fallback(reason: str) -> None:
+    # once per distinct reason: a model launches this kernel once per block per forward
+    log.warning("use_tma=True falls back to pointer loads: %s", reason)
+
+
+def resolve_load_path(use_tma: bool, device, tensors: tuple[torch.Tensor, ...] = ()) -> tuple[str, str]:
+    """("tma" | "pointer", why) for an attention launch on `device` (and, when given, these
+    q/k/v/out tensors). A requested TMA path that cannot be taken is logged as a warning on the
+    "dinov3_deploy.kernels" logger, so a benchmark never reports pointer loads as TMA."""
+    if not use_tma:
+        return "pointer", "use_tma=False"
+    device = torch.device(device)
+    if interpreting():
+        path, reason = "tma", "the Triton interpreter emulates TMA descriptors"
+    elif device.type != "cuda":
+        path, reason = "pointer", f"TMA needs a CUDA device, got '{device}'"
+    elif (cap := torch.cuda.get_device_capability(device))[0] < 9:
+        path, reason = "pointer", f"TMA needs compute capability 9.0+ (Hopper), this device is {cap[0]}.{cap[1]}"
+    else:
+        path, reason = "tma", "host-side TMA descriptors (compute capability 9.0+)"
+    if path == "tma" and not all(_descriptor_layout_ok(t) for t in tensors):
+        path, reason = "pointer", "a q/k/v/out view has a base or stride that is not 16-byte aligned"
+    if path == "pointer":
+        _warn_fallback(reason)
+    return path, reason
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """`input_precision` of the kernel's tl.dot: fp32 inputs would default to TF32 on a GPU (10-bit
+    mantissa, ~1e-3 relative error), so they ask for "ieee"; for fp16/bf16 inputs "tf32" is the
+    default and changes nothing."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Triton launches on the *current* CUDA device, not the tensors': make it the tensor's."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _descriptor(t: torch.Tensor, rows: int):
@@ -229,8 +281,8 @@ def attention_into(
     config: dict | None = None,
 ) -> torch.Tensor:
     """Write softmax(q k^T * scale) v into `out`. All four are [B, H, N, hd] (views allowed, last
-    stride 1). use_tma=True uses host TMA descriptors; the default pointer variant needs neither
-    descriptors nor scratch memory."""
+    stride 1). use_tma=True uses host TMA descriptors where `resolve_load_path` allows them (it
+    warns when not); the default pointer variant needs neither descriptors nor scratch memory."""
     check_device(q, k, v, out)
     B, H, N, hd = q.shape
     if k.shape != q.shape or v.shape != q.shape or out.shape != q.shape:
@@ -245,23 +297,24 @@ def attention_into(
     cfg = dict(config or attention_config(B, H, N, hd, q.device))
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     grid = (triton.cdiv(N, bm), B * H)
-    if use_tma and _tma_ok(q, k, v, out):
-        # Host-side descriptors (no scratch memory); out-of-range rows are zero-filled on load
-        # and clipped on store by the copy engine.
-        (qd, qb), (kd, kb), (vd, vb), (od, ob) = (_descriptor(t, r) for t, r in ((q, bm), (k, bn), (v, bn), (out, bm)))
-        _attn_fwd_kernel[grid](
-            qd, kd, vd, *([0] * 12), H, N, od,
-            QK_SCALE=scale * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn, USE_TMA=True,
-            Q_BNH=qb, K_BNH=kb, V_BNH=vb, O_BNH=ob, **cfg,
-        )
-        return out
-    _attn_fwd_kernel[grid](
-        q, k, v,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
-        H, N, out,
-        QK_SCALE=scale * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn, USE_TMA=False, **cfg,
-    )
+    path, _ = resolve_load_path(use_tma, q.device, (q, k, v, out))
+    common = dict(QK_SCALE=scale * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=dot_precision(q.dtype),
+                  **cfg)
+    with on_device(q):
+        if path == "tma":
+            # Host-side descriptors (no scratch memory); out-of-range rows are zero-filled on load
+            # and clipped on store by the copy engine.
+            tiles = ((q, bm), (k, bn), (v, bn), (out, bm))
+            (qd, qb), (kd, kb), (vd, vb), (od, ob) = (_descriptor(t, rows) for t, rows in tiles)
+            _attn_fwd_kernel[grid](qd, kd, vd, *([0] * 12), H, N, od, USE_TMA=True,
+                                   Q_BNH=qb, K_BNH=kb, V_BNH=vb, O_BNH=ob, **common)
+        else:
+            _attn_fwd_kernel[grid](
+                q, k, v,
+                q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
+                H, N, out, USE_TMA=False, **common,
+            )
     return out
 
 
@@ -295,4 +348,5 @@ def attention_flops(B: int, H: int, N: int, head_dim: int) -> float:
     return 4.0 * B * H * N * N * head_dim
 
 
-__all__ = ["attention", "attention_into", "attention_reference", "attention_config", "attention_flops"]
+__all__ = ["attention", "attention_into", "attention_reference", "attention_config", "attention_flops",
+           "dot_precision", "resolve_load_path"]

@@ -4,9 +4,9 @@
                    --attention-> out [B, N, D]      (v read in place from qkv, heads written
                                                      side by side: ready for the proj Linear)
 
-This is the entry point of `SelfAttention(impl="triton")` in reference/layers/attention.py.
+This is the entry point of `SelfAttention(impl="triton")` in reference/models/layers/attention.py.
 Rotating once in the re-layout instead of inside the attention loop is the cheap place for RoPE
-(rotating K in the inner loop costs about a third of the attention time, GPU-BASELINES.md).
+(rotating K in the inner loop costs about a third of the attention time, measured on Hopper).
 
 The RoPE table (identity prefix rows + sin/cos) is built once per (sin, cos) pair and reused by
 every block of a forward pass: a one-entry cache that holds the very tensors it was built from
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .attention import attention_into
+from .attention import attention_into, attention_reference
 from .qkv_rope import qkv_rope_into, qkv_rope_reference, rope_table
 
 _table_cache: dict[str, tuple] = {}
@@ -32,10 +32,6 @@ def _cached_table(sin: torch.Tensor, cos: torch.Tensor, n_prefix: int) -> tuple[
     table = rope_table(sin, cos, n_prefix)
     _table_cache["last"] = (sin, cos, sin._version, cos._version, n_prefix, table)
     return table
-
-
-def clear_table_cache() -> None:
-    _table_cache.clear()
 
 
 @torch.library.custom_op("dinov3_deploy::rope_attention", mutates_args=())
@@ -76,7 +72,5 @@ def rope_attention_reference(
 ) -> torch.Tensor:
     """Plain PyTorch: split + rope_apply + softmax(q k^T / sqrt(hd)) v (scores in fp32) -> [B, N, D]."""
     B, N, three_d = qkv.shape
-    q, k, v = qkv_rope_reference(qkv, sin, cos, num_heads)
-    s = (q.float() @ k.float().transpose(-2, -1)) * q.shape[-1] ** -0.5
-    out = (s.softmax(-1) @ v.float()).to(qkv.dtype)
+    out = attention_reference(*qkv_rope_reference(qkv, sin, cos, num_heads))
     return out.transpose(1, 2).reshape(B, N, three_d // 3)

@@ -21,7 +21,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import check_device, interpreting
+from dinov3_deploy.reference.models.layers.rope import rope_apply
+
+from .attention import _program_rows, check_device, interpreting, on_device
 
 
 @triton.jit
@@ -42,12 +44,7 @@ def _qkv_rope_kernel(
     H, N, D,
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, HAS_ROPE: tl.constexpr, WRITE_V: tl.constexpr,
 ):
-    pid_t = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
-    offs_d = tl.arange(0, HEAD_DIM)
+    b, h, offs_t, offs_d = _program_rows(H, BLOCK_T, HEAD_DIM)
     swap_d = (offs_d + HEAD_DIM // 2) % HEAD_DIM  # partner column of the half-split rotation
     row_ok = offs_t[:, None] < N
 
@@ -118,12 +115,13 @@ def qkv_rope_into(
     cfg = dict(config or qkv_rope_config(qkv.device, hd))
     bt = cfg.pop("BLOCK_T")
     grid = (triton.cdiv(N, bt), B * num_heads)
-    _qkv_rope_kernel[grid](
-        qkv, cos_t if has_rope else qkv, sin_t if has_rope else qkv, q, k, v if v is not None else q,
-        qkv.stride(0), qkv.stride(1), q.stride(0), q.stride(1), q.stride(2),
-        num_heads, N, D,
-        HEAD_DIM=hd, BLOCK_T=bt, HAS_ROPE=has_rope, WRITE_V=v is not None, **cfg,
-    )
+    with on_device(qkv):
+        _qkv_rope_kernel[grid](
+            qkv, cos_t if has_rope else qkv, sin_t if has_rope else qkv, q, k, v if v is not None else q,
+            qkv.stride(0), qkv.stride(1), q.stride(0), q.stride(1), q.stride(2),
+            num_heads, N, D,
+            HEAD_DIM=hd, BLOCK_T=bt, HAS_ROPE=has_rope, WRITE_V=v is not None, **cfg,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -157,18 +155,11 @@ def _(qkv, cos_t, sin_t, num_heads):
 def qkv_rope_reference(
     qkv: torch.Tensor, sin: torch.Tensor | None, cos: torch.Tensor | None, num_heads: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Plain PyTorch: split, then rotate the last HW tokens of q and k in fp32 (DINOv3 rope_apply)."""
+    """Plain PyTorch: split, then DINOv3's rope_apply on q and k (the reference model's own
+    function: rotation in fp32, prefix tokens passed through)."""
     B, N, three_d = qkv.shape
     hd = three_d // 3 // num_heads
     q, k, v = qkv.reshape(B, N, 3, num_heads, hd).permute(2, 0, 3, 1, 4).unbind(0)
     if sin is None:
         return q.contiguous(), k.contiguous(), v.contiguous()
-
-    def rot(x: torch.Tensor) -> torch.Tensor:
-        n_prefix = N - sin.shape[0]
-        pre, pat = x[..., :n_prefix, :], x[..., n_prefix:, :].float()
-        x1, x2 = pat.chunk(2, dim=-1)
-        pat = pat * cos.float() + torch.cat([-x2, x1], dim=-1) * sin.float()
-        return torch.cat([pre, pat.to(x.dtype)], dim=-2)
-
-    return rot(q), rot(k), v.contiguous()
+    return rope_apply(q, sin, cos), rope_apply(k, sin, cos), v.contiguous()

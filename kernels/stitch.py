@@ -1,6 +1,6 @@
 """Sliding-window stitching in Triton: per-window low-res logits -> full-image labels in one pass.
 
-The official DINOv3 / mmseg semantics (reference/sliding_window.py is the truth): each window's
+The official DINOv3 / mmseg semantics (reference/training/sliding_window.py is the truth): each window's
 logits [C, h', w'] are upsampled bilinearly (align_corners=False) to the window size, summed into
 an image-size canvas with a per-pixel count, averaged, optionally resized (bilinear,
 align_corners=False) to the label size, then argmax (and softmax, if asked).
@@ -11,10 +11,11 @@ low-res tensor (4 taps each), averages them, and for the final resize blends fou
 samples. Classes stream through in chunks of BLOCK_C with a running max / argmax (and an online
 sum of exponentials for the probabilities, written in a second sweep over the classes).
 
-Window geometry is recomputed in the kernel from (size, crop, stride): on each axis window i
-starts at max(min(i*stride + crop, size) - crop, 0) (so it is never padded), with the crop and
-stride adjustments of `window_grid` (crop larger than both sides -> the shorter side; stride
-clamped to the crop). Windows are row-major: logits[i * n_cols + j] is row i, column j.
+Window geometry comes from `window_geometry` (reference/training/sliding_window.py, the one
+definition of the placement): the launcher passes its scalars (effective crop, clamped stride,
+window counts and size) and the kernel derives each window's start from them, on each axis
+max(min(i*stride + crop, size) - crop, 0). Windows are row-major: logits[i * n_cols + j] is row i,
+column j.
 """
 
 from __future__ import annotations
@@ -23,7 +24,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import check_device, interpreting
+from dinov3_deploy.reference.training.sliding_window import window_geometry
+
+from .attention import check_device, interpreting, on_device
 
 
 @triton.jit
@@ -72,13 +75,16 @@ def _stitched(
 
 @triton.jit
 def _class_chunk(
-    LOGITS, oy, offs_x, x_ok, offs_c, c_ok,
+    LOGITS, oy, offs_x, x_ok, c0,
     H, W, C, LH, LW, crop_h, crop_w, stride_h, stride_w, n_rows, n_cols, win_h, win_w, scale_y, scale_x,
     rscale_y, rscale_x,
     RESIZE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     """Final logits (averaged, then resized to the output size if RESIZE) of one output row's
-    pixels offs_x for classes offs_c; invalid pixels/classes are -inf."""
+    pixels offs_x for the classes c0 .. c0 + BLOCK_C: (logits [BLOCK_P, BLOCK_C] with invalid
+    pixels/classes at -inf, class offsets, class mask)."""
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    c_ok = offs_c < C
     if RESIZE:
         sy = tl.maximum((oy + 0.5) * rscale_y - 0.5, 0.0)
         ya = sy.to(tl.int32)
@@ -104,23 +110,19 @@ def _class_chunk(
         hi = tl.max(tl.where(x_ok, offs_x, 0))
         val = _stitched(LOGITS, oy, offs_x, lo, hi, offs_c, c_ok, H, W, C, LH, LW, crop_h, crop_w, stride_h,
                         stride_w, n_rows, n_cols, win_h, win_w, scale_y, scale_x, BLOCK_P, BLOCK_C)
-    return tl.where(x_ok[:, None] & c_ok[None, :], val, float("-inf"))
+    return tl.where(x_ok[:, None] & c_ok[None, :], val, float("-inf")), offs_c, c_ok
 
 
 @triton.jit
 def _stitch_kernel(
     LOGITS,
-    H, W, C, LH, LW, crop_h, crop_w, stride_h, stride_w, OH, OW,
+    H, W, C, LH, LW, crop_h, crop_w, stride_h, stride_w, n_rows, n_cols, win_h, win_w, OH, OW,
     LABELS, PROBS,
     RESIZE: tl.constexpr, WRITE_PROBS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
 ):
     # Parameter order (tensor inputs, integer scalars, tensor outputs) is the calling convention
-    # of TensorRT's AOT plugins; everything derived (window counts, scales) is computed here.
-    # crop_* are the effective crop, stride_* already clamped to it (window_geometry).
-    n_rows = (tl.maximum(H - crop_h + stride_h - 1, 0) // stride_h + 1).to(tl.int32)
-    n_cols = (tl.maximum(W - crop_w + stride_w - 1, 0) // stride_w + 1).to(tl.int32)
-    win_h = tl.minimum(crop_h, H)
-    win_w = tl.minimum(crop_w, W)
+    # of TensorRT's AOT plugins. The geometry scalars are window_geometry's fields; the float
+    # scales are derived here (a plugin passes only integers).
     # float(in) / out, correctly rounded: the scale PyTorch's bilinear resize uses
     scale_y = tl.div_rn(LH.to(tl.float32), win_h.to(tl.float32))
     scale_x = tl.div_rn(LW.to(tl.float32), win_w.to(tl.float32))
@@ -134,11 +136,9 @@ def _stitch_kernel(
     best_c = tl.zeros([BLOCK_P], dtype=tl.int32)
     sum_e = tl.zeros([BLOCK_P], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        c_ok = offs_c < C
-        val = _class_chunk(LOGITS, oy, offs_x, x_ok, offs_c, c_ok, H, W, C, LH, LW, crop_h, crop_w, stride_h,
-                           stride_w, n_rows, n_cols, win_h, win_w, scale_y, scale_x, rscale_y, rscale_x,
-                           RESIZE, BLOCK_P, BLOCK_C)
+        val, _, _ = _class_chunk(LOGITS, oy, offs_x, x_ok, c0, H, W, C, LH, LW, crop_h, crop_w, stride_h, stride_w,
+                                 n_rows, n_cols, win_h, win_w, scale_y, scale_x, rscale_y, rscale_x,
+                                 RESIZE, BLOCK_P, BLOCK_C)
         cmax, carg = tl.max(val, 1, return_indices=True, return_indices_tie_break_left=True)
         if WRITE_PROBS:
             new_max = tl.maximum(best, cmax)
@@ -152,48 +152,17 @@ def _stitch_kernel(
     if WRITE_PROBS:
         plane = OH.to(tl.int64) * OW
         for c0 in range(0, C, BLOCK_C):
-            offs_c = c0 + tl.arange(0, BLOCK_C)
-            c_ok = offs_c < C
-            val = _class_chunk(LOGITS, oy, offs_x, x_ok, offs_c, c_ok, H, W, C, LH, LW, crop_h, crop_w, stride_h,
-                               stride_w, n_rows, n_cols, win_h, win_w, scale_y, scale_x, rscale_y, rscale_x,
-                               RESIZE, BLOCK_P, BLOCK_C)
+            val, offs_c, c_ok = _class_chunk(LOGITS, oy, offs_x, x_ok, c0, H, W, C, LH, LW, crop_h, crop_w, stride_h,
+                                             stride_w, n_rows, n_cols, win_h, win_w, scale_y, scale_x, rscale_y,
+                                             rscale_x, RESIZE, BLOCK_P, BLOCK_C)
             p = tl.exp(val - tl.where(x_ok, best, 0.0)[:, None]) / tl.where(x_ok, sum_e, 1.0)[:, None]
             ptrs = PROBS + offs_c[None, :] * plane + out_row + offs_x[:, None]
             tl.store(ptrs, p, mask=x_ok[:, None] & c_ok[None, :])
 
 
 # ----------------------------------------------------------------------------------------------
-# geometry + launcher
+# launcher
 # ----------------------------------------------------------------------------------------------
-def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[1]))
-
-
-def window_geometry(h: int, w: int, crop, stride) -> dict:
-    """The official window placement (same rules as reference.sliding_window.window_grid), as the
-    scalars the kernel recomputes every window from."""
-    ch, cw = _pair(crop)
-    if ch > h and cw > w:
-        ch = cw = min(h, w)
-    sh, sw = _pair(stride)
-    if min(ch, cw, sh, sw) <= 0:
-        raise ValueError(f"crop and stride must be positive, got crop={crop} stride={stride}")
-    sh, sw = min(sh, ch), min(sw, cw)
-    n_rows = max(h - ch + sh - 1, 0) // sh + 1
-    n_cols = max(w - cw + sw - 1, 0) // sw + 1
-    return dict(crop_h=ch, crop_w=cw, stride_h=sh, stride_w=sw, n_rows=n_rows, n_cols=n_cols,
-                win_h=min(ch, h), win_w=min(cw, w))
-
-
-def windows_from_geometry(h: int, w: int, crop, stride) -> list[tuple[int, int, int, int]]:
-    g = window_geometry(h, w, crop, stride)
-    rows = [(y0 := max(min(i * g["stride_h"] + g["crop_h"], h) - g["crop_h"], 0), y0 + g["win_h"])
-            for i in range(g["n_rows"])]
-    cols = [(x0 := max(min(j * g["stride_w"] + g["crop_w"], w) - g["crop_w"], 0), x0 + g["win_w"])
-            for j in range(g["n_cols"])]
-    return [(a, b, c, d) for a, b in rows for c, d in cols]
-
-
 def stitch_config(device: torch.device, out_w: int, n_classes: int) -> dict:
     if interpreting() or device.type != "cuda":
         # the interpreter pays per operation, not per element: few, wide programs
@@ -219,9 +188,9 @@ def stitch_into(
     H, W = int(image_size[0]), int(image_size[1])
     g = window_geometry(H, W, crop, stride)
     n, C, LH, LW = logits.shape
-    if n != g["n_rows"] * g["n_cols"]:
+    if n != len(g):
         raise ValueError(f"{n} windows of logits, but {H}x{W} crop {crop} stride {stride} has "
-                         f"{g['n_rows']}x{g['n_cols']} windows")
+                         f"{g.n_rows}x{g.n_cols} windows")
     logits = logits.contiguous()
     OH, OW = labels.shape
     if not labels.is_contiguous() or (probs is not None and (probs.shape != (C, OH, OW) or not probs.is_contiguous())):
@@ -229,10 +198,12 @@ def stitch_into(
     cfg = dict(config or stitch_config(logits.device, OW, C))
     bp, bc = cfg.pop("BLOCK_P"), cfg.pop("BLOCK_C")
     grid = (triton.cdiv(OW, bp), OH)
-    _stitch_kernel[grid](
-        logits, H, W, C, LH, LW, g["crop_h"], g["crop_w"], g["stride_h"], g["stride_w"], OH, OW,
-        labels, probs, RESIZE=(OH, OW) != (H, W), WRITE_PROBS=probs is not None, BLOCK_P=bp, BLOCK_C=bc, **cfg,
-    )
+    with on_device(logits):
+        _stitch_kernel[grid](
+            logits, H, W, C, LH, LW, g.crop_h, g.crop_w, g.stride_h, g.stride_w, g.n_rows, g.n_cols, g.win_h, g.win_w,
+            OH, OW, labels, probs,
+            RESIZE=(OH, OW) != (H, W), WRITE_PROBS=probs is not None, BLOCK_P=bp, BLOCK_C=bc, **cfg,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -266,37 +237,3 @@ def _(logits, image_h, image_w, crop_h, crop_w, stride_h, stride_w, out_h, out_w
     labels = logits.new_empty((out_h, out_w), dtype=torch.int64)
     probs = logits.new_empty((logits.shape[1], out_h, out_w) if with_probs else (0,), dtype=torch.float32)
     return labels, probs
-
-
-def stitch_windows(
-    logits: torch.Tensor, image_size: tuple[int, int], crop=512, stride=341, out_size=None, with_probs=False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Convenience wrapper: (labels, probs or None); crop/stride as ints or (h, w) pairs."""
-    (ch, cw), (sh, sw) = _pair(crop), _pair(stride)
-    oh, ow = out_size if out_size is not None else image_size
-    labels, probs = stitch(logits, image_size[0], image_size[1], ch, cw, sh, sw, oh, ow, with_probs)
-    return labels, (probs if with_probs else None)
-
-
-# ----------------------------------------------------------------------------------------------
-# reference (the naive canvas path, same semantics as reference/sliding_window.py)
-# ----------------------------------------------------------------------------------------------
-def stitch_reference(
-    logits: torch.Tensor, image_size: tuple[int, int], crop=512, stride=341, out_size=None
-) -> torch.Tensor:
-    """Averaged (and resized) logits [1, C, OH, OW] fp32 via a full-size canvas."""
-    import torch.nn.functional as F
-
-    H, W = image_size
-    wins = windows_from_geometry(H, W, crop, stride)
-    C = logits.shape[1]
-    canvas = logits.new_zeros((1, C, H, W), dtype=torch.float32)
-    count = logits.new_zeros((1, 1, H, W), dtype=torch.float32)
-    for k, (y0, y1, x0, x1) in enumerate(wins):
-        up = F.interpolate(logits[k : k + 1].float(), size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
-        canvas[..., y0:y1, x0:x1] += up
-        count[..., y0:y1, x0:x1] += 1
-    out = canvas / count
-    if out_size is not None and tuple(out_size) != (H, W):
-        out = F.interpolate(out, size=tuple(out_size), mode="bilinear", align_corners=False)
-    return out

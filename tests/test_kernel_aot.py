@@ -33,14 +33,14 @@ for bnh in (False, True):
     sig.update(Q=desc(blk(128)), K=desc(blk(64)), V=desc(blk(64)), Out=desc(blk(128)), H="i32", N="i32")
     cons = {n: 0 for n in kern.arg_names if n.startswith("s")}
     cons.update(QK_SCALE=0.18, HEAD_DIM=64, BLOCK_M=128, BLOCK_N=64, USE_TMA=True,
-                Q_BNH=bnh, K_BNH=bnh, V_BNH=bnh, O_BNH=bnh)
+                Q_BNH=bnh, K_BNH=bnh, V_BNH=bnh, O_BNH=bnh, DOT_PRECISION="tf32")
     c = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=cons), target=GPUTarget("cuda", 90, 32),
                        options=dict(num_warps=8, num_stages=3))
     out[f"tma_bnh_{bnh}"] = dict(ptx=c.asm["ptx"], descs=len(c.metadata.tensordesc_meta),
                                  scratch=c.metadata.global_scratch_size)
 
 # the JIT paths the GPU tests take: qkv split + RoPE, stitch with probabilities and a final resize
-from dinov3_deploy.engines.plugins import _compile
+from dinov3_deploy.engines.plugins import STITCH_INTS, _compile
 from dinov3_deploy.kernels.qkv_rope import _qkv_rope_kernel
 from dinov3_deploy.kernels.stitch import _stitch_kernel
 ints = ["s_b", "s_n", "so_b", "so_h", "so_n", "H", "N", "D"]
@@ -48,10 +48,15 @@ sig = {"QKV": "*bf16", "COS": "*fp32", "SIN": "*fp32", "Q": "*bf16", "K": "*bf16
        **dict.fromkeys(ints, "i32")}
 k = _compile(_qkv_rope_kernel, sig, dict(HEAD_DIM=64, BLOCK_T=64, HAS_ROPE=True, WRITE_V=True), [], 90, num_warps=8)
 out["qkv_rope"] = dict(ptx=k.ptx)
-ints = ["H", "W", "C", "LH", "LW", "crop_h", "crop_w", "stride_h", "stride_w", "OH", "OW"]
-sig = {"LOGITS": "*fp16", "LABELS": "*i64", "PROBS": "*fp32", **dict.fromkeys(ints, "i32")}
+sig = {"LOGITS": "*fp16", "LABELS": "*i64", "PROBS": "*fp32", **dict.fromkeys(STITCH_INTS, "i32")}
 k = _compile(_stitch_kernel, sig, dict(RESIZE=True, WRITE_PROBS=True, BLOCK_P=128, BLOCK_C=8), [], 90, num_warps=4)
 out["stitch_probs"] = dict(ptx=k.ptx)
+
+# an Ampere target and a driver that supports CUDA 12.4 only: PTX ISA capped at 8.4
+import dinov3_deploy.engines.plugins as P
+P.driver_cuda_version = lambda: "12.4"
+k = P.compile_attention_ptx("float16", 64, arch=80)
+out["attn_sm80_driver124"] = dict(ptx=k.ptx, target=k.target)
 print(json.dumps(out))
 """
 
@@ -94,13 +99,125 @@ def test_tma_variant_compiles_for_sm90(aot):
 def test_stitch_ptx_for_sm90_without_gpu(aot):
     k = aot["stitch"]
     assert ".target sm_90" in k["ptx"] and "cp.async.bulk.tensor" not in k["ptx"]
-    # logits, 11 int32 scalars, labels (probs compiled out) + Triton's two scratch pointers
-    assert _entry_params(k["ptx"], k["name"]) == 1 + 11 + 1 + 2
+    # logits, 15 int32 scalars (sizes + window_geometry's fields), labels (probs compiled out)
+    # + Triton's two scratch pointers
+    assert _entry_params(k["ptx"], k["name"]) == 1 + 15 + 1 + 2
 
 
 def test_jit_paths_compile_for_sm90(aot):
     assert ".target sm_90" in aot["qkv_rope"]["ptx"]
     assert ".target sm_90" in aot["stitch_probs"]["ptx"] and "ex2.approx" in aot["stitch_probs"]["ptx"]  # softmax
+
+
+def test_ptx_follows_the_target_and_the_driver(aot):
+    """Not Hopper-only sm_90a for every GPU: the requested capability, and a PTX ISA version the
+    driver can JIT."""
+    k = aot["attn_sm80_driver124"]
+    assert ".target sm_80" in k["ptx"] and "sm_90" not in k["ptx"] and k["target"] == "sm_80"
+    assert ".version 8.4" in k["ptx"]
+    assert "wgmma" not in k["ptx"] and "mma.sync" in k["ptx"]  # Ampere tensor cores
+
+
+def test_ptx_version_cap():
+    from dinov3_deploy.engines.plugins import ptx_version
+
+    bundled = ptx_version(90, None)
+    assert bundled >= 84
+    assert ptx_version(90, "12.4") == 84  # CUDA 12.4 drivers JIT PTX ISA 8.4 at most
+    assert ptx_version(90, "99.0") == bundled  # a newer driver: the bundled ptxas's version
+
+
+def test_default_arch_is_the_current_device(monkeypatch):
+    import torch
+
+    from dinov3_deploy.engines import plugins as P
+    from dinov3_deploy.errors import DeployError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 9))
+    assert P.device_arch() == 89
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeployError, match="arch="):
+        P.device_arch()
+
+
+class _FakeTrtp:
+    """The parts of tensorrt.plugin the registration touches, recording the registered functions.
+    tensorrt.plugin cannot be installed here; what it checks (by its source) is reproduced in the test."""
+
+    class TensorDesc: ...
+
+    class KernelLaunchParams: ...
+
+    class SymExprs: ...
+
+    class SymIntExprs(SymExprs): ...
+
+    def __init__(self):
+        self.fns = {}
+
+    def _decorator(self, kind):
+        def deco(name):
+            def record(fn):
+                self.fns[(kind, name)] = fn
+                return fn
+
+            return record
+
+        return deco
+
+    def __getattr__(self, kind):  # register / autotune / aot_impl
+        return self._decorator(kind)
+
+
+def test_plugin_functions_carry_real_annotations():
+    """tensorrt.plugin checks `issubclass(annotation, TensorDesc)` on the register function's
+    parameters and requires aot_impl to return-annotate tuple[str | bytes, str | bytes,
+    KernelLaunchParams, SymExprs subclass]: string annotations (from __future__) would fail both."""
+    import inspect
+    import types
+    import typing
+
+    from dinov3_deploy.engines import plugins as P
+
+    trt = types.SimpleNamespace(float16=1, bfloat16=2, int32=3)
+    trtp = _FakeTrtp()
+    P._register_attention(trt, trtp, 90)
+    P._register_stitch(trt, trtp, 90)
+    for plugin, n_tensors in ((P.ATTENTION_PLUGIN, 3), (P.STITCH_PLUGIN, 1)):
+        desc = inspect.signature(trtp.fns[("register", plugin)])
+        params = list(desc.parameters.values())
+        assert all(issubclass(p.annotation, trtp.TensorDesc) for p in params[:n_tensors])
+        assert all(p.annotation is int for p in params[n_tensors:])
+        assert issubclass(desc.return_annotation, trtp.TensorDesc)
+        aot = inspect.signature(trtp.fns[("aot_impl", plugin)])
+        names = list(aot.parameters)
+        assert names[: len(params)] == [p.name for p in params] and names[-2:] == ["outputs", "tactic"]
+        assert typing.get_origin(aot.parameters["outputs"].annotation) is tuple
+        ret = aot.return_annotation
+        assert typing.get_origin(ret) is tuple and len(typing.get_args(ret)) == 4
+        name_t, ptx_t, launch_t, extra_t = typing.get_args(ret)
+        assert set(typing.get_args(name_t)) == set(typing.get_args(ptx_t)) == {str, bytes}
+        assert issubclass(launch_t, trtp.KernelLaunchParams) and issubclass(extra_t, trtp.SymExprs)
+
+
+def test_const_calls_constant_value():
+    from dinov3_deploy.engines.plugins import _const
+
+    class Expr:
+        def __init__(self, value):
+            self.value = value
+
+        @property
+        def is_constant(self):
+            return self.value is not None
+
+        def constant_value(self):
+            return self.value
+
+    assert _const(Expr(64), "head dim") == 64
+    with pytest.raises(ValueError, match="static"):
+        _const(Expr(None), "head dim")
 
 
 def test_register_plugins_names_the_trt_extra():

@@ -8,14 +8,13 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
 
+from parity_helpers import rel_err  # noqa: E402
+
+import dinov3_deploy.kernels.attention as A  # noqa: E402
 from dinov3_deploy.kernels.attention import attention, attention_into, attention_reference  # noqa: E402
 
 CPU = not torch.cuda.is_available()
 DEV = "cpu" if CPU else "cuda"
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 def qkv(B, H, N, hd, dtype, device=DEV):
@@ -90,8 +89,6 @@ def test_attention_gpu_real_sizes(dtype, B, H, N, hd, use_tma):
 def test_block_m_choice_keeps_sms_busy_at_batch_1(monkeypatch):
     """On a 132-SM Hopper: B=1 vits16 (6 heads) would fill only 54 SMs with 128-row blocks, so it
     takes 64-row blocks (102 programs); B=8 keeps the more efficient 128-row blocks."""
-    import dinov3_deploy.kernels.attention as A
-
     monkeypatch.setattr(A, "interpreting", lambda: False)
     monkeypatch.setattr(A, "_sm_count", lambda device: 132)
     cuda = torch.device("cuda")
@@ -99,3 +96,82 @@ def test_block_m_choice_keeps_sms_busy_at_batch_1(monkeypatch):
     assert A.attention_config(1, 16, 1029, 64, cuda)["BLOCK_M"] == 64  # 144 programs: 2 waves at 128
     assert A.attention_config(8, 12, 1029, 64, cuda)["BLOCK_M"] == 128
     assert A.attention_config(1, 16, 4101, 64, cuda)["BLOCK_M"] == 128
+
+
+@pytest.fixture
+def fresh_fallback_warnings():
+    A._warn_fallback.cache_clear()  # the warning is logged once per reason and process
+    yield
+    A._warn_fallback.cache_clear()
+
+
+def test_tma_fallback_is_reported(monkeypatch, caplog, fresh_fallback_warnings):
+    monkeypatch.setattr(A, "interpreting", lambda: False)
+    assert A.resolve_load_path(False, "cpu") == ("pointer", "use_tma=False")
+    with caplog.at_level("WARNING", logger="dinov3_deploy.kernels"):
+        path, reason = A.resolve_load_path(True, "cpu")
+    assert path == "pointer" and "CUDA device" in reason
+    assert any("falls back to pointer loads" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+    # a pre-Hopper GPU
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 6))
+    path, reason = A.resolve_load_path(True, "cuda")
+    assert path == "pointer" and "8.6" in reason
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert A.resolve_load_path(True, "cuda")[0] == "tma"
+
+
+def test_misaligned_view_falls_back_and_still_computes(caplog, fresh_fallback_warnings):
+    """A q view one fp32 element into its storage cannot be a TMA descriptor: the launch takes
+    pointer loads, says so, and the result is still right."""
+    storage = torch.randn(1 * 2 * 19 * 32 + 1, device=DEV)
+    q = storage[1:].view(1, 2, 19, 32)
+    k, v = torch.randn(2, 1, 2, 19, 32, device=DEV)
+    assert A.resolve_load_path(True, q.device, (k, v))[0] == "tma"
+    with caplog.at_level("WARNING", logger="dinov3_deploy.kernels"):
+        assert A.resolve_load_path(True, q.device, (q, k, v))[0] == "pointer"
+        out = attention_into(q, k, v, torch.empty_like(k), use_tma=True)
+    assert any("16-byte" in r.getMessage() for r in caplog.records)
+    assert rel_err(out, attention_reference(q.double(), k.double(), v.double())) < 1e-5
+
+
+def test_fp32_dots_ask_for_ieee_not_tf32(monkeypatch):
+    """On a GPU an fp32 tl.dot defaults to TF32 (~1e-3 error); the launcher selects "ieee" for fp32
+    inputs. The interpreter computes in full precision either way, so check what is launched."""
+    assert A.dot_precision(torch.float32) == "ieee"
+    assert A.dot_precision(torch.float16) == A.dot_precision(torch.bfloat16) == "tf32"
+    launched = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launched.append(kwargs)
+
+    monkeypatch.setattr(A, "_attn_fwd_kernel", Recorder())
+    for dtype in (torch.float32, torch.float16):
+        q, k, v = qkv(1, 1, 16, 16, dtype)
+        attention_into(q, k, v, torch.empty_like(q))
+    assert [kw["DOT_PRECISION"] for kw in launched] == ["ieee", "tf32"]
+
+
+def test_launch_device_is_the_tensors(monkeypatch):
+    """Triton launches on the current CUDA device: the launch is wrapped in the tensor's device."""
+    entered = []
+    monkeypatch.setattr(torch.cuda, "device", lambda d: entered.append(d) or A.contextlib.nullcontext())
+
+    class OnCuda1:
+        device = torch.device("cuda", 1)
+
+    with A.on_device(OnCuda1()):
+        pass
+    assert entered == [torch.device("cuda", 1)]
+    with A.on_device(torch.empty(1)):  # CPU (interpreter): no CUDA device is touched
+        pass
+    assert entered == [torch.device("cuda", 1)]
+
+
+@pytest.mark.gpu
+def test_attention_gpu_fp32_is_not_tf32():
+    """TF32 dots would give ~1e-3 relative error at this size; ieee stays near 1e-6."""
+    q, k, v = qkv(2, 4, 1029, 64, torch.float32, device="cuda")
+    out = torch.empty_like(q)
+    attention_into(q, k, v, out)
+    assert rel_err(out, attention_reference(q.double(), k.double(), v.double())) < 1e-5

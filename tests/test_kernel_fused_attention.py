@@ -8,16 +8,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
 
+from parity_helpers import rel_err  # noqa: E402
+
 from dinov3_deploy.kernels.fused_attention import rope_attention, rope_attention_reference  # noqa: E402
 from dinov3_deploy.reference.configs import ViTConfig  # noqa: E402
 from dinov3_deploy.reference.factory import build_backbone, create_backbone  # noqa: E402
 from dinov3_deploy.reference.models.layers.rope import RopePositionEmbedding  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def rel_err(out, ref):
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 @pytest.mark.parametrize("dtype,hd,tol", [(torch.float32, 64, 1e-5), (torch.float16, 128, 2e-3)])

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dinov3_deploy.reference.models.layers.rope import RopePositionEmbedding, rope_apply
-from dinov3_deploy.reference.training.sliding_window import count_map, effective_crop, window_grid
+from dinov3_deploy.reference.training.sliding_window import count_map, window_geometry, window_grid
 
 sizes = st.integers(min_value=1, max_value=300)
 
@@ -16,7 +16,8 @@ sizes = st.integers(min_value=1, max_value=300)
 @given(h=sizes, w=sizes, crop=st.integers(8, 160), stride=st.integers(1, 200))
 def test_windows_cover_the_image_inside_its_bounds_with_one_size(h, w, crop, stride):
     windows = window_grid(h, w, crop, stride)
-    ch, cw = effective_crop(h, w, crop)
+    g = window_geometry(h, w, crop, stride)
+    ch, cw = g.crop_h, g.crop_w
     for y0, y1, x0, x1 in windows:
         assert 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w
         assert (y1 - y0, x1 - x0) == (min(ch, h), min(cw, w))  # never padded, never shrunk

@@ -4,7 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov3_deploy.reference.training.sliding_window import count_map, effective_crop, slide_inference, window_grid
+from dinov3_deploy.reference.training.sliding_window import (
+    count_map,
+    slide_inference,
+    slide_predict,
+    window_geometry,
+    window_grid,
+)
 
 
 def _axes(windows):
@@ -37,9 +43,23 @@ def test_window_grid_hand_worked(h, w, crop, stride, rows, cols):
 
 
 def test_effective_crop():
-    assert effective_crop(300, 400, 512) == (300, 300)
-    assert effective_crop(300, 700, 512) == (512, 512)  # only when both sides are smaller
-    assert effective_crop(600, 700, (512, 256)) == (512, 256)
+    def crop_of(h, w, crop):
+        g = window_geometry(h, w, crop, 341)
+        return g.crop_h, g.crop_w
+
+    assert crop_of(300, 400, 512) == (300, 300)
+    assert crop_of(300, 700, 512) == (512, 512)  # only when both sides are smaller
+    assert crop_of(600, 700, (512, 256)) == (512, 256)
+
+
+def test_window_geometry_fields():
+    """What the stitch kernel is launched with: clamped stride, counts, window size."""
+    g = window_geometry(100, 511, 512, 341)  # crop -> 100 (square), stride clamped to 100
+    assert (g.crop_h, g.crop_w, g.stride_h, g.stride_w) == (100, 100, 100, 100)
+    assert (g.n_rows, g.n_cols, g.win_h, g.win_w) == (1, 6, 100, 100) and len(g) == 6
+    g = window_geometry(300, 700, (512, 256), (341, 100))  # taller crop than the image: one row
+    assert (g.n_rows, g.n_cols, g.win_h, g.win_w) == (1, 6, 300, 256)
+    assert g.windows() == window_grid(300, 700, (512, 256), (341, 100))
 
 
 def test_stride_larger_than_crop_still_covers_everything():
@@ -53,13 +73,13 @@ def test_stride_larger_than_crop_still_covers_everything():
 @pytest.mark.parametrize("h, w", [(1, 1), (17, 5), (64, 64), (97, 131), (513, 257), (1024, 700)])
 @pytest.mark.parametrize("crop, stride", [(64, 43), (512, 341), (32, 32)])
 def test_windows_cover_image_inside_bounds(h, w, crop, stride):
+    """Larger images than the property test draws; the window size the kernel is given is the
+    size of every window."""
+    g = window_geometry(h, w, crop, stride)
     windows = window_grid(h, w, crop, stride)
-    ch, cw = effective_crop(h, w, crop)
-    for y0, y1, x0, x1 in windows:
-        assert 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w
-        assert y1 - y0 == min(ch, h) and x1 - x0 == min(cw, w)  # never padded, all the same size
-    assert count_map(h, w, windows).min() >= 1
-    assert len(set(windows)) == len(windows)
+    assert all(0 <= y0 and y1 <= h and 0 <= x0 and x1 <= w for y0, y1, x0, x1 in windows)
+    assert {(y1 - y0, x1 - x0) for y0, y1, x0, x1 in windows} == {(g.win_h, g.win_w)}  # never padded
+    assert count_map(h, w, windows).min() >= 1 and len(set(windows)) == len(windows) == g.n_rows * g.n_cols
 
 
 def test_stitching_equals_per_pixel_average():
@@ -119,14 +139,28 @@ def test_bad_inputs():
         window_grid(0, 5, 4, 4)
 
 
-def test_slide_predict_uses_the_task_model_logits():
+def test_slide_predict_against_a_per_pixel_computation():
+    """slide_predict vs a computation written here: every window cut out by hand (explicit
+    placement), run through the model, upsampled, and each pixel averaged over the windows that
+    cover it in a plain loop; then the final resize."""
     from dinov3_deploy.reference.factory import build_task_model
 
-    model = build_task_model("seg", "vit_tiny_test", n_classes=3)
+    model = build_task_model("seg", "vit_tiny_test", n_classes=3).eval()
     image = torch.randn(1, 3, 48, 80)
-    from dinov3_deploy.reference.training.sliding_window import slide_predict
-
-    out = slide_predict(model, image, crop=32, stride=16, out_size=(24, 40), batch_size=4)
-    ref = slide_inference(lambda x: model(x)["logits"], image, 3, 32, 16, out_size=(24, 40))
-    torch.testing.assert_close(out, ref)
+    # crop 32, stride 16: rows start at 0 and 16 (48 = 16 + 32), columns at 0, 16, 32, 48 (80 = 48 + 32)
+    starts = [(y0, x0) for y0 in (0, 16) for x0 in (0, 16, 32, 48)]
+    out = slide_predict(model, image, crop=32, stride=16, out_size=(24, 40), batch_size=3)
     assert out.shape == (1, 3, 24, 40)
+
+    with torch.no_grad():
+        ups = [F.interpolate(model(image[..., y0 : y0 + 32, x0 : x0 + 32])["logits"], size=(32, 32),
+                             mode="bilinear", align_corners=False)[0] for y0, x0 in starts]
+    full = torch.empty(3, 48, 80)
+    for y in range(48):
+        for x in range(80):
+            covering = [up[:, y - y0, x - x0] for (y0, x0), up in zip(starts, ups)
+                        if y0 <= y < y0 + 32 and x0 <= x < x0 + 32]
+            assert len(covering) == (1 if y < 16 or y >= 32 else 2) * (1 if x < 16 or x >= 64 else 2)
+            full[:, y, x] = torch.stack(covering).mean(0)
+    expected = F.interpolate(full[None], size=(24, 40), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)

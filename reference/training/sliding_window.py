@@ -2,7 +2,7 @@
 
 This is the ground truth the stitching kernel, `infer`, `verify` and `bench` are compared with.
 
-Placement (per axis, DINOV3-FACTS.md): `n = max(size - crop + stride - 1, 0) // stride + 1`
+Placement (per axis, as in the release): `n = max(size - crop + stride - 1, 0) // stride + 1`
 windows; window i starts at `i * stride`, ends at `min(start + crop, size)` and is shifted back to
 `max(end - crop, 0)` so the image is never padded. When the crop is larger than the image on
 *both* axes it becomes the shorter side (a square crop), as in the release. When it is larger on
@@ -16,6 +16,7 @@ it would leave uncovered pixels (count 0, a division by zero in the release) our
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -30,35 +31,62 @@ def _pair(v: int | tuple[int, int]) -> tuple[int, int]:
     return int(a), int(b)
 
 
-def effective_crop(h: int, w: int, crop: int | tuple[int, int]) -> tuple[int, int]:
-    """The crop actually used: the shorter image side (square) if the crop exceeds both sides."""
+def _axis_start(i: int, size: int, crop: int, stride: int) -> int:
+    # window i ends at min(i*stride + crop, size) and starts crop before that, never before 0
+    return max(min(i * stride + crop, size) - crop, 0)
+
+
+@dataclass(frozen=True)
+class WindowGeometry:
+    """Window placement on an image_h x image_w image: everything the reference loop, the stitch
+    kernel (which recomputes each window from these scalars) and the plugin need.
+
+    crop_* is the effective crop, stride_* is clamped to it, win_* = min(crop, image side) is the
+    size of every window (never padded), n_rows x n_cols windows in row-major order.
+    """
+
+    image_h: int
+    image_w: int
+    crop_h: int
+    crop_w: int
+    stride_h: int
+    stride_w: int
+    n_rows: int
+    n_cols: int
+    win_h: int
+    win_w: int
+
+    def __len__(self) -> int:
+        return self.n_rows * self.n_cols
+
+    def windows(self) -> list[Window]:
+        """(y0, y1, x0, x1) of every window, rows outer, columns inner (the official loop order)."""
+        rows = [_axis_start(i, self.image_h, self.crop_h, self.stride_h) for i in range(self.n_rows)]
+        cols = [_axis_start(j, self.image_w, self.crop_w, self.stride_w) for j in range(self.n_cols)]
+        return [(y0, y0 + self.win_h, x0, x0 + self.win_w) for y0 in rows for x0 in cols]
+
+
+def window_geometry(h: int, w: int, crop: int | tuple[int, int], stride: int | tuple[int, int]) -> WindowGeometry:
+    """The official placement of crop windows with the given stride on an h x w image."""
+    if h <= 0 or w <= 0:
+        raise ValueError(f"image size must be positive, got {h}x{w}")
     ch, cw = _pair(crop)
-    if ch > h and cw > w:
-        s = min(h, w)
-        return s, s
-    return ch, cw
-
-
-def _axis(size: int, crop: int, stride: int) -> list[tuple[int, int]]:
-    stride = min(stride, crop)
-    n = max(size - crop + stride - 1, 0) // stride + 1
-    spans = []
-    for i in range(n):
-        end = min(i * stride + crop, size)
-        spans.append((max(end - crop, 0), end))
-    return spans
+    if ch > h and cw > w:  # larger than the image on both axes: a square crop of the shorter side
+        ch = cw = min(h, w)
+    sh, sw = _pair(stride)
+    if min(ch, cw, sh, sw) <= 0:
+        raise ValueError(f"crop and stride must be positive, got crop={crop} stride={stride}")
+    sh, sw = min(sh, ch), min(sw, cw)
+    return WindowGeometry(
+        image_h=h, image_w=w, crop_h=ch, crop_w=cw, stride_h=sh, stride_w=sw,
+        n_rows=max(h - ch + sh - 1, 0) // sh + 1, n_cols=max(w - cw + sw - 1, 0) // sw + 1,
+        win_h=min(ch, h), win_w=min(cw, w),
+    )
 
 
 def window_grid(h: int, w: int, crop: int | tuple[int, int], stride: int | tuple[int, int]) -> list[Window]:
     """Windows (y0, y1, x0, x1) covering an h x w image, row-major (official loop order)."""
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image size must be positive, got {h}x{w}")
-    ch, cw = effective_crop(h, w, crop)
-    sh, sw = _pair(stride)
-    if min(ch, cw, sh, sw) <= 0:
-        raise ValueError(f"crop and stride must be positive, got crop={crop} stride={stride}")
-    rows, cols = _axis(h, ch, sh), _axis(w, cw, sw)
-    return [(y0, y1, x0, x1) for (y0, y1) in rows for (x0, x1) in cols]
+    return window_geometry(h, w, crop, stride).windows()
 
 
 def count_map(h: int, w: int, windows: list[Window]) -> torch.Tensor:
