@@ -26,7 +26,7 @@ VIT_7B_TINY = ViTConfig("vit7b_tiny_test", 128, 2, 1, ffn_layer="swiglu", ffn_ra
                         qkv_bias=False, mask_k_bias=False, local_cls_norm=True)
 
 
-# -- a state dict written from the key list of DINOV3-FACTS.md, not from our module ----------
+# -- a state dict written from the release's key list (docs/dinov3-semantics.md), not from our module
 def official_vit_state_dict(cfg: ViTConfig, g: torch.Generator) -> dict[str, torch.Tensor]:
     D, hd, H = cfg.embed_dim, cfg.head_dim, cfg.ffn_hidden
 
