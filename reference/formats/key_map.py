@@ -234,8 +234,9 @@ class KeyMap:
 # -- official keys that foreign layouts do not store -----------------------------------------
 def rope_periods(cfg: ViTConfig, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The periods buffer as the official code computes it at init (fp32, not rounded)."""
-    q = cfg.head_dim // 4
-    return (cfg.rope_base ** (2 * torch.arange(q, dtype=torch.float32) / (cfg.head_dim // 2))).to(dtype)
+    from ..models.layers.rope import rope_periods as periods
+
+    return periods(cfg.head_dim, cfg.rope_base).to(dtype)
 
 
 def _identity_local_cls_norm(cfg: BackboneConfig, out: StateDict) -> StateDict | None:

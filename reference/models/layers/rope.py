@@ -12,6 +12,13 @@ import torch
 from torch import nn
 
 
+def rope_periods(head_dim: int, base: float, device=None) -> torch.Tensor:
+    """The periods as the release computes them at init: base ** (2k / (head_dim/2)), k < head_dim/4,
+    in fp32 (checkpoints may store them rounded through bf16; loading keeps theirs)."""
+    q = head_dim // 4
+    return base ** (2 * torch.arange(q, dtype=torch.float32, device=device) / (head_dim // 2))
+
+
 class RopePositionEmbedding(nn.Module):
     def __init__(
         self,
@@ -33,9 +40,7 @@ class RopePositionEmbedding(nn.Module):
     def _init_weights(self) -> None:
         if self.periods.is_meta:
             return
-        q = self.head_dim // 4
-        exps = 2 * torch.arange(q, dtype=torch.float32, device=self.periods.device) / (self.head_dim // 2)
-        self.periods.copy_(self.base**exps)
+        self.periods.copy_(rope_periods(self.head_dim, self.base, self.periods.device))
 
     def forward(self, H: int, W: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(sin, cos), each [H*W, head_dim] in fp32."""
