@@ -1,5 +1,6 @@
 """The deployment artifact: a directory written under a temporary name and renamed only when
-complete, described by `manifest.json` (schema-versioned, sha256 of every file).
+complete, described by `manifest.json` (the typed Manifest of dinov3_deploy/manifest.py, with the
+sha256 of every file).
 
     with ArtifactWriter(out_dir) as w:          # .<name>.partial-XXXX beside out_dir
         export_onnx(module, w.path / "model.onnx", shapes)
@@ -9,6 +10,7 @@ complete, described by `manifest.json` (schema-versioned, sha256 of every file).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -17,11 +19,11 @@ from pathlib import Path
 
 from dinov3_deploy.atomic import atomic_dir, write_json
 from dinov3_deploy.errors import ArtifactError
+from dinov3_deploy.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, FileEntry, Manifest, read_manifest
 from dinov3_deploy.model_source import sha256_file
 
-SCHEMA = "dinov3-deploy-artifact"
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+__all__ = ["MANIFEST", "SCHEMA", "SCHEMA_VERSION", "Artifact", "ArtifactWriter", "load_artifact"]
+
 ONNX_NAME = "model.onnx"
 ENGINE_NAME = "model.engine"
 PARITY_NAME = "parity.json"
@@ -43,20 +45,20 @@ def toolchain_versions() -> dict:
     return versions
 
 
-def hash_files(root: Path) -> dict[str, dict]:
-    """{relative posix path: {sha256, bytes}} of every file under root except the manifest."""
-    out = {}
-    for f in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = f.relative_to(root).as_posix()
-        if rel == MANIFEST:
-            continue
-        out[rel] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
-    return out
+def file_entry(path: Path) -> FileEntry:
+    return FileEntry(sha256=sha256_file(path), bytes=path.stat().st_size)
+
+
+def hash_files(root: Path) -> dict[str, FileEntry]:
+    """{relative posix path: FileEntry} of every file under root except the manifest."""
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return {rel: file_entry(f) for f in files if (rel := f.relative_to(root).as_posix()) != MANIFEST}
 
 
 def foreign_files(root: Path) -> list[str] | None:
     """Files under `root` that its manifest does not list ([] for a pristine artifact of ours),
-    or None when `root` is not a dinov3-deploy artifact at all."""
+    or None when `root` is not a dinov3-deploy artifact at all. Reads only `schema` and `files`,
+    not the typed Manifest: an artifact of any schema version is ours to replace."""
     try:
         manifest = json.loads((root / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -86,10 +88,9 @@ class ArtifactWriter:
         self.path = self._dir.__enter__()
         return self
 
-    def finish(self, manifest: dict) -> Path:
+    def finish(self, manifest: Manifest) -> Path:
         assert self.path is not None and self._dir is not None
-        manifest = dict(manifest, schema=SCHEMA, schema_version=SCHEMA_VERSION, files=hash_files(self.path))
-        write_json(self.path / MANIFEST, manifest)
+        dataclasses.replace(manifest, files=hash_files(self.path)).write(self.path)
         self._dir.__exit__(None, None, None)  # renames onto target
         self._dir = None
         return self.target
@@ -103,36 +104,33 @@ class ArtifactWriter:
 @dataclass
 class Artifact:
     path: Path
-    manifest: dict
+    manifest: Manifest
 
     @property
     def onnx_path(self) -> Path:
-        return self.path / self.manifest["onnx"]["file"]
+        return self.path / self.manifest.onnx.file
 
     @property
     def engine_path(self) -> Path | None:
-        trt = self.manifest.get("tensorrt")
-        return self.path / trt["file"] if trt else None
+        trt = self.manifest.tensorrt
+        return self.path / trt.file if trt else None
 
     @property
     def precision(self) -> str:
-        return self.manifest["precision"]
+        return self.manifest.precision
 
     @property
     def task(self) -> str:
-        return self.manifest["task"]
+        return self.manifest.task
 
     def shapes(self):
-        from dinov3_deploy.shapes import ShapeSpec
-
-        return ShapeSpec.from_dict(self.manifest["input"]["shapes"])
+        return self.manifest.input.shapes
 
     def write_parity(self, report: dict) -> None:
         """Replace parity.json and its hash in the manifest (the one file verify owns)."""
         write_json(self.path / PARITY_NAME, report)
-        self.manifest.setdefault("files", {})[PARITY_NAME] = {
-            "sha256": sha256_file(self.path / PARITY_NAME), "bytes": (self.path / PARITY_NAME).stat().st_size}
-        write_json(self.path / MANIFEST, self.manifest)
+        self.manifest.files[PARITY_NAME] = file_entry(self.path / PARITY_NAME)
+        self.manifest.write(self.path)
 
 
 def load_artifact(path: str | os.PathLike, check_hashes: bool = True) -> Artifact:
@@ -140,31 +138,15 @@ def load_artifact(path: str | os.PathLike, check_hashes: bool = True) -> Artifac
     root = Path(path)
     if not root.is_dir():
         raise ArtifactError(f"{root} is not an artifact directory (run `dinov3-deploy export --out {root}`)")
-    mpath = root / MANIFEST
-    if not mpath.exists():
-        raise ArtifactError(f"{root} has no {MANIFEST}: not a dinov3-deploy artifact, or an incomplete one")
-    try:
-        manifest = json.loads(mpath.read_text())
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{mpath} is not valid JSON ({exc}); re-export the artifact") from exc
-    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
-        raise ArtifactError(f"{mpath} is not a {SCHEMA} manifest (schema={manifest.get('schema')!r})")
-    version = manifest.get("schema_version")
-    if version != SCHEMA_VERSION:
-        newer = isinstance(version, int) and version > SCHEMA_VERSION
-        raise ArtifactError(
-            f"{root} uses artifact schema version {version!r}, this dinov3-deploy reads version {SCHEMA_VERSION}: "
-            + ("upgrade dinov3-deploy" if newer else "re-export it with this version")
-        )
-    files = manifest.get("files")
-    if not isinstance(files, dict) or not files:
-        raise ArtifactError(f"{mpath} lists no files; re-export the artifact")
+    manifest = read_manifest(root)
+    if not manifest.files:
+        raise ArtifactError(f"{root / MANIFEST} lists no files; re-export the artifact")
     if check_hashes:
-        for rel, entry in files.items():
+        for rel, entry in manifest.files.items():
             f = root / rel
             if not f.is_file():
                 raise ArtifactError(f"{root}: {rel} listed in the manifest is missing; re-export the artifact")
-            if f.stat().st_size != entry.get("bytes") or sha256_file(f) != entry.get("sha256"):
+            if f.stat().st_size != entry.bytes or sha256_file(f) != entry.sha256:
                 raise ArtifactError(
                     f"{root}: {rel} does not match its sha256 in the manifest (modified or corrupted); "
                     "re-export the artifact"

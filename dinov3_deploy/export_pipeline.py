@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import time
 from contextlib import nullcontext
@@ -15,6 +14,19 @@ from pathlib import Path
 
 from dinov3_deploy.artifact import ENGINE_NAME, ONNX_NAME, PARITY_NAME, Artifact, ArtifactWriter, toolchain_versions
 from dinov3_deploy.errors import DeployError
+from dinov3_deploy.manifest import (
+    INPUT_NAMES,
+    BackboneInfo,
+    Classes,
+    HeadInfo,
+    InputSpec,
+    Manifest,
+    Normalization,
+    OnnxInfo,
+    OutputsConfig,
+    OutputSpec,
+    TensorRTInfo,
+)
 from dinov3_deploy.model_source import ModelSource
 from dinov3_deploy.shapes import DimRange, ShapeSpec, parse_static
 
@@ -106,6 +118,9 @@ def check_attention_option(opts: ExportOptions, family: str, formats: tuple[str,
         return False
     if family != "vit":
         raise DeployError("--attention plugin applies to ViT backbones (ConvNeXt has no attention)")
+    if opts.precision == "fp32":
+        raise DeployError("--attention plugin needs --precision fp16 or bf16: the dinov3_deploy::attention plugin "
+                          "declares only fp16/bf16 inputs")
     if "trt" in formats and opts.trt_flavor == "tensorrt-rtx":
         raise DeployError("--attention plugin needs full TensorRT: TensorRT-RTX's Python bindings have no "
                           "tensorrt.plugin (Quickly Deployable Plugins). Use --trt-flavor tensorrt on a GPU machine")
@@ -128,7 +143,8 @@ def _model_name(source: ModelSource) -> str:
 def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tuple[Path, dict]:
     """Write the artifact; returns (path, parity report or None). Raises DeployError subclasses
     (ParityError when verification fails: no artifact is left behind then)."""
-    from dinov3_deploy.onnx_export import PRECISIONS, DeployModule, ensure_clean, export_onnx
+    from dinov3_deploy.deploy_module import PRECISIONS, DeployModule
+    from dinov3_deploy.onnx_export import ensure_clean, export_onnx
     from dinov3_deploy.reference.configs import get_config
 
     progress = progress or Progress()
@@ -136,7 +152,10 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
     formats = parse_formats(opts.formats)
     if opts.precision not in PRECISIONS:
         raise DeployError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{opts.precision}'")
-    model_name = opts.model if opts.model or opts.head else DEFAULT_MODEL
+    from dinov3_deploy.options import resolve_model
+
+    # the checkpoint names its model whenever it can (metadata, config.json, Meta's file name)
+    model_name = resolve_model(opts.model, opts.weights, default=None if opts.head else DEFAULT_MODEL)
     source = ModelSource.resolve(opts.task, model_name, opts.weights, opts.head, opts.n_classes, opts.layers,
                                  opts.seed)
     cfg = get_config(source.backbone)
@@ -151,8 +170,8 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
     with progress.step(f"building {source.task} model on {source.backbone}"):
         # explicit-softmax attention: fp32 scores in the graph; or the Triton op, exported as plugin nodes
         model = source.build(attn_impl="triton" if plugin else "math")
-        reference = copy.deepcopy(model) if opts.verify else None
     spec = model.spec
+    # DeployModule casts a copy, so `model` stays the fp32 reference verification compares with.
     module = DeployModule(model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input,
                           feature_layers=opts.feature_layers)
 
@@ -164,57 +183,54 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
                                  attention_plugin=plugin)
         with progress.step("checking the graph (onnx.checker, shape inference, hygiene)"):
             facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes)
-        graph = facts.to_dict()
+        graph = facts.to_info()
+        del module  # the low-precision copy is in the ONNX now
 
-        manifest: dict = {
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "task": source.task,
-            "precision": opts.precision,
-            "backbone": {
-                "name": source.backbone, "family": cfg.family, "embed_dim": cfg.embed_dim,
-                "patch_size": cfg.patch_size, "input_multiple": cfg.input_multiple,
-                "weights": source.weights, "random_weights": source.random_backbone,
-            },
-            "head": None if source.task == "features" else {
-                **spec.to_dict(), "checkpoint": source.head, "random_weights": source.random_head},
-            "source": source.to_manifest(),
-            "input": {
-                "name": module.input_name,
-                "dtype": "uint8" if opts.uint8_input else "float32",
-                "layout": "NHWC" if opts.uint8_input else "NCHW",
-                "color": "RGB",
-                "normalize": {"mean": list(spec.mean), "std": list(spec.std), "in_graph": opts.uint8_input},
-                "value_range": "0..255 (normalised in the graph)" if opts.uint8_input
+        manifest = Manifest(
+            created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            task=source.task,
+            precision=opts.precision,
+            backbone=BackboneInfo(name=source.backbone, family=cfg.family, embed_dim=cfg.embed_dim,
+                                  patch_size=cfg.patch_size, input_multiple=cfg.input_multiple,
+                                  weights=source.weights, random_weights=source.random_backbone),
+            head=None if source.task == "features" else HeadInfo(
+                head_type=spec.head_type, layers=spec.layers, n_classes=spec.n_classes, checkpoint=source.head,
+                random_weights=source.random_head, spec=spec.to_dict()),
+            source=source.to_manifest(),
+            input=InputSpec(
+                name=INPUT_NAMES["uint8" if opts.uint8_input else "float32"],
+                dtype="uint8" if opts.uint8_input else "float32",
+                layout="NHWC" if opts.uint8_input else "NCHW",
+                color="RGB",
+                normalize=Normalization(mean=tuple(spec.mean), std=tuple(spec.std), in_graph=opts.uint8_input),
+                value_range="0..255 (normalised in the graph)" if opts.uint8_input
                 else "(x/255 - mean) / std, done by the caller",
-                "resize": "none: the caller resizes or pads to a multiple of "
-                          f"{cfg.input_multiple} within the ranges",
-                "shapes": shapes.to_dict(),
-            },
-            "outputs": [{**o, "doc": OUTPUT_DOC.get((source.task, o["name"].rstrip("0123456789")), "")}
-                        for o in graph["outputs"]],
-            "outputs_config": {"seg_output": opts.seg_output, "feature_layers": opts.feature_layers},
-            "classes": {"names": list(spec.class_names), "palette": [list(p) for p in spec.palette]}
+                resize=f"none: the caller resizes or pads to a multiple of {cfg.input_multiple} within the ranges",
+                shapes=shapes,
+            ),
+            outputs=[OutputSpec(name=o.name, dtype=o.dtype, shape=o.shape,
+                                doc=OUTPUT_DOC.get((source.task, o.name.rstrip("0123456789")), ""))
+                     for o in graph.outputs],
+            outputs_config=OutputsConfig(seg_output=opts.seg_output, feature_layers=opts.feature_layers),
+            classes=Classes(names=list(spec.class_names), palette=[list(p) for p in spec.palette])
             if source.task in ("seg", "cls") else None,
-            "onnx": {"file": ONNX_NAME, "files": result.files, "opset": result.opset,
-                     "plugins": [ATTENTION_PLUGIN] if plugin else [],
-                     "external_data": result.external_data, "exporter": "torch.onnx (dynamo, torch.export)",
-                     "export_example_shape": result.example_shape, "graph": graph},
-            "tensorrt": None,
-            "triton": None,
-            "toolchain": toolchain_versions(),
-            "notes": [],
-        }
+            onnx=OnnxInfo(file=ONNX_NAME, files=result.files, opset=result.opset,
+                          plugins=[ATTENTION_PLUGIN] if plugin else [], external_data=result.external_data,
+                          exporter="torch.onnx (dynamo, torch.export)", export_example_shape=result.example_shape,
+                          graph=graph),
+            toolchain=toolchain_versions(),
+        )
         if source.head is not None and source.random_backbone:
             from dinov3_deploy.reference.head_checkpoint import read_head_config
 
             seed = read_head_config(source.head).get("backbone_seed")
-            manifest["notes"].append(
+            manifest.notes.append(
                 f"RANDOM BACKBONE (seed {seed}, as the head was trained on): the head's predictions are only as good "
                 "as features of a random network. Pass --weights for real ones.")
         elif source.random_backbone or source.random_head:
             what = " and ".join(w for w, r in (("backbone", source.random_backbone), ("head", source.random_head)) if r)
-            manifest["notes"].append(f"RANDOM WEIGHTS ({what}, seed {source.seed}): this artifact demonstrates the "
-                                     "pipeline; its predictions mean nothing. Pass --weights / --head for real ones.")
+            manifest.notes.append(f"RANDOM WEIGHTS ({what}, seed {source.seed}): this artifact demonstrates the "
+                                  "pipeline; its predictions mean nothing. Pass --weights / --head for real ones.")
 
         if api is not None:
             from dinov3_deploy.engines.build import (
@@ -233,22 +249,24 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
                                      opt_level=opts.trt_opt_level, targets=opts.trt_targets,
                                      timing_cache=Path(opts.timing_cache) if opts.timing_cache else None)
                 built.save(root / ENGINE_NAME)
-                manifest["tensorrt"] = {"file": ENGINE_NAME, **built.facts}
+                manifest.tensorrt = TensorRTInfo.from_facts(ENGINE_NAME, built.facts)
                 del net
 
         if "triton-repo" in formats:
             from dinov3_deploy.triton_repo import write_triton_repo
 
             with progress.step("writing the Triton model repository"):
-                manifest["triton"] = write_triton_repo(root, _model_name(source), graph, shapes, result.files,
-                                                       manifest["tensorrt"])
+                trt = manifest.tensorrt
+                manifest.triton = write_triton_repo(root, _model_name(source), graph, shapes, result.files,
+                                                    engine_file=trt.file if trt else None,
+                                                    engine_flavor=trt.flavor if trt else None)
 
         report = None
         if opts.verify:
             from dinov3_deploy.verification import verify_artifact
 
             with progress.step("verifying parity against the fp32 PyTorch reference"):
-                report = verify_artifact(Artifact(root, manifest), model=reference, log=progress.log)
+                report = verify_artifact(Artifact(root, manifest), model=model, log=progress.log)
             (root / PARITY_NAME).write_text(_dumps(report))
         else:
             (root / PARITY_NAME).write_text(_dumps({"schema": "dinov3-deploy-parity", "skipped": "--no-verify",
@@ -258,7 +276,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
 
             progress.report = report  # the CLI prints the table before the error
             raise_if_failed(report, hint="no artifact was written; pass --no-verify to write it anyway")
-        manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
+        manifest.export_seconds = round(time.perf_counter() - t_start, 1)
         path = writer.finish(manifest)
     return path, report
 

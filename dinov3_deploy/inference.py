@@ -3,10 +3,18 @@ protocol (reference/sliding_window.py) around the deployed model; depth maps are
 image; classification gives the top classes; features give patch tokens (and a PCA picture).
 
 Images are resized (bilinear, short side = the window size) so every window is a valid input of
-the artifact, and results are resized back to the original image size, as in the release."""
+the artifact, and results are resized back to the original image size, as in the release.
+
+Outputs are named after the input's path relative to the folder it was found in, extension
+included (`imgs/sub/a.jpg` -> `OUT/sub/a.jpg_seg.png`): naming them by the stem alone made
+`a.jpg` and `a.png` write the same files, and one result was silently lost. Every file is written
+atomically, so an interrupted run leaves no truncated PNG or .npy that looks like a result."""
 
 from __future__ import annotations
 
+import io
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +22,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dinov3_deploy.atomic import atomic_write, write_bytes
 from dinov3_deploy.errors import DeployError
+from dinov3_deploy.manifest import Manifest
+from dinov3_deploy.reference.training.images import IMAGE_EXTS, is_image
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
+#: The files each task writes per image, as suffixes of the image's output name.
+OUTPUT_SUFFIXES = {
+    "seg": ("_labels.png", "_seg.png"),
+    "depth": ("_depth.npy", "_depth.png"),
+    "cls": (),
+    "features": ("_patch_tokens.npy", "_pca.png"),
+}
 
 
 @dataclass
@@ -30,28 +47,72 @@ class Prediction:
     patch: np.ndarray | None = None  # features: [h, w, D]
 
 
-def list_images(paths: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_EXTS)
-        elif p.is_file():
-            files.append(p)
+@dataclass(frozen=True)
+class ImageInput:
+    """One image to run: `name` is its path relative to the folder argument it came from (the
+    file name for a file argument), posix, extension included; outputs are named after it."""
+
+    name: str
+    source: Path | np.ndarray
+
+
+def output_files(task: str, name: str) -> list[str]:
+    """Relative paths of the files `save_prediction` writes for the image called `name`."""
+    return [name + suffix for suffix in OUTPUT_SUFFIXES.get(task, ())]
+
+
+def _under(path: Path, folder: Path | None) -> bool:
+    return folder is not None and (path == folder or folder in path.parents)
+
+
+def _scan(folder: Path, exclude: Path | None) -> list[Path]:
+    """Image files under `folder`, recursively, sorted; hidden files and folders are skipped, and so
+    is `exclude` (the output folder, so results of an earlier run are not read as inputs)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and not _under((here / d).resolve(), exclude))
+        found += [here / f for f in sorted(filenames) if not f.startswith(".") and is_image(f)]
+    return found
+
+
+def list_images(paths: Iterable[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[ImageInput]:
+    """The images named by `paths` (files, or folders read recursively), each with its output name.
+
+    The same file reached twice is run once. Two different files that would get the same output
+    name (two folder arguments holding `a.jpg`, or `x/a.jpg` and `y/a.jpg` given as files) are
+    refused here, before any work, since one result would overwrite the other."""
+    paths = [Path(p) for p in paths]
+    skip = Path(exclude).resolve() if exclude is not None else None
+    inputs: list[ImageInput] = []
+    by_name: dict[str, Path] = {}
+    seen: set[Path] = set()
+    clashes: list[str] = []
+    for arg in paths:
+        if arg.is_dir():
+            found = [(f, f.relative_to(arg).as_posix()) for f in _scan(arg, skip)]
+        elif arg.is_file():
+            found = [(arg, arg.name)]
         else:
-            raise DeployError(f"no such image or folder: {p}")
-    if not files:
-        raise DeployError(f"no images ({', '.join(IMAGE_EXTS)}) found in {', '.join(paths)}")
-    return files
-
-
-def read_rgb(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DeployError(f"cannot read image {path}: {exc}") from exc
+            raise DeployError(f"no such image or folder: {arg}")
+        for file, name in found:
+            real = file.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
+            if name in by_name:
+                clashes.append(f"{by_name[name]} and {file} (both '{name}')")
+                continue
+            by_name[name] = file
+            inputs.append(ImageInput(name, file))
+    if clashes:
+        shown = "; ".join(clashes[:3]) + (f"; and {len(clashes) - 3} more" if len(clashes) > 3 else "")
+        raise DeployError(f"different images would write the same outputs: {shown}. Outputs are named after the "
+                          "path relative to the folder given; run them separately with different --out folders")
+    if not inputs:
+        raise DeployError(f"no images ({', '.join(IMAGE_EXTS)}) found in {', '.join(map(str, paths))}")
+    return inputs
 
 
 class ArtifactModel:
@@ -59,11 +120,12 @@ class ArtifactModel:
 
     def __init__(self, artifact, runner) -> None:
         self.artifact, self.runner = artifact, runner
-        inp = artifact.manifest["input"]
-        self.uint8 = inp["dtype"] == "uint8"
-        self.mean = np.asarray(inp["normalize"]["mean"], np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(inp["normalize"]["std"], np.float32).reshape(1, 3, 1, 1)
+        io = artifact.manifest.io
+        self.uint8 = io.uint8_input
+        self.mean = np.asarray(io.mean, np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(io.std, np.float32).reshape(1, 3, 1, 1)
         self.shapes = artifact.shapes()
+        self.windows = 0  # inputs run so far (sliding windows, or whole images), for the summary
 
     def __call__(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """pixels: float [b,3,h,w] holding 0..255 RGB values."""
@@ -73,6 +135,7 @@ class ArtifactModel:
         else:
             batch = np.ascontiguousarray((x / 255.0 - self.mean) / self.std, dtype=np.float32)
         self.shapes.check(*pixels.shape[:1], *pixels.shape[-2:])
+        self.windows += int(pixels.shape[0])
         return {k: torch.from_numpy(np.asarray(v)) for k, v in self.runner.run(batch).items()}
 
 
@@ -83,12 +146,12 @@ def window_size(shapes, requested: int | None) -> int:
           and shapes.width.min <= crop <= shapes.width.max)
     if not ok:
         raise DeployError(
-            f"window {crop} is not an input this artifact accepts (H {shapes.height.min}..{shapes.height.max}, "
+            f"--window {crop} is not an input this artifact accepts (H {shapes.height.min}..{shapes.height.max}, "
             f"W {shapes.width.min}..{shapes.width.max}, multiple of {shapes.multiple})")
     return crop
 
 
-def _resize_short_side(pixels: torch.Tensor, short: int, multiple: int) -> torch.Tensor:
+def _resize_short_side(pixels: torch.Tensor, short: int) -> torch.Tensor:
     h, w = pixels.shape[-2:]
     s = short / min(h, w)
     nh, nw = max(short, round(h * s)), max(short, round(w * s))
@@ -107,8 +170,8 @@ def predict_image(model: ArtifactModel, name: str, image: np.ndarray, *, crop: i
     pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None]
     H, W = image.shape[:2]
     if task == "seg":
-        n_classes = int(model.artifact.manifest["head"]["n_classes"])
-        scaled = _resize_short_side(pixels, size, shapes.multiple)
+        n_classes = model.artifact.manifest.head.n_classes
+        scaled = _resize_short_side(pixels, size)
         logits = slide_inference(lambda x: model(x)["logits"], scaled, n_classes, size,
                                  stride or max(shapes.multiple, size * 2 // 3), out_size=(H, W),
                                  batch_size=max(1, min(shapes.batch.max, 4)))
@@ -124,8 +187,8 @@ def predict_image(model: ArtifactModel, name: str, image: np.ndarray, *, crop: i
     if task == "cls":
         return Prediction(name, image, task, logits=out["logits"][0].numpy())
     patch = out["patch"][0].numpy()
-    cfg = model.artifact.manifest["backbone"]
-    stride_px = cfg["patch_size"] if cfg["family"] == "vit" else 32  # ConvNeXt tokens: the last stage
+    bb = model.artifact.manifest.backbone
+    stride_px = bb.patch_size if bb.family == "vit" else 32  # ConvNeXt tokens: the last stage
     gh, gw = th // stride_px, tw // stride_px
     return Prediction(name, image, task, patch=patch.reshape(gh, gw, -1) if gh * gw == len(patch) else patch)
 
@@ -142,47 +205,116 @@ def pca_rgb(patch: np.ndarray) -> np.ndarray:
     return (p.reshape(h, w, 3) * 255).astype(np.uint8)
 
 
-def save_prediction(pred: Prediction, out_dir: Path, manifest: dict) -> dict:
-    """Write the outputs people use (label PNG, overlay, depth .npy + colour map, ...); returns a summary."""
+def save_prediction(pred: Prediction, out_dir: Path, manifest: Manifest) -> dict:
+    """Write the outputs people use (label PNG, panel with legend, depth .npy + picture with a colour
+    bar, ...), each atomically, under the names `output_files` gives; returns a summary."""
     from PIL import Image
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(pred.name).stem
-    summary = {"image": pred.name, "task": pred.task}
+    def png(name: str, pixels: np.ndarray) -> None:
+        # The temporary name has no .png suffix, so the format is given explicitly.
+        atomic_write(out_dir / name, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"))
+
+    def npy(name: str, array: np.ndarray) -> None:
+        buf = io.BytesIO()
+        np.save(buf, array)  # to a buffer: given a path without .npy, np.save would append one
+        write_bytes(out_dir / name, buf.getvalue())
+
+    summary: dict = {"image": pred.name, "task": pred.task}
+    files = output_files(pred.task, pred.name)
     if pred.labels is not None:
         from dinov3_deploy.reference.training.visualize import colorize
 
-        classes = manifest.get("classes") or {}
-        palette = classes.get("palette") or _palette(int(manifest["head"]["n_classes"]))
-        names = classes.get("names") or []
-        Image.fromarray(pred.labels).save(out_dir / f"{stem}_labels.png")
+        classes = manifest.classes
+        palette = (classes.palette if classes else None) or _palette(manifest.head.n_classes)
+        names = classes.names if classes else []
+        ids, counts = np.unique(pred.labels, return_counts=True)
+        shares = {int(i): float(c) / pred.labels.size for i, c in zip(ids.tolist(), counts.tolist())}
+        png(files[0], pred.labels)
         color = colorize(pred.labels, palette)
         overlay = (0.5 * pred.image + 0.5 * color).astype(np.uint8)
-        Image.fromarray(np.concatenate([pred.image, overlay, color], axis=1)).save(out_dir / f"{stem}_seg.png")
-        ids, counts = np.unique(pred.labels, return_counts=True)
-        summary["classes"] = {(names[i] if i < len(names) else str(i)): round(float(c) / pred.labels.size, 4)
-                              for i, c in zip(ids.tolist(), counts.tolist())}
+        panel = np.concatenate([pred.image, overlay, color], axis=1)
+        png(files[1], np.concatenate([panel, legend_strip(panel.shape[1], shares, palette, names)], axis=0))
+        summary["classes"] = {_class_name(names, i): round(s, 4) for i, s in shares.items()}
     elif pred.depth is not None:
-        import matplotlib
-
-        np.save(out_dir / f"{stem}_depth.npy", pred.depth.astype(np.float32))
-        d = pred.depth
-        norm = (d - d.min()) / max(float(d.max() - d.min()), 1e-12)
-        color = (matplotlib.colormaps["magma"](norm)[..., :3] * 255).astype(np.uint8)
-        Image.fromarray(np.concatenate([pred.image, color], axis=1)).save(out_dir / f"{stem}_depth.png")
+        d = pred.depth.astype(np.float32)
+        npy(files[0], d)
+        atomic_write(out_dir / files[1], lambda tmp: save_depth_picture(tmp, pred.image, d))
         summary["depth_m"] = {"min": float(d.min()), "median": float(np.median(d)), "max": float(d.max())}
     elif pred.logits is not None:
-        top = np.argsort(-pred.logits)[:5]
-        names = (manifest.get("classes") or {}).get("names") or []
-        summary["top5"] = [{"class": names[i] if i < len(names) else int(i), "logit": float(pred.logits[i])}
-                           for i in top]
+        names = manifest.classes.names if manifest.classes else []
+        summary["top5"] = [{"class": names[i] if i < len(names) else int(i), "logit": float(pred.logits[i]),
+                            "probability": round(p, 6)} for i, p in top_k(pred.logits, 5)]
     elif pred.patch is not None:
-        np.save(out_dir / f"{stem}_patch_tokens.npy", pred.patch.astype(np.float32))
+        npy(files[0], pred.patch.astype(np.float32))
         if pred.patch.ndim == 3:
             pca = Image.fromarray(pca_rgb(pred.patch)).resize(pred.image.shape[1::-1], Image.NEAREST)
-            Image.fromarray(np.concatenate([pred.image, np.asarray(pca)], axis=1)).save(out_dir / f"{stem}_pca.png")
+            png(files[1], np.concatenate([pred.image, np.asarray(pca)], axis=1))
         summary["patch_tokens"] = list(pred.patch.shape)
     return summary
+
+
+def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """(class id, softmax probability) of the k highest logits, best first."""
+    z = np.asarray(logits, np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    return [(int(i), float(p[i])) for i in np.argsort(-z, kind="stable")[:k]]
+
+
+def _class_name(names: list[str], i: int) -> str:
+    return names[i] if 0 <= i < len(names) else str(i)
+
+
+def legend_strip(width: int, shares: dict[int, float], palette: list[list[int]], names: list[str]) -> np.ndarray:
+    """A white strip `width` pixels wide: a colour swatch, the class name and its share of the
+    image for each class present (most frequent first), wrapped onto as many rows as needed.
+    Drawn with PIL at the panel's own resolution, so the mask beside it keeps exact colours."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    size = int(np.clip(width // 45, 11, 28))
+    font = ImageFont.load_default(size=size)
+    entries = [(palette[i] if i < len(palette) else [0, 0, 0], f"{_class_name(names, i)} {share:.0%}")
+               for i, share in sorted(shares.items(), key=lambda kv: -kv[1])]
+    pad, line = size // 2, size + size // 2
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    rows: list[list[tuple[int, list[int], str]]] = [[]]
+    x = pad
+    for colour, text in entries:
+        w = size + pad // 2 + int(measure.textlength(text, font=font)) + 2 * pad
+        if rows[-1] and x + w > width:
+            rows.append([])
+            x = pad
+        rows[-1].append((x, colour, text))
+        x += w
+    strip = Image.new("RGB", (width, pad + line * len(rows)), "white")
+    draw = ImageDraw.Draw(strip)
+    for r, row in enumerate(rows):
+        y = pad + r * line
+        for x0, colour, text in row:
+            draw.rectangle((x0, y, x0 + size - 1, y + size - 1), fill=tuple(int(c) for c in colour))
+            draw.text((x0 + size + pad // 2, y + size // 2), text, fill="black", font=font, anchor="lm")
+    return np.asarray(strip)
+
+
+def save_depth_picture(path: str | os.PathLike, image: np.ndarray, depth: np.ndarray) -> None:
+    """image | depth map side by side, the depth with a colour bar in metres (matplotlib, Agg, no
+    pyplot global state); near is bright, as in `train`'s depth figure."""
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    h, w = depth.shape
+    tall = float(np.clip(h / 100, 3, 10))  # inches: readable labels on small images, bounded on big ones
+    fig = Figure(figsize=(min(2 * tall * w / h + 1.6, 40), tall + 0.3), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    left.imshow(image)
+    shown = right.imshow(depth, cmap=colormaps["magma_r"], interpolation="nearest")
+    for ax, title in ((left, "image"), (right, "depth")):
+        ax.set_axis_off()
+        ax.set_title(title, fontsize=9)
+    fig.colorbar(shown, ax=right, fraction=0.046, pad=0.02).set_label("depth (m)", fontsize=9)
+    fig.savefig(os.fspath(path), format="png")
 
 
 def _palette(n: int) -> list[list[int]]:

@@ -1,4 +1,5 @@
-"""ONNX export of a TaskModel: one input, per-task outputs, precision decided in the graph.
+"""ONNX export of a DeployModule (deploy_module.py): one input, per-task outputs, precision
+decided in the graph.
 
     module = DeployModule(task_model, "fp16", seg_output="labels")
     export_onnx(module, "model.onnx", shapes)          # dynamic batch/H/W unless static
@@ -18,117 +19,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from dinov3_deploy.errors import ArtifactError, DeployError
+from dinov3_deploy.deploy_module import PRECISIONS, SEG_OUTPUTS, DeployModule, output_names
+from dinov3_deploy.errors import ArtifactError
+from dinov3_deploy.manifest import GraphInfo, TensorInfo
 from dinov3_deploy.shapes import ShapeSpec
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-SEG_OUTPUTS = ("logits", "probs", "labels")
+# DeployModule lives in deploy_module.py; these names stay importable from here for callers that
+# still do (bench/targets.py).
+__all__ = ["PRECISIONS", "SEG_OUTPUTS", "DeployModule", "output_names", "export_onnx", "ensure_clean",
+           "graph_facts", "check_graph", "GraphFacts", "ExportResult", "needs_external_data"]
 # ONNX's Conv and friends accept bfloat16 only from opset 22; fp32/fp16 keep 18 for older TensorRT.
 OPSET = {"fp32": 18, "fp16": 18, "bf16": 22}
 # Protobuf cannot hold more than 2 GiB: above this the weights go to `model.onnx.data`.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 FORBIDDEN_OPS = ("If", "Tile", "Loop", "Scan")
 FP32_ISLAND_OPS = ("LayerNormalization", "Softmax", "Sin", "Cos")  # fed fp32 in every graph
-INPUT_NAMES = {"float": "pixel_values", "uint8": "image"}
 
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
                 11: "float64", 16: "bfloat16"}
-
-
-def output_names(task: str, family: str, seg_output: str = "logits") -> list[str]:
-    """The graph's outputs, in order."""
-    if task == "features":
-        return ["cls", "patch"] if family == "convnext" else ["cls", "storage", "patch"]
-    if task == "seg":
-        return ["logits"] + ([seg_output] if seg_output != "logits" else [])
-    if task == "depth":
-        return ["depth"]
-    return ["logits"]
-
-
-class DeployModule(nn.Module):
-    """What the artifact computes: [uint8 NHWC -> normalised NCHW] -> cast to the precision ->
-    TaskModel -> task outputs (+ upsampled probabilities or labels for seg), returned in fp32
-    (labels in int32) so every precision has the same I/O types."""
-
-    def __init__(
-        self,
-        task_model: nn.Module,
-        precision: str = "fp32",
-        *,
-        seg_output: str = "logits",
-        uint8_input: bool = False,
-        feature_layers: int = 0,
-        mean: tuple[float, float, float] | None = None,
-        std: tuple[float, float, float] | None = None,
-    ) -> None:
-        super().__init__()
-        if precision not in PRECISIONS:
-            raise DeployError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
-        if seg_output not in SEG_OUTPUTS:
-            raise DeployError(f"--seg-output must be one of {', '.join(SEG_OUTPUTS)}, got '{seg_output}'")
-        spec = task_model.spec
-        if spec.task != "seg" and seg_output != "logits":
-            raise DeployError(f"--seg-output {seg_output} only applies to --task seg")
-        self.precision = precision
-        self.dtype = PRECISIONS[precision]
-        self.task = spec.task
-        self.family = task_model.backbone.cfg.family
-        self.seg_output = seg_output
-        self.uint8_input = uint8_input
-        self.model = task_model.to(self.dtype).eval()
-        mean = mean if mean is not None else tuple(spec.mean)
-        std = std if std is not None else tuple(spec.std)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.output_names = output_names(self.task, self.family, seg_output)
-        self.layer_ids: list[int] = []
-        if feature_layers:
-            n_blocks = task_model.backbone.n_blocks
-            if self.task != "features" or self.family != "vit":
-                raise DeployError("--feature-layers applies to --task features on ViT backbones")
-            if not 1 <= feature_layers <= n_blocks:
-                raise DeployError(f"--feature-layers must be 1..{n_blocks} for {task_model.backbone.cfg.name}")
-            self.layer_ids = list(range(n_blocks - feature_layers, n_blocks))
-            self.output_names += [f"patch_block{i}" for i in self.layer_ids[:-1]]  # the last is `patch`
-        self.eval()
-
-    @property
-    def input_name(self) -> str:
-        return INPUT_NAMES["uint8" if self.uint8_input else "float"]
-
-    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        if self.uint8_input:  # uint8 NHWC RGB -> normalised fp32 NCHW (no resize, ever)
-            # Cast before the transpose: TensorRT has no uint8 Transpose.
-            x = (x.float().permute(0, 3, 1, 2) * (1.0 / 255.0) - self.mean) / self.std
-        return x.to(self.dtype)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        if self.layer_ids:  # one backbone pass gives the last block's tokens and earlier blocks' patches
-            layers = self.model.backbone.get_intermediate_layers(
-                self.preprocess(x), n=self.layer_ids, return_class_token=True, return_extra_tokens=True, norm=True)
-            patch, cls, storage = layers[-1]
-            out = {"cls": cls, "storage": storage, "patch": patch}
-            out.update({f"patch_block{i}": layer[0] for i, layer in zip(self.layer_ids, layers[:-1])})
-        else:
-            out = self.model(self.preprocess(x))
-        result = {name: out[name].float() for name in self.output_names if name in out}
-        if self.task == "seg" and self.seg_output != "logits":
-            size = x.shape[1:3] if self.uint8_input else x.shape[-2:]
-            up = F.interpolate(result["logits"], size=size, mode="bilinear", align_corners=False)
-            if self.seg_output == "probs":
-                result["probs"] = up.softmax(dim=1)
-            else:
-                result["labels"] = up.argmax(dim=1).to(torch.int32)
-        return tuple(result[name] for name in self.output_names)
-
-    def example_input(self, batch: int, height: int, width: int) -> torch.Tensor:
-        if self.uint8_input:
-            return torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8)
-        return torch.randn(batch, 3, height, width)
 
 
 def needs_external_data(model: nn.Module, precision: str) -> bool:
@@ -238,11 +148,13 @@ class GraphFacts:
     fp32_islands: dict[str, Counter] = field(default_factory=dict)  # op -> Counter of input dtypes
     compute_dtypes: Counter = field(default_factory=Counter)  # MatMul/Conv input dtypes
 
-    def to_dict(self) -> dict:
-        return {"opset": self.opset, "inputs": self.inputs, "outputs": self.outputs,
-                "nodes": sum(self.op_counts.values()), "op_counts": dict(sorted(self.op_counts.items())),
-                "fp32_islands": {k: dict(v) for k, v in self.fp32_islands.items()},
-                "compute_dtypes": dict(self.compute_dtypes)}
+    def to_info(self) -> GraphInfo:
+        """The manifest's `onnx.graph`."""
+        return GraphInfo(opset=self.opset, inputs=[TensorInfo(**t) for t in self.inputs],
+                         outputs=[TensorInfo(**t) for t in self.outputs], nodes=sum(self.op_counts.values()),
+                         op_counts=dict(sorted(self.op_counts.items())),
+                         fp32_islands={k: dict(v) for k, v in self.fp32_islands.items()},
+                         compute_dtypes=dict(self.compute_dtypes))
 
 
 def _value_info(v) -> dict:

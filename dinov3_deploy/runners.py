@@ -98,26 +98,28 @@ def _ort_skip_reason(provider: str, precision: str) -> str:
 def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt")) -> list[Backend]:
     """The ONNX Runtime providers and the engine of an artifact, each runnable or skipped with why."""
     backends = []
-    plugins = artifact.manifest["onnx"].get("plugins") or []
+    manifest = artifact.manifest
+    plugins = manifest.onnx.plugins
     for prov in providers:
         name = f"onnxruntime-{prov}"
         reason = _ort_skip_reason(prov, artifact.precision)
         if plugins and not reason:
             reason = f"the graph holds TensorRT plugin nodes ({', '.join(plugins)}) that only TensorRT runs"
         backends.append(Backend(name, None if reason else OrtRunner(artifact.onnx_path, prov, name), reason))
-    trt = artifact.manifest.get("tensorrt")
+    trt = manifest.tensorrt
     if trt:
-        name = f"{trt['flavor']}-engine"
+        name = f"{trt.flavor}-engine"
         try:
             from dinov3_deploy.engines.runtime import EngineRunner
             from dinov3_deploy.engines.trt_api import load_api
 
-            ok, reason = load_api(trt["flavor"]).runnable_here(trt.get("targets", []))
+            ok, reason = load_api(trt.flavor).runnable_here(trt.targets)
             # TensorRT-RTX compiles kernels on first run; keep them per engine (by hash) across runs.
-            digest = artifact.manifest.get("files", {}).get(trt["file"], {}).get("sha256", "engine")[:16]
+            entry = manifest.files.get(trt.file)
+            digest = entry.sha256[:16] if entry else "engine"
             cache = Path.home() / ".cache" / "dinov3-deploy" / f"{digest}.rtx-runtime-cache"
-            runner = EngineRunner(artifact.engine_path, trt["flavor"], trt["version"], name=name,
-                                  runtime_cache=cache if trt["flavor"] == "tensorrt-rtx" else None) if ok else None
+            runner = EngineRunner(artifact.engine_path, trt.flavor, trt.version, name=name,
+                                  runtime_cache=cache if trt.flavor == "tensorrt-rtx" else None) if ok else None
         except DeployError as exc:
             runner, reason = None, str(exc)
         backends.append(Backend(name, runner, reason))

@@ -74,7 +74,7 @@ class ShapeSpec:
     multiple: int
 
     def __post_init__(self) -> None:
-        for name, r in (("height", self.height), ("width", self.width)):
+        for name, r in (("--height", self.height), ("--width", self.width)):
             bad = [v for v in r.to_list() if v % self.multiple]
             if bad:
                 raise InputShapeError(

@@ -15,6 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
+from dinov3_deploy.manifest import GraphInfo, TensorInfo, TritonInfo, TritonModel
+
 TRITON_DIR = "triton"
 _TYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "uint8": "TYPE_UINT8",
           "int32": "TYPE_INT32", "int64": "TYPE_INT64"}
@@ -24,11 +26,11 @@ def _dims(shape: list) -> str:
     return "[ " + ", ".join(str(d) if isinstance(d, int) and d > 0 else "-1" for d in shape[1:]) + " ]"
 
 
-def _tensor(t: dict) -> str:
-    return f'  {{\n    name: "{t["name"]}"\n    data_type: {_TYPES[t["dtype"]]}\n    dims: {_dims(t["shape"])}\n  }}'
+def _tensor(t: TensorInfo) -> str:
+    return f'  {{\n    name: "{t.name}"\n    data_type: {_TYPES[t.dtype]}\n    dims: {_dims(t.shape)}\n  }}'
 
 
-def triton_config(name: str, backend: str, inputs: list[dict], outputs: list[dict], max_batch: int,
+def triton_config(name: str, backend: str, inputs: list[TensorInfo], outputs: list[TensorInfo], max_batch: int,
                   opt_batch: int, gpu: bool = True) -> str:
     """config.pbtxt text for one model (`backend`: onnxruntime | tensorrt)."""
     preferred = sorted({b for b in (opt_batch, max_batch) if 1 < b <= max_batch})
@@ -54,9 +56,9 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def write_triton_repo(root: Path, model_name: str, graph: dict, shapes, onnx_files: list[str],
-                      engine: dict | None) -> dict:
-    """Write `root/triton`; returns the manifest entry. `graph` is GraphFacts.to_dict()."""
+def write_triton_repo(root: Path, model_name: str, graph: GraphInfo, shapes, onnx_files: list[str],
+                      engine_file: str | None = None, engine_flavor: str | None = None) -> TritonInfo:
+    """Write `root/triton`; returns the manifest entry."""
     repo = root / TRITON_DIR
     models, notes = [], []
     max_b, opt_b = shapes.batch.max, shapes.batch.opt
@@ -64,16 +66,16 @@ def write_triton_repo(root: Path, model_name: str, graph: dict, shapes, onnx_fil
     for f in onnx_files:
         _place(root / f, repo / onnx_name / "1" / f)
     (repo / onnx_name / "config.pbtxt").write_text(
-        triton_config(onnx_name, "onnxruntime", graph["inputs"], graph["outputs"], max_b, opt_b))
-    models.append({"name": onnx_name, "backend": "onnxruntime"})
-    if engine is not None:
-        if engine["flavor"] == "tensorrt":
+        triton_config(onnx_name, "onnxruntime", graph.inputs, graph.outputs, max_b, opt_b))
+    models.append(TritonModel(name=onnx_name, backend="onnxruntime"))
+    if engine_file is not None:
+        if engine_flavor == "tensorrt":
             trt_name = f"{model_name}_trt"
-            _place(root / engine["file"], repo / trt_name / "1" / "model.plan")
+            _place(root / engine_file, repo / trt_name / "1" / "model.plan")
             (repo / trt_name / "config.pbtxt").write_text(
-                triton_config(trt_name, "tensorrt", graph["inputs"], graph["outputs"], max_b, opt_b))
-            models.append({"name": trt_name, "backend": "tensorrt"})
+                triton_config(trt_name, "tensorrt", graph.inputs, graph.outputs, max_b, opt_b))
+            models.append(TritonModel(name=trt_name, backend="tensorrt"))
         else:
             notes.append("no tensorrt model: Triton's tensorrt backend cannot load TensorRT-RTX engines "
                          "(export with --trt-flavor tensorrt for one)")
-    return {"dir": TRITON_DIR, "models": models, "notes": notes}
+    return TritonInfo(dir=TRITON_DIR, models=models, notes=notes)

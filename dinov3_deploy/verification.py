@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from dinov3_deploy.manifest import DeployIO, Manifest
 from dinov3_deploy.parity import THRESHOLDS, ParityError, compare
 from dinov3_deploy.runners import Backend, TorchRunner, artifact_backends
 
@@ -50,34 +51,36 @@ def default_cases(shapes) -> list[Case]:
     return cases
 
 
-def make_batch(case: Case, manifest: dict) -> np.ndarray:
+def make_batch(case: Case, io: DeployIO) -> np.ndarray:
     """`case.batch` synthetic images in the artifact's input format (uint8 NHWC or normalised fp32 NCHW)."""
     from dinov3_deploy.reference.training.synthetic import make_sample
 
     images = np.stack([make_sample(case.seed + i, case.height, case.width)[0] for i in range(case.batch)])
-    inp = manifest["input"]
-    if inp["dtype"] == "uint8":
+    if io.uint8_input:
         return images
-    mean = np.asarray(inp["normalize"]["mean"], dtype=np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(inp["normalize"]["std"], dtype=np.float32).reshape(1, 3, 1, 1)
+    mean = np.asarray(io.mean, dtype=np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(io.std, dtype=np.float32).reshape(1, 3, 1, 1)
     x = images.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
     return np.ascontiguousarray((x - mean) / std, dtype=np.float32)
 
 
-def reference_runner(manifest: dict, model=None, weights: str | None = None, head: str | None = None) -> TorchRunner:
-    """The fp32 PyTorch reference (SDPA attention: the model as people run it, not the export path)."""
+def reference_module(model, io: DeployIO):
+    """The fp32 PyTorch reference of an artifact with this I/O contract, as verify and bench run it:
+    SDPA attention (the model as people run it, not the export path)."""
+    from dinov3_deploy.deploy_module import DeployModule
+
+    model.backbone.set_attn_impl("sdpa")
+    return DeployModule.from_io(model, "fp32", io)
+
+
+def reference_runner(manifest: Manifest, model=None, weights: str | None = None,
+                     head: str | None = None) -> TorchRunner:
+    """The fp32 reference of the artifact (rebuilt from its manifest's model source unless given)."""
     from dinov3_deploy.model_source import ModelSource
-    from dinov3_deploy.onnx_export import DeployModule
 
     if model is None:
-        model = ModelSource.from_manifest(manifest["source"], weights=weights, head=head).build(attn_impl="sdpa")
-    model.backbone.set_attn_impl("sdpa")
-    inp = manifest["input"]
-    cfg = manifest["outputs_config"]
-    module = DeployModule(model, "fp32", seg_output=cfg["seg_output"], feature_layers=cfg.get("feature_layers", 0),
-                          uint8_input=inp["dtype"] == "uint8", mean=tuple(inp["normalize"]["mean"]),
-                          std=tuple(inp["normalize"]["std"]))
-    return TorchRunner(module, name="pytorch-fp32")
+        model = ModelSource.from_manifest(manifest.source, weights=weights, head=head).build(attn_impl="sdpa")
+    return TorchRunner(reference_module(model, manifest.io), name="pytorch-fp32")
 
 
 def verify_artifact(
@@ -92,7 +95,7 @@ def verify_artifact(
 ) -> dict:
     """Run, compare and return the parity report (also the content of parity.json)."""
     manifest = artifact.manifest
-    precision, task = manifest["precision"], manifest["task"]
+    precision, task = manifest.precision, manifest.task
     shapes = artifact.shapes()
     cases = cases or default_cases(shapes)
     backends = backends if backends is not None else artifact_backends(artifact)
@@ -101,7 +104,7 @@ def verify_artifact(
     batches, refs = {}, {}
     for case in cases:
         shapes.check(case.batch, case.height, case.width)
-        batches[case.name] = make_batch(case, manifest)
+        batches[case.name] = make_batch(case, manifest.io)
         log(f"reference on {case.batch}x{case.height}x{case.width} ({case.name})")
         refs[case.name] = ref_runner.run(batches[case.name])
     rows = []

@@ -15,6 +15,42 @@ def _seed():
     torch.manual_seed(0)
 
 
+_INVALID_MANIFESTS: list[str] = []
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _validate_written_manifests():
+    """Every manifest.json the test suite writes is validated against
+    dinov3_deploy/manifest.schema.json (the contract C++ deployers read). Session-wide, so
+    manifests written by module-scoped fixtures are checked too."""
+    from manifest_helpers import schema_errors
+
+    from dinov3_deploy.manifest import Manifest
+
+    write = Manifest.write
+
+    def validated_write(self, root):
+        errors = schema_errors(self.to_dict())
+        if errors:
+            _INVALID_MANIFESTS.append(f"{root}: " + "; ".join(errors))
+        return write(self, root)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Manifest, "write", validated_write)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _written_manifests_match_the_schema(_validate_written_manifests):
+    """Fails the test during which (its fixtures included) an invalid manifest was written;
+    checked at teardown, so code that catches exceptions cannot hide it."""
+    yield
+    if _INVALID_MANIFESTS:
+        invalid = list(_INVALID_MANIFESTS)
+        _INVALID_MANIFESTS.clear()
+        pytest.fail("a manifest written here breaks manifest.schema.json:\n" + "\n".join(invalid))
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

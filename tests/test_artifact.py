@@ -6,18 +6,19 @@ from __future__ import annotations
 import json
 
 import pytest
+from manifest_helpers import sample_manifest
 
 from dinov3_deploy import export_pipeline
 from dinov3_deploy.artifact import SCHEMA_VERSION, ArtifactWriter, load_artifact
 from dinov3_deploy.errors import ArtifactError
 
 
-def write_demo(target, **manifest):
+def write_demo(target, task="seg"):
     with ArtifactWriter(target) as w:
         (w.path / "model.onnx").write_bytes(b"onnx-bytes")
         (w.path / "sub").mkdir()
         (w.path / "sub" / "config.pbtxt").write_text("name: x\n")
-        return w.finish({"task": "seg", **manifest})
+        return w.finish(sample_manifest(task))
 
 
 def leftovers(parent):
@@ -27,9 +28,9 @@ def leftovers(parent):
 def test_writer_hashes_every_file_and_renames(tmp_path):
     path = write_demo(tmp_path / "art")
     art = load_artifact(path)
-    assert art.manifest["schema_version"] == SCHEMA_VERSION
-    assert set(art.manifest["files"]) == {"model.onnx", "sub/config.pbtxt"}
-    assert art.manifest["files"]["model.onnx"]["bytes"] == len(b"onnx-bytes")
+    assert art.manifest.schema_version == SCHEMA_VERSION == 2
+    assert set(art.manifest.files) == {"model.onnx", "sub/config.pbtxt"}  # the sample's own entry replaced
+    assert art.manifest.files["model.onnx"].bytes == len(b"onnx-bytes")
     assert leftovers(tmp_path) == []
 
 
@@ -46,19 +47,24 @@ def test_existing_artifact_needs_overwrite(tmp_path):
         write_demo(tmp_path / "art")
     with ArtifactWriter(tmp_path / "art", overwrite=True) as w:
         (w.path / "model.onnx").write_bytes(b"new")
-        w.finish({"task": "depth"})
-    assert load_artifact(tmp_path / "art").manifest["task"] == "depth"
+        w.finish(sample_manifest("depth"))
+    assert load_artifact(tmp_path / "art").manifest.task == "depth"
     assert leftovers(tmp_path) == []
 
 
-@pytest.mark.parametrize("tamper", ["modify", "delete", "schema", "foreign", "garbage", "no-manifest"])
+@pytest.mark.parametrize("tamper", ["modify", "delete", "schema", "old-schema", "foreign", "garbage", "no-manifest",
+                                    "no-field", "bad-type"])
 def test_tampered_or_foreign_artifacts_fail_clearly(tmp_path, tamper):
     path = write_demo(tmp_path / "art")
     mpath = path / "manifest.json"
     m = json.loads(mpath.read_text())
     expect = {
-        "modify": "sha256", "delete": "missing", "schema": "schema version 99", "foreign": "not a dinov3-deploy",
-        "garbage": "not valid JSON", "no-manifest": "no manifest.json",
+        "modify": "sha256", "delete": "missing",
+        "schema": "schema version 99, newer than the version 2 this dinov3-deploy reads: upgrade dinov3-deploy",
+        "old-schema": "schema version 1, older than the version 2 this dinov3-deploy reads: re-export",
+        "foreign": "not a dinov3-deploy", "garbage": "not valid JSON", "no-manifest": "no manifest.json",
+        "no-field": "manifest field input.shapes is missing",
+        "bad-type": r"manifest field onnx.opset must be an integer, got '18'",
     }[tamper]
     if tamper == "modify":
         (path / "sub" / "config.pbtxt").write_text("name: y\n")  # same size, different bytes
@@ -66,6 +72,14 @@ def test_tampered_or_foreign_artifacts_fail_clearly(tmp_path, tamper):
         (path / "model.onnx").unlink()
     elif tamper == "schema":
         mpath.write_text(json.dumps({**m, "schema_version": 99}))
+    elif tamper == "old-schema":
+        mpath.write_text(json.dumps({**m, "schema_version": 1}))
+    elif tamper == "no-field":
+        del m["input"]["shapes"]
+        mpath.write_text(json.dumps(m))
+    elif tamper == "bad-type":
+        m["onnx"]["opset"] = "18"
+        mpath.write_text(json.dumps(m))
     elif tamper == "foreign":
         mpath.write_text(json.dumps({**m, "schema": "someone-else"}))
     elif tamper == "garbage":

@@ -60,6 +60,26 @@ def test_bench_rejects_shapes_outside_the_artifact(tmp_path):
 
 def test_bench_bad_options_are_clear(tmp_path):
     res = _bench(tmp_path, "--model", "vit_tiny_test", "--attn", "flash9")
-    assert res.exit_code == 2 and "--attn must be among" in res.output
-    res = _bench(tmp_path, "--model", "vit_tiny_test", "--batch", "0")
+    assert res.exit_code == 2 and "'--attn'" in res.output and "sdpa, math, triton" in res.output
+    res = _bench(tmp_path, "--model", "vit_tiny_test", "--batch-sizes", "0")
     assert res.exit_code == 2 and "positive integers" in res.output
+
+
+def test_bench_compares_the_patch_block_outputs_of_a_feature_layers_artifact(tmp_path):
+    """A --feature-layers artifact's extra outputs are part of its contract: the bench reference
+    computes them too, so they are compared (a reference without them compared nothing)."""
+    art = tmp_path / "art"
+    res = CliRunner().invoke(cli, ["export", "--task", "features", "--model", "vit_tiny_test", "--feature-layers",
+                                   "3", "--batch", "1", "--height", "32", "--no-verify", "--out", str(art)])
+    assert res.exit_code == 0, res.output
+    res = _bench(tmp_path, str(art), "--no-plot")
+    assert res.exit_code == 0, res.output
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    (ort,) = [r for r in rows if r["target"] == "onnxruntime-cpu"]
+    assert ort["status"] == "ok"
+    compared = {p["output"] for p in ort["parity"]}
+    assert compared == {"cls", "storage", "patch", "patch_block1", "patch_block2"}  # vit_tiny_test: 4 blocks
+    assert all(p["passed"] and p["rel_fro"] < 1e-4 for p in ort["parity"])
+    # the PyTorch targets build the same contract, so they are timed and compared on every output too
+    (eager,) = [r for r in rows if r["target"] == "torch-fp32-sdpa"]
+    assert eager["status"] == "ok" and {p["output"] for p in eager["parity"]} == compared

@@ -13,8 +13,6 @@ from click.testing import CliRunner
 from dinov3_deploy.artifact import load_artifact
 from dinov3_deploy.cli import cli
 
-pytest.importorskip("tensorrt_rtx")
-
 
 def invoke(*args):
     result = CliRunner().invoke(cli, list(args), env={"COLUMNS": "200"})
@@ -23,6 +21,7 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def artifact(tmp_path_factory):
+    pytest.importorskip("tensorrt_rtx")  # the engine build (its tests need nothing else)
     out = tmp_path_factory.mktemp("cli") / "seg-art"
     r = invoke("export", "--task", "seg", "--model", "vit_tiny_test", "--batch", "1:2:4", "--height", "32:64:96",
                "--seg-output", "labels", "--format", "onnx,trt,triton-repo", "--trt-targets", "SM86,SM89",
@@ -37,24 +36,26 @@ def test_export_writes_a_verified_complete_artifact(artifact):
     assert "skipped tensorrt-rtx-engine: no CUDA GPU" in output
     art = load_artifact(out)  # schema + every hash
     m = art.manifest
-    assert set(m["files"]) >= {"model.onnx", "model.engine", "parity.json",
-                               "triton/dinov3_vit_tiny_test_seg_onnx/config.pbtxt",
-                               "triton/dinov3_vit_tiny_test_seg_onnx/1/model.onnx"}
-    assert m["task"] == "seg" and m["precision"] == "fp32"
-    assert m["input"]["name"] == "pixel_values" and m["input"]["layout"] == "NCHW"
-    assert m["input"]["shapes"] == {"batch": [1, 2, 4], "height": [32, 64, 96], "width": [32, 64, 96],
-                                    "multiple": 16}
-    assert m["backbone"]["random_weights"] and m["head"]["random_weights"]
-    assert len(m["classes"]["names"]) == 6 and len(m["classes"]["palette"]) == 6
-    assert [o["name"] for o in m["outputs"]] == ["logits", "labels"]
-    assert m["onnx"]["opset"] >= 18 and "If" not in m["onnx"]["graph"]["op_counts"]
-    trt = m["tensorrt"]
-    assert trt["flavor"] == "tensorrt-rtx" and trt["targets"] == ["SM86", "SM89"]
-    assert trt["engine_bytes"] == (out / "model.engine").stat().st_size > 0
-    assert trt["profiles"][0] == {"input": "pixel_values", "min": [1, 3, 32, 32], "opt": [2, 3, 64, 64],
-                                  "max": [4, 3, 96, 96]}
-    assert {t["name"] for t in trt["io"]} == {"pixel_values", "logits", "labels"} and trt["build_log"]
-    assert m["toolchain"]["torch"] and m["toolchain"]["onnx"]
+    assert set(m.files) >= {"model.onnx", "model.engine", "parity.json",
+                            "triton/dinov3_vit_tiny_test_seg_onnx/config.pbtxt",
+                            "triton/dinov3_vit_tiny_test_seg_onnx/1/model.onnx"}
+    assert m.task == "seg" and m.precision == "fp32"
+    assert m.input.name == "pixel_values" and m.input.layout == "NCHW"
+    raw = json.loads((out / "manifest.json").read_text())  # what a C++ reader sees
+    assert raw["input"]["shapes"] == {"batch": [1, 2, 4], "height": [32, 64, 96], "width": [32, 64, 96],
+                                      "multiple": 16}
+    assert raw["schema_version"] == 2 and raw["outputs_config"] == {"seg_output": "labels", "feature_layers": 0}
+    assert m.backbone.random_weights and m.head.random_weights
+    assert len(m.classes.names) == 6 and len(m.classes.palette) == 6
+    assert [o.name for o in m.outputs] == ["logits", "labels"]
+    assert m.onnx.opset >= 18 and "If" not in m.onnx.graph.op_counts
+    trt = m.tensorrt
+    assert trt.flavor == "tensorrt-rtx" and trt.targets == ["SM86", "SM89"]
+    assert trt.engine_bytes == (out / "model.engine").stat().st_size > 0
+    assert raw["tensorrt"]["profiles"][0] == {"input": "pixel_values", "min": [1, 3, 32, 32], "opt": [2, 3, 64, 64],
+                                              "max": [4, 3, 96, 96]}
+    assert {t.name for t in trt.io} == {"pixel_values", "logits", "labels"} and trt.build_log
+    assert m.toolchain["torch"] and m.toolchain["onnx"]
     parity = json.loads((out / "parity.json").read_text())
     assert parity["passed"] and parity["verified_backends"] == ["onnxruntime-cpu"]
     assert {o["output"] for b in parity["backends"] for o in b["outputs"]} == {"logits", "labels"}
@@ -124,27 +125,26 @@ def test_export_from_a_head_checkpoint_with_uint8_input(tmp_path):
     reference later and refuses when the checkpoint changed under it."""
     import torch
 
-    from dinov3_deploy.reference.factory import build_task_model
+    from dinov3_deploy.reference.factory import build_task_model, random_backbone
     from dinov3_deploy.reference.head_checkpoint import save_head_checkpoint
 
     torch.manual_seed(5)
-    tm = build_task_model("seg", "vit_tiny_test", n_classes=3, class_names=["sky", "road", "car"],
+    tm = build_task_model("seg", random_backbone("vit_tiny_test", 5), n_classes=3, class_names=["sky", "road", "car"],
                           palette=[[0, 0, 255], [128, 128, 128], [255, 0, 0]])
-    head = save_head_checkpoint(tmp_path / "head", tm)
+    head = save_head_checkpoint(tmp_path / "head", tm, backbone_seed=5)
     out = tmp_path / "art"
     r = invoke("export", "--head", str(head), "--precision", "fp16", "--uint8-input", "--static", "32x48",
                "--batch", "1:2", "--out", str(out))
     assert r.exit_code == 0, r.output + repr(r.exception)
     m = load_artifact(out).manifest
-    assert m["backbone"]["name"] == "vit_tiny_test" and m["backbone"]["random_weights"]
-    assert not m["head"]["random_weights"] and m["classes"]["names"] == ["sky", "road", "car"]
-    assert m["input"] | {"shapes": None} == m["input"] | {"name": "image", "dtype": "uint8", "layout": "NHWC",
-                                                          "shapes": None}
-    assert m["input"]["normalize"]["in_graph"] and "parity PASSED" in r.output
+    assert m.backbone.name == "vit_tiny_test" and m.backbone.random_weights
+    assert not m.head.random_weights and m.classes.names == ["sky", "road", "car"]
+    assert (m.input.name, m.input.dtype, m.input.layout) == ("image", "uint8", "NHWC") and m.io.uint8_input
+    assert m.input.normalize.in_graph and "parity PASSED" in r.output
     assert invoke("verify", str(out)).exit_code == 0
     with torch.no_grad():
         tm.head.conv.bias.add_(1.0)
-    save_head_checkpoint(head, tm)
+    save_head_checkpoint(head, tm, backbone_seed=5)
     r = invoke("verify", str(out))
     assert r.exit_code == 2 and "differs from the one the artifact was exported from" in r.output
 
@@ -181,7 +181,8 @@ def test_attention_plugin_export_emits_plugin_nodes_and_says_where_it_runs(tmp_p
     import onnx
 
     out = tmp_path / "plug"
-    base = ["export", "--task", "seg", "--model", "vit_tiny_test", "--height", "32:64:128", "--attention", "plugin"]
+    base = ["export", "--task", "seg", "--model", "vit_tiny_test", "--height", "32:64:128", "--attention", "plugin",
+            "--precision", "fp16"]
     res = CliRunner().invoke(cli, [*base, "--out", str(out)])
     assert res.exit_code == 2 and "--no-verify" in res.output and not out.exists()
     res = CliRunner().invoke(cli, [*base, "--format", "onnx,trt", "--trt-flavor", "tensorrt-rtx", "--no-verify",
@@ -192,10 +193,21 @@ def test_attention_plugin_export_emits_plugin_nodes_and_says_where_it_runs(tmp_p
     graph = onnx.load(str(out / "model.onnx")).graph
     nodes = [n for n in graph.node if n.domain == "dinov3_deploy"]
     assert [n.op_type for n in nodes] == ["attention"] * 4  # vit_tiny_test has 4 blocks
-    assert load_artifact(out).manifest["onnx"]["plugins"] == ["dinov3_deploy::attention"]
+    assert load_artifact(out).manifest.onnx.plugins == ["dinov3_deploy::attention"]
     assert "TensorRT plugin nodes" in CliRunner().invoke(cli, ["inspect", str(out)]).output
     res = CliRunner().invoke(cli, ["verify", str(out)])
     assert res.exit_code != 0 and "plugin nodes (dinov3_deploy::attention) that only TensorRT runs" in res.output
     res = CliRunner().invoke(cli, [*base[:4], "convnext_tiny_test", *base[5:], "--no-verify", "--out",
                                    str(tmp_path / "c")])
     assert res.exit_code == 2 and "ConvNeXt has no attention" in res.output
+
+
+def test_attention_plugin_at_fp32_is_refused_up_front(tmp_path):
+    """The dinov3_deploy::attention plugin declares only fp16/bf16 inputs: an fp32 plugin graph
+    could never build, so export refuses before any work."""
+    out = tmp_path / "plug32"
+    res = CliRunner().invoke(cli, ["export", "--task", "seg", "--model", "vit_tiny_test", "--attention", "plugin",
+                                   "--precision", "fp32", "--no-verify", "--out", str(out)])
+    assert res.exit_code == 2 and not out.exists() and list(tmp_path.iterdir()) == []
+    (line,) = res.output.strip().splitlines()
+    assert "--attention plugin needs --precision fp16 or bf16" in line and "Traceback" not in res.output

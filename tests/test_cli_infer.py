@@ -37,20 +37,20 @@ def test_infer_seg_matches_reference_sliding_window(seg_artifact, tmp_path):
     res = CliRunner().invoke(cli, ["infer", str(seg_artifact), str(tmp_path / "imgs"), "-o", str(tmp_path / "out"),
                                    "--window", "64", "--stride", "32"])
     assert res.exit_code == 0, res.output
-    labels = np.asarray(Image.open(tmp_path / "out" / "a_labels.png"))
+    labels = np.asarray(Image.open(tmp_path / "out" / "a.png_labels.png"))
     assert labels.shape == image.shape[:2]
-    assert (tmp_path / "out" / "a_seg.png").exists()
+    assert (tmp_path / "out" / "a.png_seg.png").exists()
     summary = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert summary["backend"] == "onnxruntime-cpu"
     assert abs(sum(summary["predictions"][0]["classes"].values()) - 1) < 1e-3
 
     # The reference: the fp32 PyTorch model with the same window protocol on the same resized image.
     manifest = load_artifact(seg_artifact).manifest
-    model = ModelSource.from_manifest(manifest["source"]).build(attn_impl="sdpa")
+    model = ModelSource.from_manifest(manifest.source).build(attn_impl="sdpa")
     pixels = torch.from_numpy(image.transpose(2, 0, 1)).float()[None]
     scaled = torch.nn.functional.interpolate(pixels, size=(64, 120), mode="bilinear", align_corners=False)
-    mean = torch.tensor(manifest["input"]["normalize"]["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(manifest["input"]["normalize"]["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(manifest.io.mean).view(1, 3, 1, 1)
+    std = torch.tensor(manifest.io.std).view(1, 3, 1, 1)
     x = (scaled.round().clamp(0, 255) / 255 - mean) / std
     ref = slide_predict(model, x, crop=64, stride=32, out_size=image.shape[:2]).argmax(1)[0].numpy()
     assert (ref == labels).mean() >= 0.999
@@ -69,6 +69,9 @@ def test_infer_features_and_depth_write_arrays(tmp_path):
     assert res.exit_code == 0, res.output
     depth = np.load(tmp_path / "d" / "synthetic_0_depth.npy")
     assert depth.shape == (384, 512) and np.isfinite(depth).all() and (depth > 0).all()
+    # The picture carries a colour bar in metres: wider than image | depth side by side would be.
+    picture = Image.open(tmp_path / "d" / "synthetic_0_depth.png")
+    assert picture.format == "PNG" and picture.width > 2 * 512 * picture.height / 384
 
 
 def test_infer_errors_are_clear(seg_artifact, tmp_path):
@@ -79,7 +82,10 @@ def test_infer_errors_are_clear(seg_artifact, tmp_path):
     r = CliRunner().invoke(cli, ["infer", str(seg_artifact), "--demo", "1", "--window", "48", "-o", str(tmp_path)])
     assert r.exit_code == 0, r.output  # 48 is inside 32..128 and a multiple of 16
     r = CliRunner().invoke(cli, ["infer", str(seg_artifact), "--demo", "1", "--window", "40", "-o", str(tmp_path)])
-    assert r.exit_code == 2 and "multiple of 16" in r.output
+    assert r.exit_code == 2 and "multiple of 16" in r.output and "--window" in r.output
+    for option in ("--window", "--stride"):
+        r = CliRunner().invoke(cli, ["infer", str(seg_artifact), "--demo", "1", option, "0", "-o", str(tmp_path)])
+        assert r.exit_code == 2 and option in r.output and ">=1" in r.output.replace(" ", "")
     r = CliRunner().invoke(cli, ["infer", str(seg_artifact), "--demo", "1", "--backend", "tensorrt-rtx-engine",
                                  "-o", str(tmp_path)])
     assert r.exit_code == 2 and "unknown backend" in r.output

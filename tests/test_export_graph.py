@@ -13,9 +13,9 @@ import pytest
 import torch
 from test_export_matrix import images, stressed_backbone
 
+from dinov3_deploy.deploy_module import DeployModule
 from dinov3_deploy.errors import DeployError, InputShapeError
 from dinov3_deploy.onnx_export import (
-    DeployModule,
     GraphFacts,
     check_graph,
     ensure_clean,
@@ -120,6 +120,28 @@ def test_feature_layers_come_from_one_backbone_pass():
     assert ops_graph_count(module) == 4  # one pass: 4 blocks, not 4 + 3
     with pytest.raises(DeployError, match="--feature-layers"):
         DeployModule(build_task_model("seg", "vit_tiny_test", n_classes=2), "fp32", feature_layers=1)
+
+
+@pytest.mark.parametrize("precision,dtype", [("fp16", torch.float16), ("bf16", torch.bfloat16)])
+def test_low_precision_module_leaves_the_callers_model_fp32(precision, dtype):
+    """Export keeps the model it built as the fp32 reference of verification: a DeployModule at
+    fp16/bf16 computes with its own cast tensors, never the caller's."""
+    torch.manual_seed(0)
+    model = build_task_model("seg", "vit_tiny_test", n_classes=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    module = DeployModule(model, precision)
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and torch.equal(after[k], v), k
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert {p.dtype for p in module.model.parameters()} == {dtype}
+    x = torch.from_numpy(images(1, 32, 32))
+    with torch.no_grad():
+        (low,) = module(x)
+        ref = model(x)["logits"]  # still runs in fp32
+    assert ref.dtype == torch.float32 and 0 < (low - ref).abs().max() < 0.1 * ref.abs().max()
+    assert DeployModule(model, "fp32").model is model  # nothing to cast: nothing copied
 
 
 def ops_graph_count(module) -> int:

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from dinov3_deploy.onnx_export import DeployModule, ensure_clean, export_onnx
+from dinov3_deploy.deploy_module import DeployModule
+from dinov3_deploy.onnx_export import ensure_clean, export_onnx
 from dinov3_deploy.parity import compare
 from dinov3_deploy.reference.configs import get_config
 from dinov3_deploy.reference.factory import build_backbone, build_task_model

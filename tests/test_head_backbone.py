@@ -17,7 +17,8 @@ from dinov3_deploy.reference.models.layers import LayerScale
 
 
 def _weights(path, seed):
-    save_state_dict(random_backbone("vit_tiny_test", seed).state_dict(), path, metadata={"dinov3_deploy.model": "vit_tiny_test"})
+    meta = {"dinov3_deploy.model": "vit_tiny_test"}  # as `convert --to safetensors` writes: names its model
+    save_state_dict(random_backbone("vit_tiny_test", seed).state_dict(), path, metadata=meta)
     return path
 
 

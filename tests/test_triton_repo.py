@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from dinov3_deploy.manifest import GraphInfo, TensorInfo
 from dinov3_deploy.shapes import DimRange, ShapeSpec
 from dinov3_deploy.triton_repo import triton_config, write_triton_repo
 
@@ -68,9 +69,9 @@ def parse_pbtxt(text: str) -> dict:
     return result
 
 
-INPUTS = [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, "h", "w"]}]
-OUTPUTS = [{"name": "logits", "dtype": "float32", "shape": ["batch", 6, "grid_h", "grid_w"]},
-           {"name": "labels", "dtype": "int32", "shape": ["batch", "h", "w"]}]
+INPUTS = [TensorInfo(name="pixel_values", dtype="float32", shape=["batch", 3, "h", "w"])]
+OUTPUTS = [TensorInfo(name="logits", dtype="float32", shape=["batch", 6, "grid_h", "grid_w"]),
+           TensorInfo(name="labels", dtype="int32", shape=["batch", "h", "w"])]
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "tensorrt"])
@@ -93,11 +94,12 @@ def test_parser_rejects_malformed_text():
 def test_repository_layout_per_engine_flavour(tmp_path):
     (tmp_path / "model.onnx").write_bytes(b"onnx")
     (tmp_path / "model.engine").write_bytes(b"plan")
-    graph = {"inputs": INPUTS, "outputs": OUTPUTS[:1]}
+    graph = GraphInfo(opset=18, inputs=INPUTS, outputs=OUTPUTS[:1], nodes=1, op_counts={"Relu": 1}, fp32_islands={},
+                      compute_dtypes={})
     shapes = ShapeSpec(DimRange(1, 1, 8), DimRange(32, 64, 64), DimRange(32, 64, 64), 16)
-    entry = write_triton_repo(tmp_path, "dino", graph, shapes, ["model.onnx"],
-                              {"flavor": "tensorrt", "file": "model.engine"})
-    assert [m["backend"] for m in entry["models"]] == ["onnxruntime", "tensorrt"]
+    entry = write_triton_repo(tmp_path, "dino", graph, shapes, ["model.onnx"], engine_file="model.engine",
+                              engine_flavor="tensorrt")
+    assert [m.backend for m in entry.models] == ["onnxruntime", "tensorrt"]
     assert (tmp_path / "triton/dino_onnx/1/model.onnx").read_bytes() == b"onnx"
     assert (tmp_path / "triton/dino_trt/1/model.plan").read_bytes() == b"plan"
     cfg = parse_pbtxt((tmp_path / "triton/dino_trt/config.pbtxt").read_text())
@@ -106,7 +108,7 @@ def test_repository_layout_per_engine_flavour(tmp_path):
     rtx = tmp_path / "rtx"
     rtx.mkdir()
     (rtx / "model.onnx").write_bytes(b"onnx")
-    entry = write_triton_repo(rtx, "dino", graph, shapes, ["model.onnx"], {"flavor": "tensorrt-rtx",
-                                                                           "file": "model.engine"})
-    assert [m["backend"] for m in entry["models"]] == ["onnxruntime"]
-    assert "TensorRT-RTX" in entry["notes"][0] and not (rtx / "triton/dino_trt").exists()
+    entry = write_triton_repo(rtx, "dino", graph, shapes, ["model.onnx"], engine_file="model.engine",
+                              engine_flavor="tensorrt-rtx")
+    assert [m.backend for m in entry.models] == ["onnxruntime"]
+    assert "TensorRT-RTX" in entry.notes[0] and not (rtx / "triton/dino_trt").exists()

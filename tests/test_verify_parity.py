@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dinov3_deploy.manifest import DeployIO
 from dinov3_deploy.parity import (
     THRESHOLDS,
     compare,
@@ -16,11 +17,51 @@ from dinov3_deploy.shapes import DimRange, ShapeSpec
 from dinov3_deploy.verification import default_cases, failure_message, make_batch
 
 
-def test_thresholds_table_holds_the_issue_bounds():
-    assert THRESHOLDS["fp32"].max_rel_fro <= 1e-4 and THRESHOLDS["fp32"].min_label_agreement == 1.0
-    for p in ("fp16", "bf16"):
-        t = THRESHOLDS[p]
-        assert t.max_rel_fro <= 2e-2 and t.min_token_cos >= 0.995 and t.min_label_agreement >= 0.995
+def _rotated_token(n_tokens: int, cos: float) -> tuple[np.ndarray, np.ndarray]:
+    """Unit tokens [1, n, 8] and a copy whose first token is turned by the angle with this cosine
+    (every other token, and the scale, unchanged)."""
+    ref = np.zeros((1, n_tokens, 8))
+    ref[..., 0] = 1.0
+    out = ref.copy()
+    out[0, 0, :2] = [cos, np.sqrt(1.0 - cos * cos)]
+    return ref, out
+
+
+@pytest.mark.parametrize("precision", sorted(THRESHOLDS))
+def test_each_threshold_passes_just_inside_and_fails_just_outside(precision):
+    """Per metric, at the table's own bound: 1% inside passes, 1% outside fails, and only that
+    metric is named (the others are kept far inside)."""
+    th = THRESHOLDS[precision]
+    rng = np.random.default_rng(0)
+    ref = rng.standard_normal((1, 4, 8, 8))
+
+    def failures(ref, out, task):
+        (r,) = compare({"x": ref}, {"x": out}, "c", task, precision)
+        return r.failures
+
+    # rel_fro: a uniform scale error leaves every cosine and argmax exactly as they were
+    assert failures(ref, ref * (1 + 0.99 * th.max_rel_fro), "seg") == []
+    (f,) = failures(ref, ref * (1 + 1.01 * th.max_rel_fro), "seg")
+    assert f.startswith("rel_fro")
+
+    # min_token_cos: one token of 4096 turned; rel_fro stays below its bound
+    gap = 1.0 - th.min_token_cos
+    assert failures(*_rotated_token(4096, 1.0 - 0.99 * gap), "features") == []
+    (f,) = failures(*_rotated_token(4096, 1.0 - 1.01 * gap), "features")
+    assert f.startswith("min_token_cos")
+
+    # label_agreement: integer label maps with k of 10000 pixels changed
+    labels = rng.integers(0, 5, size=(1, 100, 100)).astype(np.int32)
+    allowed = round((1.0 - th.min_label_agreement) * labels.size, 6)
+
+    def moved(k: int) -> np.ndarray:
+        out = labels.copy().reshape(-1)
+        out[:k] = (out[:k] + 1) % 5
+        return out.reshape(labels.shape)
+
+    assert failures(labels, moved(max(0, int(np.ceil(allowed)) - 1)), "seg") == []
+    (f,) = failures(labels, moved(int(np.floor(allowed)) + 1), "seg")
+    assert f.startswith("label_agreement")
 
 
 def test_metrics_on_known_arrays():
@@ -77,16 +118,18 @@ def test_verification_cases_cover_a_second_shape():
 
 
 def test_verification_inputs_are_real_looking_images():
-    manifest = {"input": {"dtype": "float32", "normalize": {"mean": [0.485, 0.456, 0.406],
-                                                            "std": [0.229, 0.224, 0.225]}}}
+    io = DeployIO(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
     s = ShapeSpec(DimRange(1, 2, 4), DimRange(32, 64, 64), DimRange(32, 64, 96), 16)
     case = default_cases(s)[0]
-    x = make_batch(case, manifest)
+    x = make_batch(case, io)
     assert x.shape == (2, 3, 64, 64) and x.dtype == np.float32
-    assert np.array_equal(x, make_batch(case, manifest))  # deterministic
+    assert np.array_equal(x, make_batch(case, io))  # deterministic
     assert not np.allclose(x[0], x[1]) and x.std() > 0.3  # distinct, textured, not constant
-    u8 = make_batch(case, {"input": {"dtype": "uint8"}})
+    u8 = make_batch(case, DeployIO(uint8_input=True))
     assert u8.shape == (2, 64, 64, 3) and u8.dtype == np.uint8
+    # the float input is the uint8 images normalised with the artifact's mean/std
+    mean, std = np.reshape(io.mean, (1, 3, 1, 1)), np.reshape(io.std, (1, 3, 1, 1))
+    np.testing.assert_allclose(x, (u8.transpose(0, 3, 1, 2) / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
 
 
 def test_failure_message_names_what_failed():

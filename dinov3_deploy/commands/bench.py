@@ -9,57 +9,106 @@ from pathlib import Path
 import click
 
 from dinov3_deploy.errors import DeployError
+from dinov3_deploy.options import PrimaryNameOption, device_option, out_option, resolve_device, weights_option
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def _int_list(text: str) -> list[int]:
+def _int_list(ctx, param, text: str) -> list[int]:
     try:
         vals = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as exc:
-        raise DeployError(f"expected comma-separated integers, got '{text}'") from exc
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got '{text}'") from None
     if not vals or min(vals) < 1:
-        raise DeployError(f"expected positive integers, got '{text}'")
+        raise click.BadParameter(f"batch sizes must be positive integers, got '{text}'")
     return vals
 
 
-def _size(text: str) -> tuple[int, int]:
+def _size(ctx, param, text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
     m = re.fullmatch(r"(\d+)(?:x(\d+))?", text.strip())
-    if not m:
-        raise DeployError(f"--size must be HxW or S, got '{text}'")
-    h = int(m[1])
-    return h, int(m[2] or h)
+    if not m or int(m[1]) < 1 or int(m[2] or m[1]) < 1:
+        raise click.BadParameter(f"must be HxW or S (pixels), got '{text}'")
+    return int(m[1]), int(m[2] or m[1])
 
 
-def _words(text: str, allowed: tuple[str, ...], what: str) -> list[str]:
-    vals = [v.strip() for v in text.split(",") if v.strip()]
-    bad = [v for v in vals if v not in allowed]
-    if bad:
-        raise DeployError(f"{what} must be among {', '.join(allowed)}; got {', '.join(bad)}")
-    return vals
+def _words_of(allowed: tuple[str, ...]):
+    def check(ctx, param, text: str | None) -> list[str] | None:
+        if text is None:
+            return None
+        vals = [v.strip() for v in text.split(",") if v.strip()]
+        bad = [v for v in vals if v not in allowed]
+        if bad:
+            raise click.BadParameter(f"takes a comma-separated subset of {', '.join(allowed)}; got {', '.join(bad)}")
+        return vals
+
+    return check
+
+
+def _precisions():
+    from dinov3_deploy.deploy_module import PRECISIONS
+
+    return tuple(PRECISIONS)
+
+
+def _attn_impls():
+    from dinov3_deploy.reference.models.layers.attention import ATTN_IMPLS
+
+    return tuple(ATTN_IMPLS)
+
+
+def _chosen(targets: list, backends: str) -> list:
+    """The artifact's targets that --backend names (all; auto: the first runnable; or names)."""
+    if backends == "all":
+        return targets
+    if backends == "auto":
+        runnable = [t for t in targets if not t.skip_reason]
+        if not runnable:
+            raise DeployError("--backend auto: no backend of this artifact runs here: "
+                              + "; ".join(f"{t.name}: {t.skip_reason}" for t in targets))
+        return runnable[:1]
+    names = [n.strip() for n in backends.split(",") if n.strip()]
+    unknown = [n for n in names if n not in {t.name for t in targets}]
+    if unknown:
+        raise DeployError(f"--backend {', '.join(unknown)}: this artifact has {', '.join(t.name for t in targets)}")
+    return [t for t in targets if t.name in names]
 
 
 @click.command("bench")
 @click.argument("artifact", required=False, type=click.Path(file_okay=False))
-@click.option("--model", "model_name", default=None, help="Backbone to benchmark in PyTorch (default vits16).")
-@click.option("--task", default="seg", type=click.Choice(["features", "seg", "depth", "cls"]), show_default=True)
-@click.option("--weights", default=None, help="Backbone checkpoint (random weights otherwise).")
-@click.option("--head", default=None, help="Head checkpoint directory from `dinov3-deploy train`.")
-@click.option("--precision", "precisions", default=None,
-              help="PyTorch precisions, comma-separated (default: bf16 on a GPU, fp32 on the CPU).")
-@click.option("--attn", "attn", default="sdpa,math,triton", show_default=True,
+@click.option("--model", "model_name", default=None,
+              help="Backbone to benchmark in PyTorch (default: the one --weights holds, else vits16).")
+@click.option("--task", default="seg", type=click.Choice(["features", "seg", "depth", "cls"]), show_default=True,
+              help="Task head on the backbone (without an ARTIFACT).")
+@weights_option()
+@click.option("--head", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Head checkpoint directory from `dinov3-deploy train`.")
+@click.option("--precision", "precisions", default=None, callback=lambda c, p, v: _words_of(_precisions())(c, p, v),
+              help="PyTorch precisions, comma-separated (default: bf16 on a GPU, fp32 on the CPU; with an "
+                   "ARTIFACT its precision).")
+@click.option("--attn", "attn_impls", default="sdpa,math,triton", show_default=True,
+              callback=lambda c, p, v: _words_of(_attn_impls())(c, p, v),
               help="Attention implementations to time (triton needs a GPU).")
-@click.option("--compile", "compile_modes", default="",
-              help="torch.compile modes to time, e.g. 'default,max-autotune'.")
-@click.option("--batch", "batches", default="1", show_default=True, help="Batch sizes, comma-separated.")
-@click.option("--size", default=None, help="Input HxW (default: the artifact's opt shape, else 224x224).")
-@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0))
-@click.option("--iters", default=10, show_default=True, type=click.IntRange(1))
-@click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda[:N] for the PyTorch targets.")
+@click.option("--compile", "compile_modes", default="", callback=_words_of(COMPILE_MODES),
+              help=f"torch.compile modes to time, comma-separated: {', '.join(COMPILE_MODES)}.")
+@click.option("--batch-sizes", "--batch", "batch_list", cls=PrimaryNameOption, default="1", show_default=True,
+              callback=_int_list, help="Batch sizes to time, comma-separated (export's --batch is a range).")
+@click.option("--size", default=None, callback=_size,
+              help="Input HxW or S, multiples of the model's input multiple (default: the artifact's opt shape, "
+                   "else 224x224).")
+@click.option("--warmup", default=3, show_default=True, type=click.IntRange(0), help="Untimed runs per row.")
+@click.option("--iters", default=10, show_default=True, type=click.IntRange(1), help="Timed runs per row.")
+@device_option("auto | cpu | cuda[:N]: where the PyTorch targets run.")
+@click.option("--backend", "backends", default="all", show_default=True,
+              help="With an ARTIFACT: which of its backends to time: all, auto (the first that runs here, as "
+                   "`infer` picks), or names from `dinov3-deploy verify`, comma-separated.")
 @click.option("--no-pytorch", is_flag=True, help="With an artifact: time only its deployment backends.")
-@click.option("--out", "out_dir", default="bench/results", show_default=True, type=click.Path(file_okay=False))
+@out_option("bench/results", "Folder of the reports (JSON, Markdown, PNG).")
 @click.option("--name", default=None, help="Report file stem (default from model, task, device, date).")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG.")
-def command(artifact, model_name, task, weights, head, precisions, attn, compile_modes, batches, size, warmup, iters,
-            device, no_pytorch, out_dir, name, no_plot) -> None:
+def command(artifact, model_name, task, weights, head, precisions, attn_impls, compile_modes, batch_list, size,
+            warmup, iters, device, backends, no_pytorch, out, name, no_plot) -> None:
     """Time PyTorch (eager per attention implementation, torch.compile) and an ARTIFACT's backends
     (ONNX Runtime, TensorRT engines) on the same synthetic images, with parity against the fp32
     reference for every row. Speed goals are read from these reports, never asserted in tests."""
@@ -67,52 +116,49 @@ def command(artifact, model_name, task, weights, head, precisions, attn, compile
 
     from rich.console import Console
 
-    from dinov3_deploy.bench.harness import Shape, run_benchmark
+    from dinov3_deploy.bench.harness import Shape, run_benchmark, torch_target
     from dinov3_deploy.bench.machine import machine_info
     from dinov3_deploy.bench.report import write_report
     from dinov3_deploy.bench.targets import (
-        ATTN_IMPLS,
         artifact_targets,
         deterministic_reference_math,
         pytorch_targets,
-        reference_target,
-        resolve_device,
     )
+    from dinov3_deploy.manifest import DeployIO
     from dinov3_deploy.model_source import ModelSource
-    from dinov3_deploy.onnx_export import PRECISIONS
     from dinov3_deploy.parity import THRESHOLDS
-    from dinov3_deploy.verification import Case, make_batch
+    from dinov3_deploy.verification import Case, make_batch, reference_module
 
     console = Console(stderr=True)
     device = resolve_device(device)
     deterministic_reference_math()
-    batch_list = _int_list(batches)
-    attn_impls = _words(attn, ATTN_IMPLS, "--attn")
-    modes = [m.strip() for m in compile_modes.split(",") if m.strip()]
+    modes = compile_modes or []
 
     art = None
     if artifact is not None:
         from dinov3_deploy.artifact import load_artifact
 
         art = load_artifact(artifact)
-        manifest = art.manifest
-        source = ModelSource.from_manifest(manifest["source"], weights=weights, head=head)
-        task = manifest["task"]
-        inp = manifest["input"]
-        io = {"uint8_input": inp["dtype"] == "uint8", "seg_output": manifest["outputs_config"]["seg_output"],
-              "mean": tuple(inp["normalize"]["mean"]), "std": tuple(inp["normalize"]["std"])}
+        source = ModelSource.from_manifest(art.manifest.source, weights=weights, head=head)
+        task = art.task
+        io = art.manifest.io  # the artifact's I/O contract, extra feature outputs included
+        ref_model = source.build(attn_impl="sdpa")
         shapes_spec = art.shapes()
         default_hw = (shapes_spec.height.opt, shapes_spec.width.opt)
-        input_meta = manifest
     else:
-        source = ModelSource.resolve(task, model_name or ("vits16" if head is None else None), weights, head)
-        io = {}
+        from dinov3_deploy.options import resolve_model
+
+        model_name = resolve_model(model_name, weights, default=None if head is not None else "vits16")
+        source = ModelSource.resolve(task, model_name, weights, head)
+        ref_model = source.build(attn_impl="sdpa")
+        io = DeployIO(mean=tuple(ref_model.spec.mean), std=tuple(ref_model.spec.std))
         default_hw = (224, 224)
-        spec_probe = source.build(attn_impl="sdpa").spec
-        input_meta = {"input": {"dtype": "float32", "normalize": {"mean": list(spec_probe.mean),
-                                                                  "std": list(spec_probe.std)}}}
         shapes_spec = None
-    h, w = _size(size) if size else default_hw
+    h, w = size or default_hw
+    multiple = ref_model.backbone.cfg.input_multiple
+    if h % multiple or w % multiple:
+        raise DeployError(f"--size {h}x{w}: height and width must be multiples of {multiple} for {source.backbone} "
+                          "(its patch grid)")
     shapes = [Shape(b, h, w) for b in batch_list]
     if shapes_spec is not None:
         for s in shapes:
@@ -123,16 +169,17 @@ def command(artifact, model_name, task, weights, head, precisions, attn, compile
         if art is not None:
             precs = [art.precision]
     else:
-        precs = _words(precisions, tuple(PRECISIONS), "--precision")
+        precs = precisions
 
-    targets = [] if (art is not None and no_pytorch) else pytorch_targets(source, precs, attn_impls, device, modes,
-                                                                           **io)
+    targets = []
+    if art is None or not no_pytorch:
+        targets += pytorch_targets(source, precs, attn_impls, device, modes, io)
     if art is not None:
-        targets += artifact_targets(art)
-    reference = reference_target(source, device, **io)
+        targets += _chosen(artifact_targets(art), backends)
+    reference = torch_target(reference_module(ref_model, io), "pytorch-fp32-reference", "fp32", device)
 
     def make_input(shape):
-        return make_batch(Case("bench", shape.batch, shape.height, shape.width, 0), input_meta)
+        return make_batch(Case("bench", shape.batch, shape.height, shape.width, 0), io)
 
     with console.status("benchmarking") as status:
         rows = run_benchmark(targets, shapes, make_input, reference, task, warmup=warmup, iters=iters,
@@ -150,7 +197,7 @@ def command(artifact, model_name, task, weights, head, precisions, attn, compile
         "rows": rows,
     }
     stem = name or f"{source.backbone}-{task}-{device.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
-    paths = write_report(report, Path(out_dir) / f"{stem}.json", png=not no_plot)
+    paths = write_report(report, Path(out) / f"{stem}.json", png=not no_plot)
 
     from dinov3_deploy.bench.report import markdown
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import click
 
 from dinov3_deploy.export_pipeline import DEFAULT_MODEL, ExportOptions
+from dinov3_deploy.options import out_option, overwrite_option, weights_option
 
 
 @click.command("export")
-@click.option("--task", type=click.Choice(["seg", "depth", "cls", "features"]), default="seg", show_default=True)
+@click.option("--task", type=click.Choice(["seg", "depth", "cls", "features"]), default="seg", show_default=True,
+              help="What the graph outputs: segmentation logits, depth in metres, class logits, or tokens.")
 @click.option("--model", "model", default=None,
-              help=f"Backbone name (see `dinov3-deploy models`). Default: {DEFAULT_MODEL}, or the head's backbone.")
-@click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Backbone checkpoint (.pth, safetensors, HF, timm). Random weights when omitted.")
+              help=f"Backbone name (see `dinov3-deploy models`). Default: the one --weights or --head names, "
+                   f"else {DEFAULT_MODEL}.")
+@weights_option("Backbone weights (Meta's .pth, HF folder or file, timm, our .safetensors). Default: the ones "
+                "--head was trained on; random weights otherwise.")
 @click.option("--head", type=click.Path(exists=True), default=None,
               help="Head checkpoint directory written by `dinov3-deploy train`. Random head when omitted.")
-@click.option("--n-classes", type=int, default=0, help="Classes of a random seg/cls head (default 6).")
+@click.option("--n-classes", type=click.IntRange(min=0), default=0,
+              help="Classes of a random seg/cls head (default 6).")
 @click.option("--layers", type=click.Choice(["last", "four_last", "four_even"]), default="last", show_default=True,
               help="Backbone blocks a random head reads.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
@@ -29,22 +33,24 @@ from dinov3_deploy.export_pipeline import DEFAULT_MODEL, ExportOptions
 @click.option("--seg-output", type=click.Choice(["logits", "probs", "labels"]), default="logits", show_default=True,
               help="seg: add upsampled probabilities or argmax labels to the patch-resolution logits.")
 @click.option("--uint8-input", is_flag=True, help="Input uint8 NHWC RGB, normalised in the graph.")
-@click.option("--feature-layers", type=int, default=0, show_default=True,
+@click.option("--feature-layers", type=click.IntRange(min=0), default=0, show_default=True,
               help="features on ViT: also output the patch tokens of the last N blocks (N-1 extra outputs).")
 @click.option("--trt-flavor", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
-              show_default=True)
+              show_default=True, help="auto: full TensorRT on a GPU machine that has it, else TensorRT-RTX (builds "
+                                      "without a GPU; its engines do not run on Hopper).")
 @click.option("--trt-targets", default=None, help="TensorRT-RTX compute capabilities, e.g. SM86,SM89.")
-@click.option("--trt-workspace-gib", type=float, default=4.0, show_default=True)
-@click.option("--trt-opt-level", type=click.IntRange(0, 5), default=3, show_default=True)
+@click.option("--trt-workspace-gib", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
+              help="Builder workspace limit in GiB (tactics needing more are skipped).")
+@click.option("--trt-opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
+              help="Builder optimisation level: higher searches more tactics (slower builds, maybe faster engines).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="tensorrt timing cache file.")
 @click.option("--attention", type=click.Choice(["onnx", "plugin"]), default="onnx", show_default=True,
               help="ViT attention as standard ONNX ops, or as dinov3_deploy::attention TensorRT plugin nodes "
-                   "(Triton kernels; full TensorRT only).")
+                   "(Triton kernels; full TensorRT, --precision fp16/bf16 only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (not recommended).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing artifact at --out.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Artifact directory (default: artifacts/<model>-<task>-<precision>).")
+@overwrite_option("Replace an existing artifact at --out (only an artifact of this tool holding nothing else).")
+@out_option(None, "Artifact directory (default: artifacts/<model>-<task>-<precision>).")
 def command(task, model, weights, head, n_classes, layers, precision, formats, batch, height, width, static,
             seg_output, uint8_input, feature_layers, trt_flavor, trt_targets, trt_workspace_gib, trt_opt_level,
             timing_cache, attention, seed, no_verify, overwrite, out) -> None:
@@ -57,7 +63,10 @@ def command(task, model, weights, head, n_classes, layers, precision, formats, b
 
     console = make_console()
     if out is None:
-        out = f"artifacts/{model or ('head' if head else DEFAULT_MODEL)}-{task}-{precision}"
+        from dinov3_deploy.options import resolve_model
+
+        named = resolve_model(model, weights, default=None if head else DEFAULT_MODEL) or "head"
+        out = f"artifacts/{named}-{task}-{precision}"
     opts = ExportOptions(
         out=out, task=task, model=model, weights=weights, head=head, n_classes=n_classes, layers=layers, seed=seed,
         precision=precision, formats=formats, batch=batch, height=height, width=width, static=static,
@@ -77,10 +86,10 @@ def command(task, model, weights, head, n_classes, layers, precision, formats, b
     from dinov3_deploy.artifact import load_artifact
 
     art = load_artifact(path, check_hashes=False)
-    for note in art.manifest.get("notes", []):
+    for note in art.manifest.notes:
         console.print(f"[bold yellow]note:[/] {escape(note)}")
     if report is not None:
         render_report(report, console)
     else:
         console.print("[yellow]parity not verified (--no-verify); run `dinov3-deploy verify` on it[/]")
-    console.print(f"[bold green]artifact written:[/] {path}  ({art.manifest['export_seconds']}s)")
+    console.print(f"[bold green]artifact written:[/] {path}  ({art.manifest.export_seconds}s)")

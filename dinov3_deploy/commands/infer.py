@@ -1,77 +1,163 @@
-"""`dinov3-deploy infer ARTIFACT IMAGES... -o OUT`: predictions of a deployed artifact on images."""
+"""`dinov3-deploy infer ARTIFACT IMAGES... -o OUT`: predictions of a deployed artifact on images.
+
+A batch run must not lose results quietly: every output name is unique (checked before any work),
+one unreadable image is reported and the rest still run (exit status 2 at the end, failures listed
+in predictions.json), and existing files are replaced only with --overwrite."""
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 
 import click
 
 from dinov3_deploy.errors import DeployError
+from dinov3_deploy.options import out_option, overwrite_option
+
+# Exit status when some images failed and the others were written.
+PARTIAL_FAILURE = 2
 
 
 @click.command("infer")
 @click.argument("artifact", type=click.Path(file_okay=False))
 @click.argument("images", nargs=-1)
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@out_option(None, "Output folder. Each image's files mirror its path relative to the folder given, extension "
+                  "included: IMAGES/sub/a.jpg -> OUT/sub/a.jpg_seg.png.", required=True)
+@overwrite_option("Replace files in --out that this run writes (other files there are left alone).")
 @click.option("--backend", default="auto", show_default=True,
               help="auto (the first runnable backend of the artifact), or a name from `dinov3-deploy verify`.")
 @click.option("--demo", default=0, type=click.IntRange(0), help="Also run on N built-in synthetic images.")
-@click.option("--window", default=None, type=int, help="seg: sliding-window size (default: the artifact's opt size).")
-@click.option("--stride", default=None, type=int, help="seg: window stride (default: 2/3 of the window).")
-def command(artifact, images, out_dir, backend, demo, window, stride) -> None:
+@click.option("--window", default=None, type=click.IntRange(min=1),
+              help="seg: sliding-window size, a multiple of the artifact's input multiple (default: its opt size).")
+@click.option("--stride", default=None, type=click.IntRange(min=1), help="seg: window stride (default: 2/3 of the "
+              "window; a stride above the window is clamped to it).")
+def command(artifact, images, out, overwrite, backend, demo, window, stride) -> None:
     """Segmentation masks (official sliding-window protocol), depth maps, class scores or patch
-    features for IMAGES (files or folders), written as PNG/NPY plus predictions.json."""
-    import numpy as np
+    features for IMAGES (files, or folders read recursively), plus predictions.json in OUT.
+
+    \b
+    Per image NAME (its path relative to the folder argument, or the file name; synthetic_N for --demo):
+      seg       NAME_labels.png (class ids), NAME_seg.png (image | overlay | mask, class legend)
+      depth     NAME_depth.npy (metres), NAME_depth.png (image | depth, colour bar in metres)
+      cls       top-5 classes printed and in predictions.json
+      features  NAME_patch_tokens.npy, NAME_pca.png
+    Images that cannot be read or run are listed (name and reason) and the rest still run; the exit
+    status is then 2."""
     from rich.console import Console
     from rich.progress import Progress
 
     from dinov3_deploy.artifact import load_artifact
-    from dinov3_deploy.inference import ArtifactModel, list_images, predict_image, read_rgb, save_prediction
+    from dinov3_deploy.atomic import write_json
+    from dinov3_deploy.inference import (
+        ArtifactModel,
+        ImageInput,
+        list_images,
+        output_files,
+        predict_image,
+        save_prediction,
+        window_size,
+    )
+    from dinov3_deploy.reference.training.images import read_rgb
     from dinov3_deploy.runners import artifact_backends
 
     console = Console(stderr=True)
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DeployError(f"--out {out_dir} is a file, not a folder; choose another output folder")
     art = load_artifact(artifact)
-    backends = artifact_backends(art)
-    runnable = [b for b in backends if b.runner is not None]
+    window_size(art.shapes(), window)  # a bad --window fails here, not once per image
+    be = _choose_backend(art, backend, artifact_backends(art))
+    inputs: list[ImageInput] = list_images(images, exclude=out_dir) if images else []
+    if demo:
+        from dinov3_deploy.reference.training.synthetic import make_sample
+
+        taken = {i.name for i in inputs}
+        for i in range(demo):
+            if f"synthetic_{i}" in taken:
+                raise DeployError(f"an input named synthetic_{i} would write the same files as --demo image {i}; "
+                                  "rename it or drop --demo")
+            inputs.append(ImageInput(f"synthetic_{i}", make_sample(1000 + i, 384, 512)[0]))
+    if not inputs:
+        raise DeployError("give IMAGES (files or folders) or --demo N")
+    _refuse_existing(out_dir, [f for i in inputs for f in output_files(art.task, i.name)] + ["predictions.json"],
+                     overwrite)
+    for note in art.manifest.notes:
+        console.print(f"[yellow]note:[/] {note}")
+
+    model = ArtifactModel(art, be.runner)
+    summaries, failures = [], []
+    start = time.perf_counter()
+    try:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task(f"{art.task} with {be.name}", total=len(inputs))
+            for item in inputs:
+                try:
+                    image = read_rgb(item.source) if isinstance(item.source, Path) else item.source
+                    pred = predict_image(model, item.name, image, crop=window, stride=stride)
+                    summaries.append(save_prediction(pred, out_dir, art.manifest))
+                except Exception as exc:  # noqa: BLE001 - one bad image must not cost the others their results
+                    reason = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
+                    failures.append({"image": item.name, "reason": reason})
+                    console.print(f"[red]failed:[/] {item.name}: {reason}")
+                bar.advance(task)
+    finally:
+        close = getattr(be.runner, "close", None)
+        if close:
+            close()
+    seconds = time.perf_counter() - start
+    stats = {"images_ok": len(summaries), "images_failed": len(failures), "windows_run": model.windows,
+             "seconds": round(seconds, 3), "seconds_per_image": round(seconds / len(inputs), 4),
+             "images_per_second": round(len(inputs) / seconds, 3) if seconds > 0 else None, "backend": be.name}
+    write_json(out_dir / "predictions.json", {"artifact": str(Path(artifact).resolve()), "backend": be.name,
+                                              "summary": stats, "predictions": summaries, "failures": failures})
+    if art.task == "cls":
+        _print_top5(summaries)
+    console.print(
+        f"{len(summaries)} image(s) ok, {len(failures)} failed -> {out_dir} | {model.windows} window(s) run | "
+        f"{1000 * seconds / len(inputs):.0f} ms/image, {len(inputs) / max(seconds, 1e-9):.2f} images/s | "
+        f"backend {be.name}")
+    if failures:
+        console.print(f"[red]{len(failures)} image(s) failed[/] (listed in {out_dir / 'predictions.json'})")
+        click.get_current_context().exit(PARTIAL_FAILURE)
+
+
+def _choose_backend(art, backend: str, backends):
     if backend != "auto":
         chosen = [b for b in backends if b.name == backend]
         if not chosen:
             raise DeployError(f"unknown backend '{backend}'; this artifact has {', '.join(b.name for b in backends)}")
         if chosen[0].runner is None:
             raise DeployError(f"{backend} cannot run here: {chosen[0].skip_reason}")
-        be = chosen[0]
-    elif runnable:
-        be = runnable[0]
-    else:
+        return chosen[0]
+    runnable = [b for b in backends if b.runner is not None]
+    if not runnable:
         raise DeployError("no backend of this artifact runs here: " +
                           "; ".join(f"{b.name}: {b.skip_reason}" for b in backends))
-    inputs: list[tuple[str, np.ndarray]] = []
-    if images:
-        inputs += [(p.name, p) for p in list_images(list(images))]
-    if demo:
-        from dinov3_deploy.reference.training.synthetic import make_sample
+    return runnable[0]
 
-        inputs += [(f"synthetic_{i}.png", make_sample(1000 + i, 384, 512)[0]) for i in range(demo)]
-    if not inputs:
-        raise DeployError("give IMAGES (files or folders) or --demo N")
-    for note in art.manifest.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}")
-    model = ArtifactModel(art, be.runner)
-    out = Path(out_dir)
-    summaries = []
-    try:
-        with Progress(console=console, transient=True) as bar:
-            task = bar.add_task(f"{art.task} with {be.name}", total=len(inputs))
-            for name, src in inputs:
-                image = read_rgb(src) if isinstance(src, Path) else src
-                pred = predict_image(model, name, image, crop=window, stride=stride)
-                summaries.append(save_prediction(pred, out, art.manifest))
-                bar.advance(task)
-    finally:
-        close = getattr(be.runner, "close", None)
-        if close:
-            close()
-    (out / "predictions.json").write_text(json.dumps({"artifact": str(Path(artifact).resolve()),
-                                                      "backend": be.name, "predictions": summaries}, indent=2))
-    console.print(f"{len(summaries)} image(s) -> {out} ({be.name})")
+
+def _refuse_existing(out_dir: Path, planned: list[str], overwrite: bool) -> None:
+    """Refuse, before any work, to replace files this run would write unless --overwrite; files
+    in --out that this run does not write are never touched either way."""
+    if overwrite or not out_dir.exists():
+        return
+    existing = [name for name in planned if (out_dir / name).exists()]
+    if existing:
+        shown = ", ".join(existing[:3]) + (f" and {len(existing) - 3} more" if len(existing) > 3 else "")
+        raise DeployError(f"{out_dir} already holds {len(existing)} file(s) this run would write ({shown}); "
+                          "pass --overwrite to replace them, or choose another --out")
+
+
+def _print_top5(summaries: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="top-5 classes")
+    for column in ("image", "rank", "class", "probability", "logit"):
+        table.add_column(column, overflow="fold", justify="right" if column in ("rank", "probability", "logit")
+                         else "left")
+    for s in summaries:
+        for rank, entry in enumerate(s.get("top5", []), 1):
+            table.add_row(s["image"] if rank == 1 else "", str(rank), str(entry["class"]),
+                          f"{entry['probability']:.1%}", f"{entry['logit']:.3f}", end_section=rank == len(s["top5"]))
+    Console().print(table)

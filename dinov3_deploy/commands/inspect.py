@@ -18,7 +18,7 @@ def command(artifact, as_json, show_log) -> None:
     art = load_artifact(artifact)
     m = art.manifest
     if as_json:
-        click.echo(json.dumps(m, indent=2))
+        click.echo(json.dumps(m.to_dict(), indent=2))
         return
     from rich.markup import escape
     from rich.table import Table
@@ -26,41 +26,40 @@ def command(artifact, as_json, show_log) -> None:
     from dinov3_deploy.commands._progress import make_console
 
     console = make_console()
-    inp = m["input"]
-    sh = inp["shapes"]
-    rng = lambda r: f"{r[0]}:{r[1]}:{r[2]}" if r[0] != r[2] else str(r[0])
+    inp = m.input
+    sh = inp.shapes
     t = Table(title=f"artifact {art.path}", show_header=False)
     t.add_column("key", style="bold")
     t.add_column("value")
-    bb = m["backbone"]
-    t.add_row("task / precision", f"{m['task']} / {m['precision']}")
-    t.add_row("backbone", f"{bb['name']} ({bb['family']}, dim {bb['embed_dim']})"
-              + ("  [yellow]random weights[/]" if bb["random_weights"] else f"  {bb['weights']}"))
-    if m.get("head"):
-        h = m["head"]
-        t.add_row("head", f"{h['head_type']} on layers '{h['layers']}', {h['n_classes']} classes"
-                  + ("  [yellow]random weights[/]" if h["random_weights"] else f"  {h['checkpoint']}"))
-    t.add_row("input", f"{inp['name']} {inp['dtype']} {inp['layout']} {inp['color']}; batch {rng(sh['batch'])}, "
-              f"H {rng(sh['height'])}, W {rng(sh['width'])}, multiple of {sh['multiple']}")
-    t.add_row("normalisation", f"mean {inp['normalize']['mean']} std {inp['normalize']['std']}"
-              + (" (in the graph)" if inp["normalize"]["in_graph"] else " (by the caller)"))
-    for o in m["outputs"]:
-        t.add_row(f"output {o['name']}", f"{o['dtype']} {o['shape']}  {o.get('doc', '')}")
-    if m.get("classes") and m["classes"]["names"]:
-        t.add_row("classes", ", ".join(m["classes"]["names"]))
-    g = m["onnx"]["graph"]
-    t.add_row("onnx", f"{m['onnx']['file']} opset {m['onnx']['opset']}, {g['nodes']} nodes"
-              + (", external data" if m["onnx"]["external_data"] else "")
-              + (f", TensorRT plugin nodes: {', '.join(m['onnx']['plugins'])}" if m["onnx"].get("plugins") else ""))
-    trt = m.get("tensorrt")
+    bb = m.backbone
+    t.add_row("schema", f"{m.schema} version {m.schema_version}")
+    t.add_row("task / precision", f"{m.task} / {m.precision}")
+    t.add_row("backbone", f"{bb.name} ({bb.family}, dim {bb.embed_dim})"
+              + ("  [yellow]random weights[/]" if bb.random_weights else f"  {bb.weights}"))
+    if m.head:
+        h = m.head
+        t.add_row("head", f"{h.head_type} on layers '{h.layers}', {h.n_classes} classes"
+                  + ("  [yellow]random weights[/]" if h.random_weights else f"  {h.checkpoint}"))
+    t.add_row("input", f"{inp.name} {inp.dtype} {inp.layout} {inp.color}; batch {sh.batch}, "
+              f"H {sh.height}, W {sh.width}, multiple of {sh.multiple}")
+    t.add_row("normalisation", f"mean {list(inp.normalize.mean)} std {list(inp.normalize.std)}"
+              + (" (in the graph)" if inp.normalize.in_graph else " (by the caller)"))
+    for o in m.outputs:
+        t.add_row(f"output {o.name}", f"{o.dtype} {o.shape}  {o.doc}")
+    if m.classes and m.classes.names:
+        t.add_row("classes", ", ".join(m.classes.names))
+    onnx = m.onnx
+    t.add_row("onnx", f"{onnx.file} opset {onnx.opset}, {onnx.graph.nodes} nodes"
+              + (", external data" if onnx.external_data else "")
+              + (f", TensorRT plugin nodes: {', '.join(onnx.plugins)}" if onnx.plugins else ""))
+    trt = m.tensorrt
     if trt:
-        t.add_row("tensorrt", f"{trt['file']} {trt['flavor']} {trt['version']}, targets {', '.join(trt['targets'])}, "
-                  f"{trt['engine_bytes'] / 1e6:.1f} MB, {trt['network_layers']} network layers, "
-                  f"opt level {trt['builder_optimization_level']}, built in {trt['build_seconds']}s")
-    if m.get("triton"):
-        t.add_row("triton", ", ".join(f"{x['name']} ({x['backend']})" for x in m["triton"]["models"]))
-    tc = m["toolchain"]
-    t.add_row("toolchain", ", ".join(f"{k} {v}" for k, v in tc.items()))
+        t.add_row("tensorrt", f"{trt.file} {trt.flavor} {trt.version}, targets {', '.join(trt.targets)}, "
+                  f"{trt.engine_bytes / 1e6:.1f} MB, {trt.network_layers} network layers, "
+                  f"opt level {trt.builder_optimization_level}, built in {trt.build_seconds}s")
+    if m.triton:
+        t.add_row("triton", ", ".join(f"{x.name} ({x.backend})" for x in m.triton.models))
+    t.add_row("toolchain", ", ".join(f"{k} {v}" for k, v in m.toolchain.items()))
     parity_file = art.path / "parity.json"
     if parity_file.exists():
         p = json.loads(parity_file.read_text())
@@ -69,12 +68,12 @@ def command(artifact, as_json, show_log) -> None:
         for b in p.get("backends", []):
             if b["status"] != "skipped" and b["outputs"]:
                 t.add_row(f"  {b['name']}", _worst(b["outputs"]))
-    t.add_row("files", ", ".join(f"{k} ({v['bytes'] / 1e6:.2f} MB)" for k, v in m["files"].items()))
-    for note in m.get("notes", []):
+    t.add_row("files", ", ".join(f"{k} ({v.bytes / 1e6:.2f} MB)" for k, v in m.files.items()))
+    for note in m.notes:
         t.add_row("note", f"[yellow]{escape(note)}[/]")
     console.print(t)
     if show_log and trt:
-        console.print(escape("\n".join(trt["build_log"])))
+        console.print(escape("\n".join(trt.build_log)))
 
 
 def _worst(rows: list[dict]) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import click
 
+from dinov3_deploy.options import weights_option
+
 
 @click.command("verify")
 @click.argument("artifact", type=click.Path(file_okay=False))
-@click.option("--weights", default=None, help="Backbone weights, if they moved since export.")
-@click.option("--head", default=None, help="Head checkpoint directory, if it moved since export.")
+@weights_option("Backbone weights, if they moved since export (checked against the recorded sha256).")
+@click.option("--head", default=None, type=click.Path(exists=True, file_okay=False),
+              help="Head checkpoint directory, if it moved since export (checked against the recorded sha256).")
 @click.option("--no-write", is_flag=True, help="Do not update the artifact's parity.json.")
 def command(artifact, weights, head, no_write) -> None:
     """Check an artifact's backends against the fp32 PyTorch reference; exit 1 when parity fails."""
