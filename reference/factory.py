@@ -26,7 +26,7 @@ from torch import nn
 from .configs import ConvNeXtConfig, ViTConfig, get_config
 from .formats.checkpoints import detect_source, load_into, read_state_dict, to_official
 from .models.convnext import ConvNeXt
-from .models.random_init import INITS, release_like_
+from .models.random_init import APPLY_INIT, INITS, release_like_
 from .models.task_model import HeadSpec, TaskModel
 from .models.vit import DinoVisionTransformer
 
@@ -50,8 +50,9 @@ def create_backbone(
     """Build backbone `name` (a registry name or a config) in eval mode; random init when `weights`
     is None, else load the checkpoint (path, Hugging Face directory or state dict) strictly after
     converting its layout ("official" | "hf" | "timm", detected from the keys when "auto") to ours.
-    `init` picks the random initialisation: "train" (the release's) or "release-like" (trained-like
-    LayerScale and norms, see random_init.py); it is ignored when weights are given."""
+    `init` picks the random initialisation: "train" (the release's), "release-like" (trained-like
+    LayerScale and norms, see random_init.py) or "outliers" (release-like with trained-like tiny
+    gammas and massive activations, to stress low precision); it is ignored when weights are given."""
     if init not in INITS:
         raise ValueError(f"init must be one of {INITS}, got '{init}'")
     cfg = get_config(name) if isinstance(name, str) else name
@@ -65,8 +66,8 @@ def create_backbone(
     if sd is not None:
         what = f"checkpoint {weights}" if not isinstance(weights, dict) else "state dict"
         load_into(model, sd, what=what)
-    elif init == "release-like" and (device is None or torch.device(device).type != "meta"):
-        release_like_(model)
+    elif init in APPLY_INIT and (device is None or torch.device(device).type != "meta"):
+        APPLY_INIT[init](model)
     model.set_attn_impl(attn_impl)
     return model.eval()
 
