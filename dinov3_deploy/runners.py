@@ -61,6 +61,11 @@ class OrtRunner:
             self._runner = OnnxrtRunner(SessionFromOnnx(str(self.onnx_path), providers=[self.provider]),
                                         name=self.name)
             self._runner.activate()
+            try:
+                check_provider(self._runner.sess, self.provider)
+            except DeployError:
+                self.close()
+                raise
         (name,) = list(self._runner.get_input_metadata(use_numpy_dtypes=False).keys())
         return dict(self._runner.infer({name: np.ascontiguousarray(batch)}, check_inputs=False))
 
@@ -68,6 +73,19 @@ class OrtRunner:
         if self._runner is not None:
             self._runner.deactivate()
             self._runner = None
+
+
+def check_provider(session, provider: str) -> None:
+    """ONNX Runtime falls back to the CPU provider, with only a log line, when the CUDA or TensorRT
+    provider is installed but fails to initialise (missing CUDA/cuDNN libraries, a driver too old):
+    timings would then be CPU figures under a GPU name. Refuse instead."""
+    want = ORT_PROVIDERS[provider]
+    got = list(session.get_providers())
+    if not got or got[0] != want:
+        raise DeployError(
+            f"onnxruntime-{provider}: ONNX Runtime did not start {want} (the session runs on "
+            f"{', '.join(got) or 'nothing'}); check its CUDA/cuDNN/TensorRT libraries (ONNX Runtime's log says "
+            "which failed to load)")
 
 
 @dataclass

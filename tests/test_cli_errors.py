@@ -64,3 +64,17 @@ def test_bad_invocation_exits_2_with_one_clear_line(tmp_path, index):
     error_lines = [line for line in out.splitlines() if line.lower().startswith("error")]
     assert len(error_lines) == 1, out
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir()), "a temporary was left behind"
+
+
+def test_every_option_says_what_it_does():
+    """`--help` documents every option of every command (some once had none)."""
+    import click
+
+    missing = []
+    for name in COMMANDS:
+        command = cli.get_command(None, name)
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden and not (param.help or "").strip():
+                if param.name != "help":
+                    missing.append(f"{name} {param.opts[0]}")
+    assert not missing, missing
