@@ -101,7 +101,7 @@ def _ort_skip_reason(provider: str, precision: str) -> str:
     import onnxruntime as ort
 
     if ORT_PROVIDERS[provider] not in ort.get_available_providers():
-        extra = " (pip install 'dinov3-deploy[gpu]' on a CUDA machine)" if provider != "cpu" else ""
+        extra = " (GPU: pip install 'dinov3-deploy[gpu]')" if provider != "cpu" else ""
         return f"{ORT_PROVIDERS[provider]} is not in this onnxruntime build{extra}"
     if provider == "cpu" and precision == "bf16":
         return "ONNX Runtime's CPU provider has no bfloat16 kernels (Conv/MatMul)"

@@ -160,6 +160,19 @@ def raise_if_failed(report: dict, hint: str = "") -> None:
         raise ParityError(failure_message(report) + (f". {hint}" if hint else ""))
 
 
+def skipped_lines(backends: list[dict]) -> list[str]:
+    """One short line per distinct reason, naming every backend it skips ("onnxruntime-cuda,
+    onnxruntime-tensorrt: not in this onnxruntime build"), instead of a wrapped line per backend."""
+    by_reason: dict[str, list[str]] = {}
+    for b in backends:
+        if b["status"] == "skipped":
+            reason = b["reason"]
+            for provider in ("CUDAExecutionProvider", "TensorrtExecutionProvider"):
+                reason = reason.replace(f"{provider} is", "provider")
+            by_reason.setdefault(reason, []).append(b["name"])
+    return [f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+
+
 def render_report(report: dict, console) -> None:
     """The parity table (rich), thresholds underneath."""
     from rich.markup import escape
@@ -187,9 +200,8 @@ def render_report(report: dict, console) -> None:
                 "[green]pass[/]" if o["passed"] else f"[red]FAIL[/] {'; '.join(o['failures'])}",
             )
     console.print(table)
-    for b in report["backends"]:
-        if b["status"] == "skipped":
-            console.print(f"[yellow]skipped[/] {b['name']}: {escape(b['reason'])}")
+    for line in skipped_lines(report["backends"]):
+        console.print(f"[yellow]skipped[/] {escape(line)}", soft_wrap=True)
     console.print(
         f"thresholds ({report['precision']}): rel fro <= {th['max_rel_fro']:.0e}, min token cos >= "
         f"{th['min_token_cos']}, labels >= {th['min_label_agreement']:.1%} (seg)"

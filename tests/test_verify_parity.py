@@ -139,3 +139,18 @@ def test_failure_message_names_what_failed():
     report["backends"].append({"name": "x", "status": "failed", "reason": "", "outputs": [
         {"output": "logits", "case": "opt", "passed": False, "failures": ["rel_fro 1e-1 > 2e-2"]}]})
     assert "x: logits[opt]: rel_fro" in failure_message(report)
+
+
+def test_skipped_backends_are_one_short_line_per_reason():
+    from dinov3_deploy.verification import skipped_lines
+
+    reason = "{} is not in this onnxruntime build (GPU: pip install 'dinov3-deploy[gpu]')"
+    backends = [{"name": "onnxruntime-cpu", "status": "ok", "reason": ""},
+                {"name": "onnxruntime-cuda", "status": "skipped", "reason": reason.format("CUDAExecutionProvider")},
+                {"name": "onnxruntime-tensorrt", "status": "skipped",
+                 "reason": reason.format("TensorrtExecutionProvider")},
+                {"name": "tensorrt-rtx-engine", "status": "skipped", "reason": "no CUDA GPU on this machine"}]
+    lines = skipped_lines(backends)
+    assert lines == ["onnxruntime-cuda, onnxruntime-tensorrt: provider not in this onnxruntime build "
+                     "(GPU: pip install 'dinov3-deploy[gpu]')", "tensorrt-rtx-engine: no CUDA GPU on this machine"]
+    assert all(len(line) <= 120 for line in lines)
