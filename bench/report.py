@@ -140,7 +140,21 @@ def _kernel_parity_cell(row: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Grouped bars: median latency per target for each input shape, p10-p90 whiskers."""
+    """The latency figure of `report` as a PNG at `path` (nothing when no row was timed)."""
+    import matplotlib.pyplot as plt
+
+    fig = figure(report)
+    if fig is None:
+        return
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+    finally:
+        plt.close(fig)
+
+
+def figure(report: dict):
+    """Grouped bars: median latency per target for each input shape, p10-p90 whiskers, the median
+    written above each whisker. None when no row was timed."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -148,7 +162,7 @@ def plot(report: dict, path: Path) -> None:
 
     rows = [r for r in report["rows"] if "median_ms" in r]
     if not rows:
-        return
+        return None
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     targets = list(dict.fromkeys(r["target"] for r in rows))
     width = 0.8 / len(targets)
@@ -165,23 +179,23 @@ def plot(report: dict, path: Path) -> None:
             hi.append(r["p90_ms"] - r["median_ms"])
             colors.append(None if r["status"] == "ok" else "red")
         bars = ax.bar(xs, ys, width, yerr=[lo, hi], capsize=3, label=t)
-        for b, c, y in zip(bars, colors, ys):
+        for b, c, y, top in zip(bars, colors, ys, hi):
             if c:
                 b.set_edgecolor(c)
                 b.set_linewidth(2)
-            ax.annotate(f"{y:.1f}", (b.get_x() + b.get_width() / 2, y), ha="center", va="bottom", fontsize=7)
+            # above the p90 whisker, not on the bar top where the error bar runs through the text
+            ax.annotate(f"{y:.1f}", (b.get_x() + b.get_width() / 2, y + top), xytext=(0, 2),
+                        textcoords="offset points", ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(shapes)), shapes)
     ax.set_xlabel("input (batch x height x width)")
     ax.set_ylabel("median latency (ms)")
     m = report["machine"]
     dev = m["gpu"]["name"] if m["gpu"] else f"{m['cpu_count']}-core CPU"
     ax.set_title(f"{report['config']['title']} on {dev} (red edge = parity failed)", fontsize=9)
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.08)  # room for the labels over the tallest whisker
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    finally:
-        plt.close(fig)
+    return fig
 
 
 def write_report(report: dict, json_path: Path, *, png: bool = True) -> list[Path]:

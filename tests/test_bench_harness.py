@@ -163,3 +163,22 @@ def test_timed_row_reports_failures_and_parity_failures():
 def test_dot_precision_names_ieee_for_fp32_only():
     assert dot_precision(torch.float32) == "ieee"
     assert dot_precision(torch.bfloat16) == "bfloat16" and dot_precision(torch.float16) == "float16"
+
+
+def test_plot_labels_sit_above_the_error_bars():
+    """Each bar's label is drawn above its p90 whisker (on the bar top, the whisker ran through it)."""
+    import matplotlib.pyplot as plt
+
+    rows = [{"target": t, "shape": s, "status": "ok", "median_ms": m, "p10_ms": m * 0.7, "p90_ms": m * 1.6}
+            for t, m0 in (("torch-fp32-sdpa", 10.0), ("onnxruntime-cpu", 6.0)) for s, m in (("1x32x32", m0),
+                                                                                           ("2x32x32", 2 * m0))]
+    report = {"rows": rows, "config": {"title": "t"}, "machine": {"gpu": None, "cpu_count": 2}}
+    fig = rep.figure(report)
+    try:
+        ax = fig.axes[0]
+        labels = {t.get_text(): t.xy[1] for t in ax.texts}
+        for r in rows:
+            assert labels[f"{r['median_ms']:.1f}"] >= r["p90_ms"]
+        assert ax.get_ylim()[1] > max(r["p90_ms"] for r in rows)
+    finally:
+        plt.close(fig)
