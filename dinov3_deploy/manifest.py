@@ -111,12 +111,16 @@ class OutputSpec(TensorInfo):
 
 @dataclass(kw_only=True)
 class OutputsConfig:
+    """The export options that added outputs to the graph."""
+
     seg_output: str
     feature_layers: int
 
 
 @dataclass(kw_only=True)
 class Classes:
+    """Class names and their RGB palette, index = class id."""
+
     names: list[str]
     palette: list[list[int]]
 
@@ -186,12 +190,16 @@ class TensorRTInfo:
 
 @dataclass(kw_only=True)
 class TritonModel:
+    """One model of the Triton Inference Server repository (its folder name and backend)."""
+
     name: str
     backend: str
 
 
 @dataclass(kw_only=True)
 class TritonInfo:
+    """The Triton Inference Server model repository written beside the artifact."""
+
     dir: str
     models: list[TritonModel]
     notes: list[str]

@@ -36,13 +36,17 @@ def command(artifact, images, out, overwrite, backend, demo, window, stride) -> 
     features for IMAGES (files, or folders read recursively), plus predictions.json in OUT.
 
     \b
-    Per image NAME (its path relative to the folder argument, or the file name; synthetic_N for --demo):
-      seg       NAME_labels.png (class ids), NAME_seg.png (image | overlay | mask, class legend)
-      depth     NAME_depth.npy (metres), NAME_depth.png (image | depth, colour bar in metres)
-      cls       top-5 classes printed and in predictions.json
+    NAME: the image's path relative to the folder argument, extension included
+    (the file name for a file argument; synthetic_N for --demo). Per image:
+      seg       NAME_labels.png (class ids),
+                NAME_seg.png (image | overlay | mask, with a class legend)
+      depth     NAME_depth.npy (metres),
+                NAME_depth.png (image | depth, with a colour bar in metres)
+      cls       the top-5 classes, printed and in predictions.json
       features  NAME_patch_tokens.npy, NAME_pca.png
-    Images that cannot be read or run are listed (name and reason) and the rest still run; the exit
-    status is then 2."""
+
+    Images that cannot be read or run are reported (name and reason) and the others still run;
+    the exit status is then 2 and predictions.json lists the failures."""
     from rich.console import Console
     from rich.progress import Progress
 
