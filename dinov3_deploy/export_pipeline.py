@@ -18,6 +18,7 @@ from dinov3_deploy.manifest import (
     INPUT_NAMES,
     BackboneInfo,
     Classes,
+    FoldInfo,
     HeadInfo,
     InputSpec,
     Manifest,
@@ -172,7 +173,14 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
         model = source.build(attn_impl="triton" if plugin else "math")
     spec = model.spec
     # DeployModule casts a copy, so `model` stays the fp32 reference verification compares with.
-    module = DeployModule(model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input,
+    # Exact folds (LayerScale, ConvNeXt gamma, head BatchNorm) go into the exported weights so no op
+    # materialises a raw branch output far larger than its contribution (trained gammas reach 1e-5:
+    # unfolded fp16 overflows). `model` stays unfolded: verification compares against it.
+    from dinov3_deploy.reference.models.fold import fold_all
+
+    with progress.step("folding LayerScale / gamma / BatchNorm into the layers before them"):
+        export_model, folds = fold_all(model)
+    module = DeployModule(export_model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input,
                           feature_layers=opts.feature_layers)
 
     with ArtifactWriter(opts.out, overwrite=opts.overwrite) as writer:
@@ -219,6 +227,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
                           exporter="torch.onnx (dynamo, torch.export)", export_example_shape=result.example_shape,
                           graph=graph),
             toolchain=toolchain_versions(),
+            folds=[FoldInfo(**f.to_dict()) for f in folds],
         )
         if source.head is not None and source.random_backbone:
             from dinov3_deploy.reference.head_checkpoint import read_head_config

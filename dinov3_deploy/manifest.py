@@ -212,6 +212,15 @@ class FileEntry:
 
 
 @dataclass(kw_only=True)
+class FoldInfo:
+    """An exact weight rewrite made before export (reference/models/fold.py): `source` merged into `target`."""
+
+    kind: str
+    source: str
+    target: str
+
+
+@dataclass(kw_only=True)
 class Manifest:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
@@ -230,6 +239,7 @@ class Manifest:
     triton: TritonInfo | None = None
     toolchain: dict[str, str]
     notes: list[str] = field(default_factory=list)
+    folds: list[FoldInfo] = field(default_factory=list)
     export_seconds: float | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
 

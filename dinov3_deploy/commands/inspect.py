@@ -57,6 +57,11 @@ def command(artifact, as_json, show_log) -> None:
         t.add_row("tensorrt", f"{trt.file} {trt.flavor} {trt.version}, targets {', '.join(trt.targets)}, "
                   f"{trt.engine_bytes / 1e6:.1f} MB, {trt.network_layers} network layers, "
                   f"opt level {trt.builder_optimization_level}, built in {trt.build_seconds}s")
+    if m.folds:
+        kinds: dict[str, int] = {}
+        for f in m.folds:
+            kinds[f.kind] = kinds.get(f.kind, 0) + 1
+        t.add_row("folded", ", ".join(f"{n} {k}" for k, n in kinds.items()) + " (exact; into the layers before them)")
     if m.triton:
         t.add_row("triton", ", ".join(f"{x.name} ({x.backend})" for x in m.triton.models))
     t.add_row("toolchain", ", ".join(f"{k} {v}" for k, v in m.toolchain.items()))
