@@ -105,30 +105,56 @@ def resolve_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+TASK_DATA = {"seg": ("synthetic", "ade20k", "folder"), "depth": ("synthetic", "nyu"),
+             "cls": ("synthetic", "imagefolder")}
+
+
 class DataSpec(click.ParamType):
-    """synthetic[:N] | ade20k:PATH | folder:PATH, checked before any model is built."""
+    """A dataset spec, checked before any model is built: synthetic[:N] (every task); seg:
+    ade20k:PATH, folder:PATH; depth: nyu:PATH; cls: imagefolder:PATH."""
 
     name = "data"
 
     def convert(self, value, param, ctx):
+        from pathlib import Path
+
         kind, _, arg = str(value).partition(":")
         if kind == "synthetic":
             if arg and not (arg.isdigit() and int(arg) > 0):
                 self.fail(f"'{value}': synthetic:N takes a positive number of images", param, ctx)
-        elif kind in ("ade20k", "folder"):
-            if not arg:
-                self.fail(f"'{value}': {kind}:PATH needs the dataset folder", param, ctx)
-            if not Path(arg).is_dir():
-                self.fail(f"'{value}': dataset folder {arg} not found", param, ctx)
-        else:
-            self.fail(f"'{value}' is not a dataset: use synthetic[:N], ade20k:PATH or folder:PATH", param, ctx)
+            return value
+        if kind not in ("ade20k", "folder", "nyu", "imagefolder"):
+            self.fail(f"'{value}' is not a dataset: use synthetic[:N], ade20k:PATH or folder:PATH (seg), nyu:PATH "
+                      "(depth), imagefolder:PATH (cls)", param, ctx)
+        if not arg:
+            self.fail(f"'{value}': {kind}:PATH needs the dataset folder", param, ctx)
+        if not Path(arg).is_dir():
+            self.fail(f"'{value}': dataset folder {arg} not found", param, ctx)
         return value
 
 
-def data_option():
+def task_data_option():
     return click.option("--data", type=DataSpec(), default="synthetic", show_default=True,
-                        help="synthetic[:N] (built in) | ade20k:PATH (ADEChallengeData2016) | folder:PATH "
-                             "(images/, masks/, classes.txt).")
+                        help="synthetic[:N] (built in, every task) | seg: ade20k:PATH (ADEChallengeData2016), "
+                             "folder:PATH (images/, masks/, classes.txt) | depth: nyu:PATH (train/ and test/ with "
+                             "NAME_rgb.png + NAME_depth.png, 16-bit millimetres) | cls: imagefolder:PATH "
+                             "(PATH/[train|val/]<class>/*.jpg).")
+
+
+def check_task_data(task: str, data: str) -> None:
+    """A dataset of another task fails at --data (exit 2), before any work."""
+    kind = data.partition(":")[0]
+    if kind not in TASK_DATA[task]:
+        usage = " or ".join("synthetic[:N]" if k == "synthetic" else f"{k}:PATH" for k in TASK_DATA[task])
+        raise click.BadParameter(f"'{data}' is not a {task} dataset: use {usage} with --task {task}",
+                                 param_hint="'--data'")
+
+
+def positive(ctx, param, value):
+    """click callback: None or an integer >= 1."""
+    if value is not None and value < 1:
+        raise click.BadParameter(f"must be at least 1, got {value}")
+    return value
 
 
 def overwrite_option(help_text: str):

@@ -73,3 +73,54 @@ def test_an_existing_run_is_refused_resumed_or_replaced_never_lost(tmp_path):
     res = runner.invoke(cli, ["train", "--out", str(tmp_path / "nothing"), "--resume", *small])
     assert res.exit_code == 2 and "cannot resume" in res.output
     assert not (tmp_path / "nothing").exists()
+
+
+def test_train_then_eval_depth_and_cls(tmp_path):
+    runner = CliRunner()
+    small = ["--iters", "8", "--train-size", "8", "--val-size", "3", "--crop", "64", "--base-size", "64",
+             "--no-progress"]
+    out = tmp_path / "depth"
+    res = runner.invoke(cli, ["train", "--task", "depth", "--out", str(out), *small])
+    assert res.exit_code == 0, res.output
+    absrel = float(re.search(r"AbsRel (\d+\.\d+)", res.output).group(1))
+    for label in ("RMSE", "log10", "δ1 < 1.25", "δ3 < 1.25³"):
+        assert label in res.output
+    cfg = json.loads((out / "head" / "config.json").read_text())
+    assert cfg["spec"]["task"] == "depth" and cfg["backbone_seed"] == 0
+    assert abs(cfg["extra"]["AbsRel"] - absrel) < 1e-4 and (out / "predictions.png").exists()
+    res = runner.invoke(cli, ["eval", "--task", "depth", "--head", str(out), "--val-size", "3",
+                              "--out", str(tmp_path / "ev_depth")])
+    assert res.exit_code == 0, res.output
+    assert f"AbsRel {absrel:.4f}" in res.output  # the same number: same images, same random backbone
+    metrics = json.loads((tmp_path / "ev_depth" / "metrics.json").read_text())
+    assert metrics["images"] == 3 and metrics["delta1"] >= 0 and (tmp_path / "ev_depth" / "predictions.png").exists()
+
+    out = tmp_path / "cls"
+    res = runner.invoke(cli, ["train", "--task", "cls", "--out", str(out), *small])
+    assert res.exit_code == 0, res.output
+    top1 = float(re.search(r"top-1 (\d+\.\d+)", res.output).group(1))
+    res = runner.invoke(cli, ["eval", "--head", str(out), "--val-size", "3", "--out", str(tmp_path / "ev_cls")])
+    assert res.exit_code == 0, res.output  # --task defaults to the head's
+    assert f"top-1 {top1:.2f}" in res.output and "top-5" in res.output
+    assert json.loads((tmp_path / "ev_cls" / "metrics.json").read_text())["images"] == 3
+
+    # a head of another task is refused
+    res = runner.invoke(cli, ["eval", "--task", "seg", "--head", str(out)])
+    assert res.exit_code == 2 and "'cls' head" in res.output
+
+
+def test_train_options_fail_at_the_option(tmp_path):
+    runner = CliRunner()
+    cases = [
+        (["--task", "depth", "--data", f"ade20k:{tmp_path}"], "--data", "not a depth dataset"),
+        (["--task", "seg", "--data", f"nyu:{tmp_path}"], "--data", "not a seg dataset"),
+        (["--task", "cls", "--data", "imagefolder:/does/not/exist"], "--data", "not found"),
+        (["--task", "seg", "--head-type", "dpt"], "--head-type", "depth head"),
+        (["--task", "depth", "--head-type", "dpt", "--layers", "last"], "--layers", "four layers"),
+        (["--task", "depth", "--min-depth", "5", "--max-depth", "2"], "--min-depth", "not below"),
+    ]
+    for args, option, message in cases:
+        res = runner.invoke(cli, ["train", "--out", str(tmp_path / "never"), *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert option in res.output and message in res.output, res.output
+    assert not (tmp_path / "never").exists()

@@ -11,7 +11,7 @@ import torch
 
 from dinov3_deploy.errors import CheckpointError
 from dinov3_deploy.reference.head_checkpoint import load_task_model
-from dinov3_deploy.reference.training import trainer as trainer_mod
+from dinov3_deploy.reference.training import tasks as tasks_mod
 from dinov3_deploy.reference.training.trainer import TrainConfig, lr_factor, sample_indices, train
 
 
@@ -95,13 +95,13 @@ def test_resume_refuses_a_different_run(tmp_path):
 
 def test_cached_features_run_the_backbone_once_per_image(tmp_path, monkeypatch):
     rows = []
-    real = trainer_mod.backbone_maps
+    real = tasks_mod.backbone_maps
 
     def counting(model, x, bf16):
         rows.append(x.shape[0])
         return real(model, x, bf16)
 
-    monkeypatch.setattr(trainer_mod, "backbone_maps", counting)
+    monkeypatch.setattr(tasks_mod, "backbone_maps", counting)
     # 6 steps x 4 samples over 8 images: every image is drawn, each goes through the backbone once
     result = train(_small(tmp_path / "c", train_size=8, cache_features=True, bf16=True))
     assert sum(rows) == 8

@@ -1,35 +1,32 @@
-"""`dinov3-deploy eval`: sliding-window mIoU / aAcc / per-class IoU of a head checkpoint."""
+"""`dinov3-deploy eval`: the metrics of a head checkpoint: sliding-window mIoU / aAcc / per-class IoU
+(seg), AbsRel / RMSE / log10 / δ1-3 (depth), top-1 / top-5 (cls)."""
 
 from __future__ import annotations
 
 import click
 
-from dinov3_deploy.options import data_option, device_option, out_option, weights_option
-
-
-def _positive(ctx, param, value):
-    if value is not None and value < 1:
-        raise click.BadParameter(f"must be at least 1, got {value}")
-    return value
+from dinov3_deploy.options import check_task_data, device_option, out_option, positive, task_data_option, weights_option
 
 
 @click.command("eval")
-@click.option("--task", type=click.Choice(["seg"]), default="seg", show_default=True)
+@click.option("--task", type=click.Choice(["seg", "depth", "cls"]), default=None,
+              help="The head's task (default: the one the checkpoint records; checked against it).")
 @click.option("--head", "head", type=click.Path(), required=True, help="Head checkpoint directory (from `train`).")
 @weights_option("Backbone weights; default: the ones the head records (checked by hash), or the random "
                 "backbone it was trained on.")
-@data_option()
+@task_data_option()
 @click.option("--split", default="val", show_default=True,
               help="Dataset split to evaluate (ADE20K: validation; folder: the split's subfolder).")
-@click.option("--short-side", "size", type=int, default=None, callback=_positive,
-              help="Resize images to this short side before the sliding window (default: the head's input size).")
-@click.option("--crop", type=int, default=None, callback=_positive,
-              help="Sliding-window crop (default: the head's input size).")
-@click.option("--stride", type=int, default=None, callback=_positive,
-              help="Sliding-window stride (default: 2/3 of the crop).")
-@click.option("--max-images", type=int, default=None, callback=_positive,
+@click.option("--short-side", "size", type=int, default=None, callback=positive,
+              help="Resize images to this short side first (default: the head's input size).")
+@click.option("--crop", type=int, default=None, callback=positive,
+              help="seg: sliding-window crop; cls: centre crop (default: the head's input size). Depth predicts "
+                   "whole images.")
+@click.option("--stride", type=int, default=None, callback=positive,
+              help="seg: sliding-window stride (default: 2/3 of the crop).")
+@click.option("--max-images", type=int, default=None, callback=positive,
               help="Evaluate only the first N images.")
-@click.option("--val-size", type=int, default=None, callback=_positive,
+@click.option("--val-size", type=int, default=None, callback=positive,
               help="Synthetic images (default: N of synthetic:N, or 24).")
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast for backbone and head (as the official evaluation).")
 @device_option()
@@ -38,27 +35,34 @@ def _positive(ctx, param, value):
 @out_option(None, "Write metrics.json and predictions.png here.")
 def command(task, head, weights, data, split, size, crop, stride, max_images, val_size, bf16, device,
             threads, out) -> None:
-    """Evaluate a segmentation head checkpoint with the official sliding-window protocol."""
+    """Evaluate a head checkpoint: seg with the official sliding-window protocol, depth on whole
+    images (metres, where the ground truth is valid), cls on centre crops."""
     from pathlib import Path
 
     import torch
 
     from dinov3_deploy.errors import DeployError
-    from dinov3_deploy.reference.head_checkpoint import load_task_model
+    from dinov3_deploy.reference.head_checkpoint import load_task_model, read_head_spec
     from dinov3_deploy.reference.training.datasets import open_dataset
-    from dinov3_deploy.reference.training.trainer import apply_threads, evaluate_seg
+    from dinov3_deploy.reference.training.tasks import RECIPES
+    from dinov3_deploy.reference.training.trainer import apply_threads
 
-    from .train import print_seg_result
+    from .train import print_result
 
+    recorded = read_head_spec(head).task
+    if task is not None and recorded != task:
+        raise DeployError(f"{head} is a '{recorded}' head, not '{task}'")
+    task = recorded
+    if task not in RECIPES:
+        raise DeployError(f"{head} is a '{task}' head: there is nothing to evaluate (seg, depth and cls heads are)")
+    check_task_data(task, data)
     model = load_task_model(head, backbone_weights=weights)
     spec = model.spec
-    if spec.task != task:
-        raise DeployError(f"{head} is a '{spec.task}' head, not '{task}'")
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     apply_threads(threads, spec.backbone, dev.type)
     model.to(dev)
-    dataset = open_dataset(data, split, synthetic_size=val_size, n_classes=spec.n_classes)
-    if dataset.n_classes != spec.n_classes:
+    dataset = open_dataset(data, split, synthetic_size=val_size, n_classes=spec.n_classes or 6, task=task)
+    if task != "depth" and dataset.n_classes != spec.n_classes:
         raise DeployError(f"{data} has {dataset.n_classes} classes but the head predicts {spec.n_classes}")
     size, crop = size or spec.input_size, crop or spec.input_size
     from rich.progress import Progress
@@ -66,19 +70,21 @@ def command(task, head, weights, data, split, size, crop, stride, max_images, va
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     with Progress(transient=True) as progress:
         tid = progress.add_task("eval", total=n)
-        metrics, kept = evaluate_seg(model, dataset, size=size, crop=crop, stride=stride, bf16=bf16,
-                                     max_images=max_images, keep=4 if out else 0,
-                                     progress=lambda: progress.advance(tid))
+        metrics, kept = RECIPES[task].evaluate(model, dataset, size=size, crop=crop, stride=stride, bf16=bf16,
+                                               max_images=max_images, keep=(4 if task != "cls" else 16) if out else 0,
+                                               progress=lambda: progress.advance(tid))
     names = spec.class_names or [str(i) for i in range(spec.n_classes)]
-    print_seg_result({**metrics, "class_names": names},
-                     title=f"{spec.backbone} {spec.task} head on {data} ({n} images, crop {crop}, short side {size})")
+    how = {"seg": f"crop {crop}, short side {size}", "depth": f"short side {size}",
+           "cls": f"short side {size}, centre crop {crop}"}[task]
+    print_result(task, {**metrics, "class_names": names},
+                 title=f"{spec.backbone} {spec.task} head on {data} ({n} images, {how})")
     if out:
         from dinov3_deploy.atomic import write_json
-        from dinov3_deploy.reference.training.visualize import save_prediction_figure
 
         o = Path(out)
         o.mkdir(parents=True, exist_ok=True)
         write_json(o / "metrics.json", {**metrics, "class_names": names, "head": str(head), "data": data, "images": n})
-        palette = spec.palette or getattr(dataset, "palette", None)
-        save_prediction_figure(o / "predictions.png", kept, palette, names, title=f"mIoU {metrics['mIoU']:.1f}")
+        if task == "seg" and not spec.palette:  # old heads: the dataset's colours
+            spec.palette = getattr(dataset, "palette", None) or spec.palette
+        RECIPES[task].figure(o / "predictions.png", kept, model, RECIPES[task].summary(metrics))
         click.echo(f"wrote {o / 'metrics.json'} and {o / 'predictions.png'}")

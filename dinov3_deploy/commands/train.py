@@ -1,40 +1,51 @@
-"""`dinov3-deploy train`: the reference linear-protocol trainer (frozen backbone, trained head)."""
+"""`dinov3-deploy train`: the reference linear-protocol trainer (frozen backbone, trained head) for
+segmentation, depth and classification heads."""
 
 from __future__ import annotations
 
 import click
 
-from dinov3_deploy.options import data_option, device_option, out_option, overwrite_option, weights_option
+from dinov3_deploy.options import (
+    check_task_data,
+    device_option,
+    out_option,
+    overwrite_option,
+    positive,
+    task_data_option,
+    weights_option,
+)
 
 
-def _positive(ctx, param, value):
-    if value is not None and value < 1:
-        raise click.BadParameter(f"must be at least 1, got {value}")
-    return value
-
-
+# dataset kinds per task (reference/training/datasets.py DATA_KINDS, repeated here so that option
+# checking imports no torch)
 @click.command("train")
-@click.option("--task", type=click.Choice(["seg"]), default="seg", show_default=True, help="Task head to train.")
+@click.option("--task", type=click.Choice(["seg", "depth", "cls"]), default="seg", show_default=True,
+              help="Head to train: seg (linear), depth (bins or DPT, metres), cls (linear on class + mean patch "
+                   "token).")
+@click.option("--head-type", type=click.Choice(["linear", "dpt"]), default="linear", show_default=True,
+              help="depth only: linear (AdaBins-style bins on a 1x1 conv) or dpt (DPT on four layers).")
 @click.option("--model", "backbone", default=None,
               help="Backbone name (see `dinov3-deploy models --all`). Default: the one --weights holds, else "
                    "vit_tiny_test.")
 @weights_option("Backbone weights (.pth, .safetensors, HF folder); without it a random backbone from --seed, "
                 "recorded in the head so export rebuilds the same one.")
-@click.option("--layers", type=click.Choice(["last", "four_last", "four_even"]), default="last", show_default=True,
-              help="Backbone blocks the head reads: the last, the four last, or four evenly spaced.")
-@data_option()
-@out_option("runs/seg", "Run folder: head/ (the checkpoint), metrics.jsonl, train_state.pt, predictions.png.")
+@click.option("--layers", type=click.Choice(["last", "four_last", "four_even"]), default=None,
+              help="Backbone blocks the head reads: the last, the four last, or four evenly spaced. Default: last; "
+                   "four_even for DPT.")
+@task_data_option()
+@out_option(None, "Run folder: head/ (the checkpoint), metrics.jsonl, train_state.pt, predictions.png. Default: "
+                  "runs/<task>.")
 @overwrite_option("Replace the run in --out (only a run folder of this tool holding nothing else).")
-@click.option("--iters", type=int, default=200, show_default=True, callback=_positive, help="Training steps.")
-@click.option("--batch-size", type=int, default=8, show_default=True, callback=_positive,
+@click.option("--iters", type=int, default=200, show_default=True, callback=positive, help="Training steps.")
+@click.option("--batch-size", type=int, default=8, show_default=True, callback=positive,
               help="Global batch over all processes.")
-@click.option("--crop", type=int, default=128, show_default=True, callback=_positive,
+@click.option("--crop", type=int, default=128, show_default=True, callback=positive,
               help="Training crop and sliding-window size: a multiple of the backbone's input multiple (16 for "
                    "ViT, 32 for ConvNeXt).")
-@click.option("--base-size", type=int, default=128, show_default=True, callback=_positive,
+@click.option("--base-size", type=int, default=128, show_default=True, callback=positive,
               help="Short side before the 0.5-2.0 random scaling; evaluation resizes to it.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True,
-              help="Peak learning rate (AdamW).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Peak learning rate (AdamW). Default: 1e-3 for seg, 1e-2 for depth and cls.")
 @click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-3, show_default=True,
               help="AdamW weight decay.")
 @click.option("--warmup", type=int, default=30, show_default=True, help="Linear warmup steps before the cosine.")
@@ -45,7 +56,16 @@ def _positive(ctx, param, value):
 @click.option("--eval-every", type=int, default=0, show_default=True, help="Evaluate every N steps (0 = at the end).")
 @click.option("--save-every", type=int, default=100, show_default=True, help="Save the training state every N steps.")
 @click.option("--cache-features", is_flag=True, help="Linear protocol with one cached augmented view per image.")
-@click.option("--classes", "n_classes", type=int, default=6, show_default=True, help="Classes of the synthetic data.")
+@click.option("--classes", "n_classes", type=click.IntRange(2, 8), default=6, show_default=True,
+              help="Classes of the synthetic seg / cls data.")
+@click.option("--min-depth", type=click.FloatRange(min=0, min_open=True), default=0.001, show_default=True,
+              help="depth: the first bin centre, metres.")
+@click.option("--max-depth", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              help="depth: the last bin centre, metres (10 for NYU; 80 for outdoor scenes).")
+@click.option("--bins", "n_bins", type=click.IntRange(min=2), default=256, show_default=True,
+              help="depth: number of depth bins.")
+@click.option("--dpt-features", type=click.IntRange(min=8), default=256, show_default=True,
+              help="depth, DPT: width of the fusion layers.")
 @click.option("--train-size", type=int, default=256, show_default=True, help="Synthetic training images.")
 @click.option("--val-size", type=int, default=24, show_default=True, help="Synthetic validation images.")
 @device_option()
@@ -67,6 +87,18 @@ def command(**kw) -> None:
     from dinov3_deploy.reference.configs import get_config
     from dinov3_deploy.reference.training.trainer import TrainConfig, train
 
+    task = kw["task"]
+    check_task_data(task, kw["data"])
+    if kw["head_type"] == "dpt" and task != "depth":
+        raise click.BadParameter(f"dpt is a depth head; --task {task} trains a linear head", param_hint="'--head-type'")
+    if kw["layers"] is None:
+        kw["layers"] = "four_even" if kw["head_type"] == "dpt" else "last"
+    elif kw["head_type"] == "dpt" and kw["layers"] == "last":
+        raise click.BadParameter("the DPT head reads four layers: use four_even or four_last", param_hint="'--layers'")
+    if kw["min_depth"] >= kw["max_depth"]:
+        raise click.BadParameter(f"{kw['min_depth']} is not below --max-depth {kw['max_depth']}",
+                                 param_hint="'--min-depth'")
+    kw["out"] = kw["out"] or f"runs/{task}"
     resume, overwrite = kw.pop("resume"), kw.pop("overwrite")
     kw["progress"] = not kw.pop("no_progress")
     kw["backbone_weights"] = kw.pop("weights")
@@ -79,11 +111,46 @@ def command(**kw) -> None:
     cfg = TrainConfig(**kw)
     result = train(cfg, resume=resume, overwrite=overwrite)
     if "checkpoint" in result:  # rank 0 only
-        print_seg_result(result, title=f"{cfg.backbone} + linear head on {cfg.data} ({result['step']} steps, "
-                         f"{result['train_s']:.0f} s, {result['world_size']} process(es))")
+        from dinov3_deploy.reference.training.trainer import head_name
+
+        print_result(task, result, title=f"{cfg.backbone} + {head_name(task, cfg.head_type)} head on {cfg.data} "
+                     f"({result['step']} steps, {result['train_s']:.0f} s, {result['world_size']} process(es))")
         click.echo(f"head checkpoint: {result['checkpoint']}")
         if "figure" in result:
             click.echo(f"predictions:     {result['figure']}")
+
+
+def print_result(task: str, result: dict, title: str) -> None:
+    """The metrics of a run or an evaluation: a table, then one plain line for logs and scripts."""
+    if task == "seg":
+        print_seg_result(result, title)
+        return
+    from rich.table import Table
+
+    from dinov3_deploy.reference.training.tasks import RECIPES
+
+    from ._progress import make_console
+
+    console = make_console()
+    console.print(f"[bold]{title}")
+    table = Table()
+    if task == "depth":
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, label in (("AbsRel", "AbsRel (lower is better)"), ("RMSE", "RMSE, m (lower is better)"),
+                           ("log10", "log10 (lower is better)"), ("delta1", "δ1 < 1.25, %"),
+                           ("delta2", "δ2 < 1.25², %"), ("delta3", "δ3 < 1.25³, %")):
+            table.add_row(label, f"{result[key]:.4f}" if key in ("AbsRel", "RMSE", "log10") else f"{result[key]:.2f}")
+    else:
+        table.add_column("class")
+        table.add_column("accuracy", justify="right")
+        for name, acc in zip(result["class_names"], result["acc"]):
+            table.add_row(name, "-" if acc != acc else f"{acc:.1f}")
+        table.add_section()
+        table.add_row("[bold]top-1", f"[bold]{result['top1']:.1f}")
+        table.add_row("top-5", f"{result['top5']:.1f}")
+    console.print(table)
+    click.echo(RECIPES[task].summary(result))
 
 
 def print_seg_result(result: dict, title: str) -> None:

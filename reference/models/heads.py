@@ -113,11 +113,13 @@ class LinearClsHead(nn.Module):
 
 class BinsDepthHead(nn.Module):
     """Linear depth head with AdaBins-style bins: 1x1 conv to n_bins logits, weights
-    relu(x) + 0.1 normalised over the bins, depth = sum(weight * bin centre) in metres."""
+    relu(x) + 0.1 normalised over the bins, depth = sum(weight * bin centre) in metres.
+    Its BatchNorm is GlobalBatchNorm2d (nn.BatchNorm2d outside multi-process training) so that N
+    training processes compute what one does, as for the segmentation head."""
 
     def __init__(self, in_channels: int, n_bins: int = 256, min_depth: float = 0.001, max_depth: float = 10.0) -> None:
         super().__init__()
-        self.batchnorm_layer = nn.BatchNorm2d(in_channels)
+        self.batchnorm_layer = GlobalBatchNorm2d(in_channels)
         self.conv = nn.Conv2d(in_channels, n_bins, kernel_size=1)
         self.min_depth, self.max_depth = min_depth, max_depth
         self.register_buffer("bin_centers", torch.linspace(min_depth, max_depth, n_bins), persistent=False)

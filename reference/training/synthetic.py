@@ -1,5 +1,5 @@
-"""A procedural segmentation dataset that ships with the package: textured shapes on textured
-ground, deterministic by seed, no downloads.
+"""Procedural segmentation and classification datasets that ship with the package: textured
+shapes on textured ground, deterministic by seed, no downloads.
 
 Every class has its own colour family and texture (streaks, waves, bricks, speckle, ...), so a
 frozen backbone's features separate them and a linear head learns them in seconds; images carry
@@ -7,6 +7,7 @@ lighting gradients, soft noise and several overlapping shapes so they look like 
 than like test patterns (the export verifier uses them as parity inputs).
 
     image, mask = make_sample(seed=3, height=128, width=160)   # uint8 HxWx3, uint8 HxW
+    image, label = make_cls_sample(seed=3, height=128, width=128)  # the same materials as classes
 """
 
 from __future__ import annotations
@@ -159,10 +160,46 @@ def make_sample(seed: int, height: int, width: int, n_classes: int = 6) -> tuple
         image = np.where(region[..., None], _paint(cls, rng, h, w), image)
         mask[region] = cls
 
-    # Lighting: a smooth gradient and vignetting, then sensor noise.
+    return _photograph(image, rng), mask
+
+
+def _photograph(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Lighting: a smooth gradient and vignetting, then sensor noise; float RGB -> uint8."""
+    h, w = image.shape[:2]
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
     g = rng.uniform(-0.15, 0.15, size=2)
     light = 1 + g[0] * (yy / h - 0.5) + g[1] * (xx / w - 0.5)
     light -= 0.15 * ((yy / h - 0.5) ** 2 + (xx / w - 0.5) ** 2)
     image = image * light[..., None] + rng.normal(0, 4, size=(h, w, 3))
-    return np.clip(image, 0, 255).astype(np.uint8), mask
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_cls_sample(seed: int, height: int, width: int, n_classes: int = 6) -> tuple[np.ndarray, int]:
+    """One (image uint8 [H,W,3], label) pair for classification; label = seed % n_classes, so the
+    classes are balanced over consecutive seeds.
+
+    The class is the material (colour family and texture) of the object in the picture: 2-3
+    overlapping shapes of the class cover the middle of the frame, on a neutral background (grey,
+    slightly tinted value noise, no class's material), with at most one small distractor shape of
+    another class.
+    """
+    _check_n(n_classes)
+    label = int(seed) % n_classes
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(height), int(width), int(n_classes), 0xC1]))
+    h, w = int(height), int(width)
+    others = [c for c in range(n_classes) if c != label]
+    grey = rng.uniform(90, 170) + rng.normal(0, 8, size=3)
+    image = grey[None, None, :] * (1 + 0.2 * _fractal(rng, h, w, rng.uniform(10, 30))[..., None])
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    obj = np.zeros((h, w), dtype=bool)
+    for _ in range(int(rng.integers(2, 4))):
+        # an ellipse near the centre, big enough that the class dominates the picture
+        cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
+        a, b = rng.uniform(0.2, 0.38) * w, rng.uniform(0.2, 0.38) * h
+        obj |= ((xx - cx) / a) ** 2 + ((yy - cy) / b) ** 2 <= 1
+    image = np.where(obj[..., None], _paint(label, rng, h, w), image)
+    if rng.uniform() < 0.3:
+        small = _shape(rng, h, w)
+        small &= np.hypot(yy - h / 2, xx - w / 2) > 0.3 * min(h, w)  # kept off the middle of the object
+        image = np.where(small[..., None], _paint(int(rng.choice(others)), rng, h, w), image)
+    return _photograph(image, rng), label

@@ -1,9 +1,13 @@
-"""The reference trainer of the linear segmentation protocol (frozen backbone, trained head).
+"""The reference trainer of the linear protocol (frozen backbone, trained head), for every task
+head: segmentation, depth (bins or DPT, metres) and classification.
 
     cfg = TrainConfig(out="runs/seg")           # defaults: tiny ViT on the built-in synthetic data
     result = train(cfg)                          # -> {"mIoU": ..., "checkpoint": "runs/seg/head", ...}
+    train(TrainConfig(task="depth", out="runs/depth"))   # -> {"AbsRel": ..., "delta1": ..., ...}
 
-- The backbone is frozen and runs under torch.inference_mode; only the head trains (AdamW, lr 1e-3,
+- One loop for every task: a task differs only in its data transform, the backbone features its
+  head reads, its loss, its metrics and its figure (tasks.py).
+- The backbone is frozen and runs under torch.inference_mode; only the head trains (AdamW, lr DEFAULT_LR,
   wd 1e-3, linear warmup then cosine to 0, optional gradient clipping and bf16 autocast).
 - Reproducible by construction: sample k of step s uses the data order of its epoch (a permutation
   seeded by `seed` and the epoch) and its own augmentation and dropout seeds `(seed, s, k)`. A
@@ -16,6 +20,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -24,15 +29,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from dinov3_deploy.atomic import atomic_write
 from dinov3_deploy.errors import CheckpointError, DeployError
 
 from ..models.task_model import TaskModel
-from .metrics import IGNORE_INDEX, SegMetrics
+from .tasks import HEAD_TYPES, RECIPES, backbone_maps, evaluate_seg, seg_logits_fn  # noqa: F401 (public here too)
 
 STATE_NAME = "train_state.pt"
+# Peak AdamW learning rates. The depth bins read-out needs large logits (every one of its 256 bins
+# keeps a weight floor of 0.1), and the classification head reads unnormalised tokens (no
+# BatchNorm in front): both learn several times faster at 1e-2 than at segmentation's 1e-3.
+DEFAULT_LR = {"seg": 1e-3, "depth": 1e-2, "cls": 1e-2}
 
 
 @dataclass
@@ -42,15 +50,20 @@ class TrainConfig:
     backbone: str = "vit_tiny_test"
     backbone_weights: str | None = None
     layers: str = "last"
+    head_type: str = "linear"  # depth: linear (bins) | dpt (needs four layers)
     data: str = "synthetic"
     n_classes: int = 6  # synthetic data only; other datasets bring their classes
+    min_depth: float = 0.001  # depth heads: the bins span [min_depth, max_depth] metres
+    max_depth: float = 10.0
+    n_bins: int = 256
+    dpt_features: int = 256  # DPT head width
     train_size: int = 256  # synthetic data only
     val_size: int = 24  # synthetic data only
     iters: int = 200
     batch_size: int = 8  # global, over all processes
     crop: int = 128
     base_size: int = 128  # short side before the 0.5-2.0 random scaling; eval resizes to it
-    lr: float = 1e-3
+    lr: float | None = None  # None: DEFAULT_LR of the task
     weight_decay: float = 1e-3
     warmup: int = 30
     grad_clip: float = 0.0  # max gradient norm; 0 = off
@@ -155,76 +168,15 @@ def build_model(cfg: TrainConfig, class_names: list[str], palette: list[list[int
     else:
         backbone = create_backbone(cfg.backbone, cfg.backbone_weights, attn_impl=cfg.attn_impl)
     mean, std = normalization_for_weights(cfg.backbone_weights)  # SAT-493M weights have their own
+    depth = {} if cfg.task != "depth" else dict(min_depth=cfg.min_depth, max_depth=cfg.max_depth, n_bins=cfg.n_bins,
+                                                 dpt_features=cfg.dpt_features)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
         return build_task_model(
-            cfg.task, backbone, n_classes=len(class_names), layers=cfg.layers,
+            cfg.task, backbone, n_classes=len(class_names), layers=cfg.layers, head_type=cfg.head_type,
             class_names=list(class_names), palette=[list(map(int, c)) for c in palette],
-            mean=mean, std=std, input_size=cfg.crop,
+            mean=mean, std=std, input_size=cfg.crop, **depth,
         )  # fmt: skip
-
-
-@torch.inference_mode()
-def backbone_maps(model: TaskModel, x: torch.Tensor, bf16: bool) -> list[torch.Tensor]:
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        maps = model.backbone.get_intermediate_layers(x, n=model.layer_ids, reshape=True, norm=True)
-    return [m.float() for m in maps]
-
-
-def seg_logits_fn(model: TaskModel, bf16: bool = False):
-    """window batch -> low-resolution logits, for slide_inference (inference mode, optional bf16)."""
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
-            return model(x)["logits"].float()
-
-    return fn
-
-
-# -- evaluation ------------------------------------------------------------------------------------
-def evaluate_seg(
-    model: TaskModel,
-    dataset,
-    *,
-    size: int,
-    crop: int,
-    stride: int | None = None,
-    bf16: bool = False,
-    max_images: int | None = None,
-    rank: int = 0,
-    world: int = 1,
-    keep: int = 0,
-    progress=None,
-) -> tuple[dict, list]:
-    """Sliding-window mIoU/aAcc over `dataset` (images resized to short side `size`, logits resized
-    back to the label size). Returns (metrics, up to `keep` (image, gt, pred) triples of rank 0)."""
-    from .sliding_window import slide_inference
-    from .transforms import SegEvalTransform
-
-    stride = stride or max(1, (crop * 2) // 3)
-    tf = SegEvalTransform(size, model.spec.mean, model.spec.std)
-    n_classes = model.spec.n_classes
-    metrics = SegMetrics(n_classes)
-    kept = []
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    for i in range(rank, n, world):
-        image, mask = dataset[i]
-        x, target = tf(image, mask)
-        logits = slide_inference(
-            seg_logits_fn(model, bf16), x[None].to(device), n_classes, crop, stride, out_size=tuple(target.shape)
-        )
-        pred = logits.argmax(1)[0].cpu()
-        metrics.update(pred, target)
-        if len(kept) < keep:
-            kept.append((image, mask, pred.to(torch.uint8).numpy()))
-        if progress is not None:
-            progress()
-    metrics.all_reduce()
-    model.train(was_training)
-    return metrics.compute(), kept
 
 
 # -- training --------------------------------------------------------------------------------------
@@ -232,37 +184,35 @@ class _Batches:
     """Training batches of one rank: augmented on the fly, or from cached per-sample features."""
 
     def __init__(self, cfg: TrainConfig, dataset, model: TaskModel, rank: int, world: int, device) -> None:
-        from .transforms import SegTrainTransform
-
         self.cfg, self.dataset, self.model = cfg, dataset, model
         self.rank, self.world, self.device = rank, world, device
-        spec = model.spec
-        self.tf = SegTrainTransform(crop=cfg.crop, base_size=cfg.base_size, mean=spec.mean, std=spec.std)
+        self.recipe = RECIPES[cfg.task]
+        self.tf = self.recipe.transform(cfg.crop, cfg.base_size, model.spec)
         self.cache: dict[int, tuple[list[torch.Tensor], torch.Tensor]] = {}
 
     def _sample(self, idx: int, rng):
-        image, mask = self.dataset[idx]
-        return self.tf(image, mask, rng)
+        image, target = self.dataset[idx]
+        return self.tf(image, target, rng)
 
     def get(self, step: int):
-        """(maps, targets [b,crop,crop], positions k of this rank's samples in the global batch)."""
+        """(features, targets, positions k of this rank's samples in the global batch)."""
         cfg = self.cfg
         idx = sample_indices(step, cfg.batch_size, len(self.dataset), cfg.seed)
         ks = list(range(self.rank, cfg.batch_size, self.world))
         if not cfg.cache_features:
-            xs, ms = zip(*(self._sample(idx[k], _sample_rng(cfg.seed, step, k)) for k in ks))
+            xs, ts = zip(*(self._sample(idx[k], _sample_rng(cfg.seed, step, k)) for k in ks))
             x = torch.stack(xs).to(self.device)
-            return backbone_maps(self.model, x, cfg.bf16), torch.stack(ms).to(self.device), ks
+            return self.recipe.features(self.model, x, cfg.bf16), torch.stack(ts).to(self.device), ks
         missing = [idx[k] for k in ks if idx[k] not in self.cache]
         if missing:
             # Linear protocol with cached features: one fixed augmented view per image.
-            xs, ms = zip(*(self._sample(i, _sample_rng(cfg.seed, 0, i, view=True)) for i in missing))
-            maps = backbone_maps(self.model, torch.stack(xs).to(self.device), cfg.bf16)
+            xs, ts = zip(*(self._sample(i, _sample_rng(cfg.seed, 0, i, view=True)) for i in missing))
+            feats = self.recipe.features(self.model, torch.stack(xs).to(self.device), cfg.bf16)
             for j, i in enumerate(missing):
-                self.cache[i] = ([m[j : j + 1].clone() for m in maps], ms[j][None].to(self.device))
+                self.cache[i] = ([f[j : j + 1].clone() for f in feats], ts[j][None].to(self.device))
         items = [self.cache[idx[k]] for k in ks]
-        maps = [torch.cat([it[0][layer] for it in items]) for layer in range(len(items[0][0]))]
-        return maps, torch.cat([it[1] for it in items]), ks
+        feats = [torch.cat([it[0][n] for it in items]) for n in range(len(items[0][0]))]
+        return feats, torch.cat([it[1] for it in items]), ks
 
 
 def _save_state(path: Path, step: int, head, optimizer, scheduler, cfg: TrainConfig) -> None:
@@ -286,11 +236,13 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict:
     except Exception as exc:
         raise CheckpointError(f"cannot read training state {path}: {exc}") from exc
     saved = json.loads(state["config"])
+    defaults = TrainConfig().to_dict()  # a state saved before a field existed had its default
     # These must match for the resumed run to be the same run.
     # The process count may change: N processes compute what one does.
-    for key in ("task", "backbone", "backbone_weights", "layers", "data", "n_classes", "train_size", "batch_size",
-                "crop", "base_size", "seed", "cache_features", "iters", "lr", "weight_decay", "warmup"):
-        if saved.get(key) != getattr(cfg, key):
+    for key in ("task", "backbone", "backbone_weights", "layers", "head_type", "data", "n_classes", "train_size",
+                "batch_size", "crop", "base_size", "seed", "cache_features", "iters", "lr", "weight_decay", "warmup",
+                "min_depth", "max_depth", "n_bins", "dpt_features"):
+        if saved.get(key, defaults[key]) != getattr(cfg, key):
             raise CheckpointError(
                 f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, this run has "
                 f"{getattr(cfg, key)!r}"
@@ -347,7 +299,7 @@ def _clear_run(out: Path) -> None:
 
 def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, stop_after: int | None = None,
           console=None) -> dict:
-    """Train a segmentation head; returns the final metrics and paths. `stop_after` ends the run
+    """Train the head of cfg.task; returns the final metrics and paths. `stop_after` ends the run
     early after that many steps, with its state saved (what an interruption leaves behind).
     An existing run in cfg.out is continued with `resume`, replaced with `overwrite`, else refused.
     torch's thread count is restored on return."""
@@ -363,8 +315,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, st
 def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -> dict:
     from .datasets import open_dataset
 
-    if cfg.task != "seg":
-        raise DeployError(f"the trainer supports --task seg for now (got '{cfg.task}')")
+    if cfg.task not in RECIPES:
+        raise DeployError(f"the trainer trains {', '.join(RECIPES)} heads, not '{cfg.task}'")
+    if cfg.head_type not in HEAD_TYPES[cfg.task]:
+        raise DeployError(f"a {cfg.task} head is {' or '.join(HEAD_TYPES[cfg.task])}, not '{cfg.head_type}'")
+    if cfg.head_type == "dpt" and cfg.layers == "last":
+        raise DeployError("the DPT head reads four layers: use layers four_even or four_last")
+    recipe = RECIPES[cfg.task]
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     apply_threads(cfg.threads, cfg.backbone, device.type)
     rank, world = init_distributed(device.type)
@@ -373,8 +330,8 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
         torch.cuda.set_device(device)
     if cfg.batch_size % world:
         raise DeployError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
-    train_set = open_dataset(cfg.data, "train", synthetic_size=cfg.train_size, n_classes=cfg.n_classes)
-    val_set = open_dataset(cfg.data, "val", synthetic_size=cfg.val_size, n_classes=cfg.n_classes)
+    train_set = open_dataset(cfg.data, "train", synthetic_size=cfg.train_size, n_classes=cfg.n_classes, task=cfg.task)
+    val_set = open_dataset(cfg.data, "val", synthetic_size=cfg.val_size, n_classes=cfg.n_classes, task=cfg.task)
     model = build_model(cfg, train_set.class_names, train_set.palette).to(device)
     model.backbone.requires_grad_(False)
     head = model.head
@@ -385,7 +342,8 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
             _clear_run(out)  # prepare_out vouched: only a run's own files are there
         out.mkdir(parents=True, exist_ok=True)
 
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.task]
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.iters, cfg.warmup))
     start = 0
     if resume:
@@ -408,22 +366,26 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
     dropout_p = float(getattr(getattr(head, "dropout", None), "p", 0.0))
     end = cfg.iters if stop_after is None else min(cfg.iters, start + stop_after)
     progress = _progress(cfg.progress and is_main, console)
-    last_eval: dict = {}
+    evaluate = functools.partial(recipe.evaluate, size=cfg.base_size, crop=cfg.crop, stride=cfg.eval_stride,
+                                 bf16=cfg.bf16, max_images=cfg.max_eval_images, rank=rank, world=world)
+
+    def amp():
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
     t0 = time.perf_counter()
     with progress:
         task_id = progress.add_task("train", total=cfg.iters, completed=start, status="")
         model.train()
         model.backbone.eval()
         for step in range(start, end):
-            maps, target, ks = batches.get(step)
-            channels = sum(m.shape[1] for m in maps)
-            masks = torch.stack([_dropout_mask(cfg.seed, step, k, channels, dropout_p) for k in ks])
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                logits = ddp_head(maps, masks.to(device))
-            logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-            valid = _all_reduce((target != IGNORE_INDEX).sum().float(), world).clamp(min=1)
-            loss_sum = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
-            # DDP averages gradients over ranks: scale so the result is the global per-pixel mean.
+            feats, target, ks = batches.get(step)
+            masks = None
+            if dropout_p > 0:  # the head's Dropout2d, drawn from each sample's own seed
+                channels = sum(m.shape[1] for m in feats)
+                masks = torch.stack([_dropout_mask(cfg.seed, step, k, channels, dropout_p) for k in ks]).to(device)
+            loss_sum, count = recipe.loss(ddp_head, feats, target, masks, amp)
+            valid = _all_reduce(count.detach().float().to(device), world).clamp(min=1)
+            # DDP averages gradients over ranks: scale so the result is the global mean (per pixel / image).
             (loss_sum * world / valid).backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(head.parameters(), cfg.grad_clip)
@@ -437,11 +399,10 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
                           elapsed_s=round(time.perf_counter() - t0, 3))
             progress.update(task_id, completed=done, status=f"loss {loss:.3f}")
             if cfg.eval_every and done % cfg.eval_every == 0 and done < cfg.iters:
-                last_eval, _ = evaluate_seg(model, val_set, size=cfg.base_size, crop=cfg.crop, stride=cfg.eval_stride,
-                                            bf16=cfg.bf16, max_images=cfg.max_eval_images, rank=rank, world=world)
+                last_eval, _ = evaluate(model, val_set)
                 model.backbone.eval()
-                log.write(event="eval", step=done, mIoU=last_eval["mIoU"], aAcc=last_eval["aAcc"])
-                progress.update(task_id, status=f"loss {loss:.3f} mIoU {last_eval['mIoU']:.1f}")
+                log.write(event="eval", step=done, **{k: last_eval[k] for k in recipe.scalars})
+                progress.update(task_id, status=f"loss {loss:.3f} {recipe.summary(last_eval)}")
             if is_main and ((cfg.save_every and done % cfg.save_every == 0) or done == end):
                 _save_state(out / STATE_NAME, done, head, optimizer, scheduler, cfg)
     train_s = time.perf_counter() - t0
@@ -450,30 +411,33 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
         return result  # interrupted on purpose; resume with resume=True
 
     model.eval()
-    metrics, kept = evaluate_seg(model, val_set, size=cfg.base_size, crop=cfg.crop, stride=cfg.eval_stride,
-                                 bf16=cfg.bf16, max_images=cfg.max_eval_images, rank=rank, world=world,
-                                 keep=cfg.n_figure if is_main else 0)
-    result.update(mIoU=metrics["mIoU"], aAcc=metrics["aAcc"], IoU=metrics["IoU"],
-                  class_names=list(train_set.class_names))
+    metrics, kept = evaluate(model, val_set, keep=cfg.n_figure if is_main else 0)
+    reported = {k: metrics[k] for k in recipe.scalars + recipe.lists}
+    result.update(reported, class_names=list(train_set.class_names))
     if is_main:
         from ..head_checkpoint import save_head_checkpoint
 
-        log.write(event="eval", step=end, mIoU=metrics["mIoU"], aAcc=metrics["aAcc"], IoU=metrics["IoU"])
-        extra = {"mIoU": metrics["mIoU"], "aAcc": metrics["aAcc"], "train": cfg.to_dict(), "train_s": train_s,
+        log.write(event="eval", step=end, **reported)
+        extra = {**{k: metrics[k] for k in recipe.scalars}, "train": cfg.to_dict(), "train_s": train_s,
                  "dataset": getattr(train_set, "name", cfg.data)}
         seed = cfg.seed if cfg.backbone_weights is None else None
         result["checkpoint"] = str(save_head_checkpoint(out / "head", model, extra=extra, backbone_seed=seed,
                                                         backbone_weights=cfg.backbone_weights))
         if kept:
-            from .visualize import save_prediction_figure
-
             fig = out / "predictions.png"
-            save_prediction_figure(fig, kept, model.spec.palette, model.spec.class_names,
-                                   title=f"{cfg.backbone} + linear head, mIoU {metrics['mIoU']:.1f}")
+            recipe.figure(fig, kept, model, f"{cfg.backbone} + {head_name(cfg.task, cfg.head_type)} head, "
+                                            f"{recipe.summary(metrics)}")
             result["figure"] = str(fig)
     if world > 1:
         _dist().barrier()
     return result
+
+
+def head_name(task: str, head_type: str) -> str:
+    """How reports name a head: 'linear', 'bins' (the linear depth head) or 'DPT'."""
+    if task == "depth":
+        return "DPT" if head_type == "dpt" else "bins"
+    return head_type
 
 
 def _progress(enabled: bool, console=None):

@@ -1,12 +1,16 @@
-"""The official segmentation training transforms (mmseg semantics of the DINOv3 linear protocol),
-on numpy arrays: image uint8 [H,W,3] RGB, mask uint8 [H,W] with 255 = ignore.
+"""Training and evaluation transforms on numpy arrays (image uint8 [H,W,3] RGB), seeded by the
+`numpy.random.Generator` passed in, so a sample's augmentation is a function of its seed alone (what
+makes resume and multi-process training reproducible).
+
+Segmentation (mask uint8 [H,W], 255 = ignore), the official pipeline (mmseg semantics of the DINOv3
+linear protocol):
 
     random short-side scaling (ratio 0.5-2.0 of a base size) -> random crop with the category-ratio
     check (no class above 75% of the crop, up to 10 tries) -> horizontal flip (p 0.5) ->
     photometric distortion -> normalisation -> padding to the crop (image 0, mask 255)
 
-Every random choice comes from the `numpy.random.Generator` passed in, so a sample's augmentation
-is a function of its seed alone (what makes resume and multi-process training reproducible).
+Depth (float32 metres, 0 = no ground truth) and classification (a class index): see
+DepthTrainTransform and ClsTrainTransform.
 """
 
 from __future__ import annotations
@@ -183,3 +187,118 @@ class SegEvalTransform:
         h, w = image.shape[:2]
         image, _ = resize(image, None, rescale_size(h, w, self.size, 4 * self.size))
         return normalize(image, self.mean, self.std), torch.from_numpy(np.array(mask, dtype=np.int64))
+
+
+# -- depth -------------------------------------------------------------------------------------------
+def resize_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a depth map to (h, w): every value stays a measured depth (bilinear
+    would invent depths between a foreground edge and the wall behind it, and blend in the 0s of
+    missing readings)."""
+    h, w = size
+    ys = np.minimum(((np.arange(h) + 0.5) * depth.shape[0] / h).astype(np.int64), depth.shape[0] - 1)
+    xs = np.minimum(((np.arange(w) + 0.5) * depth.shape[1] / w).astype(np.int64), depth.shape[1] - 1)
+    return depth[ys][:, xs]
+
+
+@dataclass
+class DepthTrainTransform:
+    """Depth training pipeline; `__call__(image, depth, rng) -> (x [3,crop,crop], depth [crop,crop] float32)`.
+
+    short side resized to base_size -> random crop -> horizontal flip (p 0.5) -> photometric
+    distortion -> normalisation -> padding to the crop (image 0, depth 0 = no ground truth).
+    No random scaling: zooming a photograph does not change how far its surfaces are, so a scaled
+    crop would teach the head that apparent size says nothing about metric depth."""
+
+    crop: int = 512
+    base_size: int = 512
+    flip: float = 0.5
+    photometric: bool = True
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __call__(self, image: np.ndarray, depth: np.ndarray, rng: np.random.Generator):
+        size = rescale_size(image.shape[0], image.shape[1], self.base_size, 4 * self.base_size)
+        image, _ = resize(image, None, size)
+        depth = resize_depth(np.asarray(depth, dtype=np.float32), size)
+        h, w = depth.shape
+        ch, cw = min(self.crop, h), min(self.crop, w)
+        y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+        image, depth = image[y : y + ch, x : x + cw], depth[y : y + ch, x : x + cw]
+        if rng.uniform() < self.flip:
+            image, depth = image[:, ::-1], depth[:, ::-1]
+        if self.photometric:
+            image = photometric_distortion(image, rng)
+        x_img = normalize_np(image, self.mean, self.std)
+        ph, pw = self.crop - ch, self.crop - cw
+        x_img = np.pad(x_img, ((0, ph), (0, pw), (0, 0)))
+        depth = np.pad(depth, ((0, ph), (0, pw)))
+        return (torch.from_numpy(np.ascontiguousarray(x_img.transpose(2, 0, 1))),
+                torch.from_numpy(np.ascontiguousarray(depth, dtype=np.float32)))
+
+
+@dataclass
+class DepthEvalTransform:
+    """Short side resized to `size` (keep ratio), normalised; the depth keeps its original size (the
+    prediction is resized back to it, so metrics are taken on the ground truth's own pixels)."""
+
+    size: int = 512
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __call__(self, image: np.ndarray, depth: np.ndarray):
+        h, w = image.shape[:2]
+        image, _ = resize(image, None, rescale_size(h, w, self.size, 4 * self.size))
+        return normalize(image, self.mean, self.std), torch.from_numpy(np.array(depth, dtype=np.float32))
+
+
+# -- classification ------------------------------------------------------------------------------------
+@dataclass
+class ClsTrainTransform:
+    """The linear-probe training pipeline: random resized crop (area 8-100 %, aspect 3/4-4/3, as
+    torchvision's RandomResizedCrop draws it, falling back to a centre crop) to crop x crop ->
+    horizontal flip (p 0.5) -> normalisation. `__call__(image, label, rng) -> (x, label int64)`."""
+
+    crop: int = 224
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def _box(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+        area = h * w
+        log_ratio = np.log(self.ratio)
+        for _ in range(10):
+            target = area * rng.uniform(*self.scale)
+            aspect = float(np.exp(rng.uniform(*log_ratio)))
+            cw, ch = int(round(np.sqrt(target * aspect))), int(round(np.sqrt(target / aspect)))
+            if 0 < cw <= w and 0 < ch <= h:
+                return int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1)), ch, cw
+        s = min(h, w)
+        return (h - s) // 2, (w - s) // 2, s, s
+
+    def __call__(self, image: np.ndarray, label: int, rng: np.random.Generator):
+        y, x, ch, cw = self._box(image.shape[0], image.shape[1], rng)
+        image, _ = resize(np.ascontiguousarray(image[y : y + ch, x : x + cw]), None, (self.crop, self.crop))
+        if rng.uniform() < self.flip:
+            image = image[:, ::-1]
+        return normalize(image, self.mean, self.std), torch.tensor(int(label), dtype=torch.int64)
+
+
+@dataclass
+class ClsEvalTransform:
+    """Short side resized to `size`, centre crop of crop x crop (the crop is clamped to the resized
+    image), normalised."""
+
+    size: int = 256
+    crop: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __call__(self, image: np.ndarray, label: int):
+        h, w = image.shape[:2]
+        image, _ = resize(image, None, rescale_size(h, w, self.size, 4 * self.size))
+        h, w = image.shape[:2]
+        ch, cw = min(self.crop, h), min(self.crop, w)
+        y, x = (h - ch) // 2, (w - cw) // 2
+        return normalize(image[y : y + ch, x : x + cw], self.mean, self.std), torch.tensor(int(label))
