@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dinov3_deploy.parity import OutputParity, compare
+from dinov3_deploy.verification.parity import OutputParity, compare
 
 from .timing import Timing, measure
 

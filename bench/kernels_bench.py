@@ -44,7 +44,7 @@ from dinov3_deploy.bench.harness import skipped_row, timed_row
 from dinov3_deploy.bench.machine import machine_info
 from dinov3_deploy.bench.report import markdown, write_report
 from dinov3_deploy.bench.timing import measure, measure_kernel
-from dinov3_deploy.parity import THRESHOLDS, OutputParity, compare_output
+from dinov3_deploy.verification.parity import THRESHOLDS, OutputParity, compare_output
 
 SECTIONS = ("attention", "fused", "stitch", "configs", "e2e")
 PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}

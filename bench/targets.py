@@ -49,7 +49,7 @@ def _skip_reason(precision: str, impl: str, device: str) -> str:
 
 def artifact_targets(artifact) -> list[Target]:
     """Every deployment backend of the artifact; those that cannot run here come back skipped."""
-    from dinov3_deploy.runners import artifact_backends
+    from dinov3_deploy.runtime.runners import artifact_backends
 
     out = []
     for be in artifact_backends(artifact):

@@ -113,8 +113,8 @@ class OutputSpec(TensorInfo):
 class OutputsConfig:
     """The export options that added outputs to the graph."""
 
-    seg_output: str
-    feature_layers: int
+    seg_output: str = "logits"  # "probs" / "labels" add upsampled outputs after the seg logits
+    feature_layers: int = 0  # features: patch tokens of the last N blocks
 
 
 @dataclass(kw_only=True)

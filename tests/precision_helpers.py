@@ -3,10 +3,10 @@
 import numpy as np
 import torch
 
-from dinov3_deploy import parity
 from dinov3_deploy.reference.models.fold import scaled_branches
 from dinov3_deploy.reference.training.synthetic import make_sample
 from dinov3_deploy.reference.training.transforms import normalize
+from dinov3_deploy.verification import parity
 
 FP16_MAX = float(torch.finfo(torch.float16).max)  # 65504
 

@@ -8,9 +8,9 @@ import json
 import pytest
 from manifest_helpers import sample_manifest
 
-from dinov3_deploy import export_pipeline
 from dinov3_deploy.artifact import SCHEMA_VERSION, ArtifactWriter, load_artifact
 from dinov3_deploy.errors import ArtifactError
+from dinov3_deploy.export import pipeline as export_pipeline
 
 
 def write_demo(target, task="seg"):
@@ -94,7 +94,7 @@ def test_tampered_or_foreign_artifacts_fail_clearly(tmp_path, tamper):
 
 def test_export_failing_midway_leaves_no_artifact(tmp_path, monkeypatch):
     """The ONNX is half written when the export dies: no artifact, no temporary directory."""
-    import dinov3_deploy.onnx_export as onnx_export
+    import dinov3_deploy.export.onnx_graph as onnx_export
 
     def dying_export(module, path, shapes, **options):
         path.write_bytes(b"partial onnx")

@@ -79,7 +79,7 @@ def test_verify_and_inspect(artifact, tmp_path):
 
 
 def test_verify_fails_with_exit_1_when_parity_breaks(artifact, tmp_path, monkeypatch):
-    from dinov3_deploy import parity
+    from dinov3_deploy.verification import parity
 
     out, _ = artifact
     copy = tmp_path / "a"
@@ -150,7 +150,7 @@ def test_export_from_a_head_checkpoint_with_uint8_input(tmp_path):
 
 
 def test_export_that_fails_parity_leaves_no_artifact(tmp_path, monkeypatch):
-    from dinov3_deploy import parity
+    from dinov3_deploy.verification import parity
 
     monkeypatch.setitem(parity.THRESHOLDS, "fp32", parity.Thresholds(0.0, 1.1, 1.0))
     r = invoke("export", "--task", "cls", "--model", "vit_tiny_test", "--static", "32x32", "--batch", "1",

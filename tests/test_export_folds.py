@@ -10,12 +10,12 @@ from precision_helpers import branch_absmax, synthetic_batch
 from dinov3_deploy.artifact import load_artifact
 from dinov3_deploy.cli import cli
 from dinov3_deploy.deploy_module import DeployModule
-from dinov3_deploy.onnx_export import export_onnx
-from dinov3_deploy.parity import compare
+from dinov3_deploy.export.onnx_graph import export_onnx
 from dinov3_deploy.reference import create_backbone
 from dinov3_deploy.reference.models.fold import fold_all
 from dinov3_deploy.reference.models.task_model import HeadSpec, TaskModel
 from dinov3_deploy.shapes import DimRange, ShapeSpec
+from dinov3_deploy.verification.parity import compare
 
 
 def test_export_records_folds_and_inspect_shows_them(tmp_path):

@@ -15,7 +15,7 @@ from test_export_matrix import images, stressed_backbone
 
 from dinov3_deploy.deploy_module import DeployModule
 from dinov3_deploy.errors import DeployError, InputShapeError
-from dinov3_deploy.onnx_export import (
+from dinov3_deploy.export.onnx_graph import (
     GraphFacts,
     check_graph,
     ensure_clean,
@@ -23,12 +23,12 @@ from dinov3_deploy.onnx_export import (
     graph_facts,
     needs_external_data,
 )
-from dinov3_deploy.parity import compare
 from dinov3_deploy.reference.configs import get_config
 from dinov3_deploy.reference.factory import build_backbone, build_task_model
 from dinov3_deploy.reference.training.synthetic import make_sample
-from dinov3_deploy.runners import OrtRunner, TorchRunner
+from dinov3_deploy.runtime.runners import OrtRunner, TorchRunner
 from dinov3_deploy.shapes import DimRange, ShapeSpec, parse_static
+from dinov3_deploy.verification.parity import compare
 
 
 def seg_model(backbone: str):

@@ -6,19 +6,12 @@ import json
 
 import numpy as np
 import pytest
+from cli_helpers import export_tiny as _export
 from click.testing import CliRunner
 from PIL import Image
 
 from dinov3_deploy.cli import cli
 from dinov3_deploy.reference.training.synthetic import make_sample
-
-
-def _export(tmp_path, task, *extra):
-    art = tmp_path / f"art_{task}"
-    res = CliRunner().invoke(cli, ["export", "--task", task, "--model", "vit_tiny_test", "--batch", "1:1:4",
-                                   "--height", "32:64:128", "--no-verify", "--out", str(art), *extra])
-    assert res.exit_code == 0, res.output
-    return art
 
 
 @pytest.fixture(scope="module")

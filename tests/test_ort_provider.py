@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from dinov3_deploy.errors import DeployError
-from dinov3_deploy.runners import OrtRunner, check_provider
+from dinov3_deploy.runtime.runners import OrtRunner, check_provider
 
 
 class FallenBackSession:

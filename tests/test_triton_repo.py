@@ -7,9 +7,9 @@ import re
 
 import pytest
 
+from dinov3_deploy.export.triton_repo import triton_config, write_triton_repo
 from dinov3_deploy.manifest import GraphInfo, TensorInfo
 from dinov3_deploy.shapes import DimRange, ShapeSpec
-from dinov3_deploy.triton_repo import triton_config, write_triton_repo
 
 _TOKEN = re.compile(r'\s*(?:(#[^\n]*)|("(?:[^"\\]|\\.)*")|([{}\[\]:,])|([A-Za-z0-9_.+-]+))')
 

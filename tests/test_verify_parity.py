@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 
 from dinov3_deploy.manifest import DeployIO
-from dinov3_deploy.parity import (
+from dinov3_deploy.shapes import DimRange, ShapeSpec
+from dinov3_deploy.verification.parity import (
     THRESHOLDS,
     compare,
     label_agreement,
     min_token_cosine,
     relative_frobenius,
 )
-from dinov3_deploy.shapes import DimRange, ShapeSpec
-from dinov3_deploy.verification import default_cases, failure_message, make_batch
+from dinov3_deploy.verification.verify import default_cases, failure_message, make_batch
 
 
 def _rotated_token(n_tokens: int, cos: float) -> tuple[np.ndarray, np.ndarray]:
@@ -142,7 +142,7 @@ def test_failure_message_names_what_failed():
 
 
 def test_skipped_backends_are_one_short_line_per_reason():
-    from dinov3_deploy.verification import skipped_lines
+    from dinov3_deploy.verification.verify import skipped_lines
 
     reason = "{} is not in this onnxruntime build (GPU: pip install 'dinov3-deploy[gpu]')"
     backends = [{"name": "onnxruntime-cpu", "status": "ok", "reason": ""},

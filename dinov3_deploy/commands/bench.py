@@ -126,8 +126,8 @@ def command(artifact, model_name, task, weights, head, precisions, attn_impls, c
     )
     from dinov3_deploy.manifest import DeployIO
     from dinov3_deploy.model_source import ModelSource
-    from dinov3_deploy.parity import THRESHOLDS
-    from dinov3_deploy.verification import Case, make_batch, reference_module
+    from dinov3_deploy.verification.parity import THRESHOLDS
+    from dinov3_deploy.verification.verify import Case, make_batch, reference_module
 
     console = Console(stderr=True)
     device = resolve_device(device)

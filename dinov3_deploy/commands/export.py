@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from dinov3_deploy.export_pipeline import DEFAULT_MODEL, ExportOptions
+from dinov3_deploy.export.pipeline import DEFAULT_MODEL, ExportOptions
 from dinov3_deploy.options import out_option, overwrite_option, weights_option
 
 
@@ -58,8 +58,8 @@ def command(task, model, weights, head, n_classes, layers, precision, formats, b
     from rich.markup import escape
 
     from dinov3_deploy.commands._progress import RichProgress, make_console
-    from dinov3_deploy.export_pipeline import export_artifact
-    from dinov3_deploy.verification import render_report
+    from dinov3_deploy.export.pipeline import export_artifact
+    from dinov3_deploy.verification.verify import render_report
 
     console = make_console()
     if out is None:

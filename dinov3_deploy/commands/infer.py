@@ -52,7 +52,8 @@ def command(artifact, images, out, overwrite, backend, demo, window, stride) -> 
 
     from dinov3_deploy.artifact import load_artifact
     from dinov3_deploy.atomic import write_json
-    from dinov3_deploy.inference import (
+    from dinov3_deploy.reference.training.images import read_rgb
+    from dinov3_deploy.runtime.inference import (
         ArtifactModel,
         ImageInput,
         list_images,
@@ -61,8 +62,7 @@ def command(artifact, images, out, overwrite, backend, demo, window, stride) -> 
         save_prediction,
         window_size,
     )
-    from dinov3_deploy.reference.training.images import read_rgb
-    from dinov3_deploy.runners import artifact_backends
+    from dinov3_deploy.runtime.runners import artifact_backends
 
     console = Console(stderr=True)
     out_dir = Path(out)

@@ -18,7 +18,7 @@ def command(artifact, weights, head, no_write) -> None:
 
     from dinov3_deploy.artifact import load_artifact
     from dinov3_deploy.commands._progress import RichProgress, make_console
-    from dinov3_deploy.verification import failure_message, render_report, verify_artifact
+    from dinov3_deploy.verification.verify import failure_message, render_report, verify_artifact
 
     console = make_console()
     progress = RichProgress(console)

@@ -12,7 +12,7 @@ Why not polygraphy's comparator: its `CompareFunc.simple` gates every element wi
 summarises abs/rel error distributions, and `CompareFunc.indices` compares top-k indices;
 neither expresses a relative Frobenius norm, a per-token cosine or a pixel agreement rate, which
 are what make fp16/bf16 parity meaningful for DINOv3 features. Polygraphy still runs the ONNX
-Runtime backends (see runners.py).
+Runtime backends (see runtime/runners.py).
 """
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
     """Write the artifact; returns (path, parity report or None). Raises DeployError subclasses
     (ParityError when verification fails: no artifact is left behind then)."""
     from dinov3_deploy.deploy_module import PRECISIONS, DeployModule
-    from dinov3_deploy.onnx_export import ensure_clean, export_onnx
+    from dinov3_deploy.export.onnx_graph import ensure_clean, export_onnx
     from dinov3_deploy.reference.configs import get_config
 
     progress = progress or Progress()
@@ -262,7 +262,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
                 del net
 
         if "triton-repo" in formats:
-            from dinov3_deploy.triton_repo import write_triton_repo
+            from dinov3_deploy.export.triton_repo import write_triton_repo
 
             with progress.step("writing the Triton model repository"):
                 trt = manifest.tensorrt
@@ -272,7 +272,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
 
         report = None
         if opts.verify:
-            from dinov3_deploy.verification import verify_artifact
+            from dinov3_deploy.verification.verify import verify_artifact
 
             with progress.step("verifying parity against the fp32 PyTorch reference"):
                 report = verify_artifact(Artifact(root, manifest), model=model, log=progress.log)
@@ -281,7 +281,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
             (root / PARITY_NAME).write_text(_dumps({"schema": "dinov3-deploy-parity", "skipped": "--no-verify",
                                                     "passed": None}))
         if report is not None and not report["passed"]:
-            from dinov3_deploy.verification import raise_if_failed
+            from dinov3_deploy.verification.verify import raise_if_failed
 
             progress.report = report  # the CLI prints the table before the error
             raise_if_failed(report, hint="no artifact was written; pass --no-verify to write it anyway")

@@ -11,8 +11,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from dinov3_deploy.manifest import DeployIO, Manifest
-from dinov3_deploy.parity import THRESHOLDS, ParityError, compare
-from dinov3_deploy.runners import Backend, TorchRunner, artifact_backends
+from dinov3_deploy.runtime.runners import Backend, TorchRunner, artifact_backends
+from dinov3_deploy.verification.parity import THRESHOLDS, ParityError, compare
 
 REPORT_SCHEMA = "dinov3-deploy-parity"
 
