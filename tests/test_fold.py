@@ -62,6 +62,13 @@ def _untouched(model: nn.Module, before: dict[str, torch.Tensor]) -> bool:
     return after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)
 
 
+def _assert_branches_back_in_range(model, folded, x) -> None:
+    """The raw branch outputs that overflowed fp16 are back to the residual update's scale."""
+    raw = branch_absmax(model, x)
+    assert max(raw.values()) > FP16_MAX
+    assert max(branch_absmax(folded, x, list(raw)).values()) < 100
+
+
 @pytest.mark.parametrize("init", INITS)
 @pytest.mark.parametrize("name", ["vit_tiny_test", "vit_tiny_swiglu_test"])
 def test_layerscale_fold_is_exact(name, init):
@@ -72,10 +79,8 @@ def test_layerscale_fold_is_exact(name, init):
     assert not any(isinstance(m, LayerScale) for m in folded.modules())
     _assert_same(_features(folded, x), _features(model, x))
     assert _untouched(model, before) and sum(isinstance(m, LayerScale) for m in model.modules()) == 2 * model.n_blocks
-    if init == "outliers":  # the raw outputs that overflowed fp16 are back to the update's scale
-        raw = branch_absmax(model, x)
-        assert max(raw.values()) > FP16_MAX
-        assert max(branch_absmax(folded, x, list(raw)).values()) < 100
+    if init == "outliers":
+        _assert_branches_back_in_range(model, folded, x)
 
 
 @pytest.mark.parametrize("init", INITS)
@@ -89,9 +94,7 @@ def test_convnext_gamma_fold_is_exact(init):
     _assert_same(_features(folded, x), _features(model, x))
     assert _untouched(model, before)
     if init == "outliers":
-        raw = branch_absmax(model, x)
-        assert max(raw.values()) > FP16_MAX
-        assert max(branch_absmax(folded, x, list(raw)).values()) < 100
+        _assert_branches_back_in_range(model, folded, x)
 
 
 @pytest.mark.parametrize("init", INITS)

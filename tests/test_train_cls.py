@@ -1,12 +1,12 @@
 """Classification heads: top-1/top-5 on hand-worked logits, the synthetic classes and the
 ImageNet-style folder layout, and training (it learns; resume equals an uninterrupted run)."""
 
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_helpers import small_config
 
 from dinov3_deploy.errors import DeployError
 from dinov3_deploy.reference.head_checkpoint import load_task_model
@@ -17,10 +17,7 @@ from dinov3_deploy.reference.training.trainer import TrainConfig, train
 
 
 def _small(out, **kw) -> TrainConfig:
-    base = dict(task="cls", out=str(out), iters=6, batch_size=4, crop=64, base_size=64, train_size=12, val_size=6,
-                warmup=2, save_every=0, progress=False, n_figure=0, log_every=1)
-    base.update(kw)
-    return TrainConfig(**base)
+    return small_config(out, **{"task": "cls", "val_size": 6, **kw})
 
 
 def test_top1_top5_hand_example():
@@ -81,16 +78,3 @@ def test_cls_training_beats_chance_by_far(tmp_path):
     assert model.spec.task == "cls" and model.spec.class_names == result["class_names"]
     assert model(torch.randn(2, 3, 64, 64))["logits"].shape == (2, 6)
     assert (tmp_path / "run" / "predictions.png").stat().st_size > 10_000
-
-
-def test_cls_resume_equals_uninterrupted(tmp_path):
-    from safetensors.torch import load_file
-
-    full = train(_small(tmp_path / "full"))
-    part = train(_small(tmp_path / "part"), stop_after=4)
-    assert part["step"] == 4 and "checkpoint" not in part
-    resumed = train(_small(tmp_path / "part"), resume=True)
-    a = load_file(str(Path(full["checkpoint"]) / "head.safetensors"))
-    b = load_file(str(Path(resumed["checkpoint"]) / "head.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed["top1"] == full["top1"]

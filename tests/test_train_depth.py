@@ -2,12 +2,12 @@
 NYU folder layout, and training (it learns; resume equals an uninterrupted run; DPT trains)."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from train_helpers import small_config
 
 from dinov3_deploy.errors import DeployError
 from dinov3_deploy.reference.head_checkpoint import load_task_model
@@ -18,10 +18,7 @@ from dinov3_deploy.reference.training.trainer import TrainConfig, train
 
 
 def _small(out, **kw) -> TrainConfig:
-    base = dict(task="depth", out=str(out), iters=6, batch_size=4, crop=64, base_size=64, train_size=12, val_size=2,
-                warmup=2, save_every=0, progress=False, n_figure=0, log_every=1)
-    base.update(kw)
-    return TrainConfig(**base)
+    return small_config(out, **{"task": "depth", **kw})
 
 
 def test_depth_metrics_hand_example():
@@ -112,19 +109,6 @@ def test_depth_training_at_least_halves_the_untrained_abs_rel(tmp_path):
     x = torch.randn(1, 3, 64, 64)
     assert model.predict(x).shape == (1, 1, 64, 64)
     assert (tmp_path / "run" / "predictions.png").stat().st_size > 10_000
-
-
-def test_depth_resume_equals_uninterrupted(tmp_path):
-    from safetensors.torch import load_file
-
-    full = train(_small(tmp_path / "full"))
-    part = train(_small(tmp_path / "part"), stop_after=3)
-    assert part["step"] == 3 and "checkpoint" not in part
-    resumed = train(_small(tmp_path / "part"), resume=True)
-    a = load_file(str(Path(full["checkpoint"]) / "head.safetensors"))
-    b = load_file(str(Path(resumed["checkpoint"]) / "head.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed["AbsRel"] == full["AbsRel"] and resumed["RMSE"] == full["RMSE"]
 
 
 def test_dpt_head_trains_and_reloads(tmp_path):

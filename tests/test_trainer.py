@@ -8,18 +8,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from train_helpers import small_config
 
 from dinov3_deploy.errors import CheckpointError
 from dinov3_deploy.reference.head_checkpoint import load_task_model
 from dinov3_deploy.reference.training import tasks as tasks_mod
-from dinov3_deploy.reference.training.trainer import TrainConfig, lr_factor, sample_indices, train
+from dinov3_deploy.reference.training.trainer import lr_factor, sample_indices, train
 
-
-def _small(out, **kw) -> TrainConfig:
-    base = dict(out=str(out), iters=6, batch_size=4, crop=64, base_size=64, train_size=12, val_size=2, warmup=2,
-                save_every=0, progress=False, n_figure=0, log_every=1)
-    base.update(kw)
-    return TrainConfig(**base)
+_small = small_config
 
 
 def _head_tensors(d):
@@ -64,6 +60,19 @@ def test_learns_synthetic_segmentation_well_above_chance(tmp_path):
     losses = [r["loss"] for r in rows if r["event"] == "train"]
     assert losses[-1] < losses[0]
     assert (tmp_path / "run" / "predictions.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("task, metrics", [("depth", ("AbsRel", "RMSE")), ("cls", ("top1", "top5"))])
+def test_depth_and_cls_resume_bit_identically(tmp_path, task, metrics):
+    """The one training loop resumes every task exactly (seg: the test below, with its state)."""
+    small = dict(task=task, val_size=6 if task == "cls" else 2)
+    full = train(_small(tmp_path / "full", **small))
+    part = train(_small(tmp_path / "part", **small), stop_after=4)
+    assert part["step"] == 4 and "checkpoint" not in part
+    resumed = train(_small(tmp_path / "part", **small), resume=True)
+    a, b = _head_tensors(tmp_path / "full"), _head_tensors(tmp_path / "part")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [resumed[m] for m in metrics] == [full[m] for m in metrics]
 
 
 def test_resume_equals_uninterrupted(tmp_path):

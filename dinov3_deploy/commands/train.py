@@ -122,17 +122,15 @@ def command(**kw) -> None:
 
 def print_result(task: str, result: dict, title: str) -> None:
     """The metrics of a run or an evaluation: a table, then one plain line for logs and scripts."""
-    if task == "seg":
-        print_seg_result(result, title)
-        return
     from rich.table import Table
 
     from dinov3_deploy.reference.training.tasks import RECIPES
 
     from ._progress import make_console
 
-    console = make_console()
-    console.print(f"[bold]{title}")
+    def pct(v: float) -> str:
+        return "-" if v != v else f"{v:.1f}"
+
     table = Table()
     if task == "depth":
         table.add_column("metric")
@@ -141,33 +139,18 @@ def print_result(task: str, result: dict, title: str) -> None:
                            ("log10", "log10 (lower is better)"), ("delta1", "δ1 < 1.25, %"),
                            ("delta2", "δ2 < 1.25², %"), ("delta3", "δ3 < 1.25³, %")):
             table.add_row(label, f"{result[key]:.4f}" if key in ("AbsRel", "RMSE", "log10") else f"{result[key]:.2f}")
-    else:
+    else:  # per class, then the totals
+        per_class, totals = {"seg": ("IoU", (("mIoU", "mIoU"), ("aAcc", "aAcc"))),
+                             "cls": ("acc", (("top1", "top-1"), ("top5", "top-5")))}[task]
         table.add_column("class")
-        table.add_column("accuracy", justify="right")
-        for name, acc in zip(result["class_names"], result["acc"]):
-            table.add_row(name, "-" if acc != acc else f"{acc:.1f}")
+        table.add_column("IoU" if task == "seg" else "accuracy", justify="right")
+        for name, v in zip(result["class_names"], result[per_class]):
+            table.add_row(name, pct(v))
         table.add_section()
-        table.add_row("[bold]top-1", f"[bold]{result['top1']:.1f}")
-        table.add_row("top-5", f"{result['top5']:.1f}")
-    console.print(table)
-    click.echo(RECIPES[task].summary(result))
-
-
-def print_seg_result(result: dict, title: str) -> None:
-    from rich.table import Table
-
-    from ._progress import make_console
-
+        for i, (key, label) in enumerate(totals):
+            table.add_row(f"[bold]{label}" if i == 0 else label, f"[bold]{pct(result[key])}" if i == 0
+                          else pct(result[key]))
     console = make_console()
     console.print(f"[bold]{title}")
-    table = Table()
-    table.add_column("class")
-    table.add_column("IoU", justify="right")
-    for name, iou in zip(result["class_names"], result["IoU"]):
-        table.add_row(name, "-" if iou != iou else f"{iou:.1f}")
-    table.add_section()
-    table.add_row("[bold]mIoU", f"[bold]{result['mIoU']:.1f}")
-    table.add_row("aAcc", f"{result['aAcc']:.1f}")
     console.print(table)
-    # plain lines too, for logs and scripts
-    click.echo(f"mIoU {result['mIoU']:.2f}  aAcc {result['aAcc']:.2f}")
+    click.echo(RECIPES[task].summary(result))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 from dinov3_deploy.errors import DeployError
@@ -71,8 +71,16 @@ def _read_mask(path: Path):
         raise DeployError(f"cannot read mask {path}: {exc}") from exc
 
 
+class _Classes:
+    """A dataset with `class_names`: its number of classes."""
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
 @dataclass
-class SegDataset:
+class SegDataset(_Classes):
     """Base: pairs of files, classes and palette; items are (image, mask) numpy arrays."""
 
     name: str
@@ -80,10 +88,6 @@ class SegDataset:
     palette: list[list[int]]
     pairs: list[tuple[Path, Path]] = field(default_factory=list)
     reduce_zero_label: bool = False
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -101,40 +105,7 @@ class SegDataset:
 
 
 @dataclass
-class SyntheticSeg:
-    """The procedural dataset: sample i of split s is make_sample(seed=offset + i). Items are
-    generated on first use and cached."""
-
-    size: int = 256
-    height: int = 160
-    width: int = 160
-    n_classes: int = 6
-    seed_offset: int = 0
-    name: str = "synthetic"
-
-    def __post_init__(self) -> None:
-        from . import synthetic
-
-        self.class_names = synthetic.class_names(self.n_classes)
-        self.palette = synthetic.palette(self.n_classes)
-        self._get = lru_cache(maxsize=None)(self._make)
-
-    def _make(self, i: int):
-        from .synthetic import make_sample
-
-        return make_sample(self.seed_offset + i, self.height, self.width, self.n_classes)
-
-    def __len__(self) -> int:
-        return self.size
-
-    def __getitem__(self, i: int):
-        if not 0 <= i < self.size:
-            raise IndexError(i)
-        return self._get(i)
-
-
-@dataclass
-class _Synthetic:
+class _Synthetic(_Classes):
     """A procedural dataset: item i is make(seed_offset + i, height, width), generated on first use
     and cached."""
 
@@ -150,10 +121,6 @@ class _Synthetic:
     def __post_init__(self) -> None:
         self._get = lru_cache(maxsize=None)(lambda i: self.make(self.seed_offset + i, self.height, self.width))
 
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
     def __len__(self) -> int:
         return self.size
 
@@ -163,6 +130,14 @@ class _Synthetic:
         return self._get(i)
 
 
+def synthetic_seg(size: int, height: int, width: int, n_classes: int = 6, seed_offset: int = 0) -> _Synthetic:
+    """The procedural segmentation data: sample i is make_sample(seed_offset + i) with n_classes."""
+    from . import synthetic
+
+    return _Synthetic(partial(synthetic.make_sample, n_classes=n_classes), size, height, width, seed_offset,
+                      class_names=synthetic.class_names(n_classes), palette=synthetic.palette(n_classes))
+
+
 def synthetic_depth(size: int, height: int, width: int, seed_offset: int = 0) -> _Synthetic:
     from .synthetic_depth import make_depth_sample
 
@@ -170,7 +145,6 @@ def synthetic_depth(size: int, height: int, width: int, seed_offset: int = 0) ->
 
 
 def synthetic_cls(size: int, height: int, width: int, n_classes: int = 6, seed_offset: int = 0) -> _Synthetic:
-    from functools import partial
 
     from . import synthetic
 
@@ -318,17 +292,13 @@ def nyu(root: str | os.PathLike, split: str = "train") -> DepthDataset:
 
 
 @dataclass
-class ClsDataset:
+class ClsDataset(_Classes):
     """(image file, class index) pairs; items are (image uint8 [H,W,3], class index)."""
 
     name: str
     class_names: list[str]
     palette: list[list[int]]
     items: list[tuple[Path, int]]
-
-    @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -394,7 +364,7 @@ def open_dataset(spec: str, split: str = "train", *, synthetic_size: int | None 
         if task == "cls":
             return synthetic_cls(size, 160, 160, n_classes=n_classes, seed_offset=offset)
         h, w = (160, 160) if split == "train" else (160, 224)
-        return SyntheticSeg(size=size, height=h, width=w, n_classes=n_classes, seed_offset=offset)
+        return synthetic_seg(size, h, w, n_classes=n_classes, seed_offset=offset)
     if kind == "ade20k":
         return ade20k(arg, split)
     if kind == "folder":

@@ -91,6 +91,29 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def _each_image(model: TaskModel, dataset, transform, metrics, predict, kept_item, *, max_images, rank, world, keep,
+                progress) -> tuple[dict, list]:
+    """The per-image evaluation loop of seg and depth: this rank's images (i = rank, rank + world,
+    ...), `predict(x, target)` in eval mode, metrics reduced over ranks, up to `keep` figure items."""
+    kept = []
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    for i in range(rank, n, world):
+        image, raw = dataset[i]
+        x, target = transform(image, raw)
+        pred = predict(x[None].to(device), target)
+        metrics.update(pred, target)
+        if len(kept) < keep:
+            kept.append(kept_item(image, raw, target, pred))
+        if progress is not None:
+            progress()
+    metrics.all_reduce()
+    model.train(was_training)
+    return metrics.compute(), kept
+
+
 def evaluate_seg(model: TaskModel, dataset, *, size: int, crop: int, stride: int | None = None, bf16: bool = False,
                  max_images: int | None = None, rank: int = 0, world: int = 1, keep: int = 0, progress=None
                  ) -> tuple[dict, list]:
@@ -100,29 +123,15 @@ def evaluate_seg(model: TaskModel, dataset, *, size: int, crop: int, stride: int
     from .transforms import SegEvalTransform
 
     stride = stride or max(1, (crop * 2) // 3)
-    tf = SegEvalTransform(size, model.spec.mean, model.spec.std)
     n_classes = model.spec.n_classes
-    metrics = SegMetrics(n_classes)
-    kept = []
-    was_training = model.training
-    model.eval()
-    device = _device(model)
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    for i in range(rank, n, world):
-        image, mask = dataset[i]
-        x, target = tf(image, mask)
-        logits = slide_inference(
-            seg_logits_fn(model, bf16), x[None].to(device), n_classes, crop, stride, out_size=tuple(target.shape)
-        )
-        pred = logits.argmax(1)[0].cpu()
-        metrics.update(pred, target)
-        if len(kept) < keep:
-            kept.append((image, mask, pred.to(torch.uint8).numpy()))
-        if progress is not None:
-            progress()
-    metrics.all_reduce()
-    model.train(was_training)
-    return metrics.compute(), kept
+
+    def predict(x, target):
+        logits = slide_inference(seg_logits_fn(model, bf16), x, n_classes, crop, stride, out_size=tuple(target.shape))
+        return logits.argmax(1)[0].cpu()
+
+    return _each_image(model, dataset, SegEvalTransform(size, model.spec.mean, model.spec.std), SegMetrics(n_classes),
+                       predict, lambda image, mask, target, pred: (image, mask, pred.to(torch.uint8).numpy()),
+                       max_images=max_images, rank=rank, world=world, keep=keep, progress=progress)
 
 
 def evaluate_depth(model: TaskModel, dataset, *, size: int, crop: int | None = None, stride: int | None = None,
@@ -134,27 +143,14 @@ def evaluate_depth(model: TaskModel, dataset, *, size: int, crop: int | None = N
     from .depth_metrics import DepthMetrics
     from .transforms import DepthEvalTransform
 
-    tf = DepthEvalTransform(size, model.spec.mean, model.spec.std)
-    metrics = DepthMetrics()
-    kept = []
-    was_training = model.training
-    model.eval()
-    device = _device(model)
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    for i in range(rank, n, world):
-        image, depth = dataset[i]
-        x, target = tf(image, depth)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            pred = model.predict(x[None].to(device), rescale_to=tuple(target.shape))
-        pred = pred.float()[0, 0].cpu()
-        metrics.update(pred, target)
-        if len(kept) < keep:
-            kept.append((image, target.numpy(), pred.numpy()))
-        if progress is not None:
-            progress()
-    metrics.all_reduce()
-    model.train(was_training)
-    return metrics.compute(), kept
+    def predict(x, target):
+        with torch.inference_mode(), torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+            pred = model.predict(x, rescale_to=tuple(target.shape))
+        return pred.float()[0, 0].cpu()
+
+    return _each_image(model, dataset, DepthEvalTransform(size, model.spec.mean, model.spec.std), DepthMetrics(),
+                       predict, lambda image, depth, target, pred: (image, target.numpy(), pred.numpy()),
+                       max_images=max_images, rank=rank, world=world, keep=keep, progress=progress)
 
 
 def evaluate_cls(model: TaskModel, dataset, *, size: int, crop: int, stride: int | None = None, bf16: bool = False,

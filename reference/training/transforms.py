@@ -16,6 +16,7 @@ DepthTrainTransform and ClsTrainTransform.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -149,18 +150,25 @@ def pad_to(image: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, 
     return image, mask
 
 
-@dataclass
-class SegTrainTransform:
-    """The training pipeline; `__call__(image, mask, rng) -> (x [3,crop,crop] float32, mask [crop,crop] int64)`."""
+@dataclass(kw_only=True)
+class CropTrainTransform:
+    """What every dense training pipeline is set by: the crop, the short side it starts from,
+    horizontal flips, photometric distortion and the normalisation."""
 
     crop: int = 512
     base_size: int = 512
-    ratio: tuple[float, float] = (0.5, 2.0)
-    cat_max_ratio: float = 0.75
     flip: float = 0.5
     photometric: bool = True
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+
+@dataclass(kw_only=True)
+class SegTrainTransform(CropTrainTransform):
+    """The training pipeline; `__call__(image, mask, rng) -> (x [3,crop,crop] float32, mask [crop,crop] int64)`."""
+
+    ratio: tuple[float, float] = (0.5, 2.0)
+    cat_max_ratio: float = 0.75
 
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator):
         image, mask = random_resize(image, mask, rng, self.base_size, self.ratio)
@@ -175,18 +183,26 @@ class SegTrainTransform:
 
 
 @dataclass
-class SegEvalTransform:
-    """Resize so the short side is `size` (keep ratio, long side <= 4x), normalise; the mask keeps
-    its original size (predictions are resized back to it)."""
+class ShortSideEvalTransform:
+    """Resize so the short side is `size` (keep ratio, long side <= 4x), normalise; the target keeps
+    its original size (predictions are resized back to it, so metrics are taken on its own pixels)."""
 
     size: int = 512
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    target_dtype: ClassVar[type] = np.int64
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray):
+    def __call__(self, image: np.ndarray, target: np.ndarray):
         h, w = image.shape[:2]
         image, _ = resize(image, None, rescale_size(h, w, self.size, 4 * self.size))
-        return normalize(image, self.mean, self.std), torch.from_numpy(np.array(mask, dtype=np.int64))
+        return normalize(image, self.mean, self.std), torch.from_numpy(np.array(target, dtype=self.target_dtype))
+
+
+@dataclass
+class SegEvalTransform(ShortSideEvalTransform):
+    """Segmentation evaluation: the mask as int64 class ids."""
+
+    target_dtype: ClassVar[type] = np.int64
 
 
 # -- depth -------------------------------------------------------------------------------------------
@@ -200,21 +216,14 @@ def resize_depth(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return depth[ys][:, xs]
 
 
-@dataclass
-class DepthTrainTransform:
+@dataclass(kw_only=True)
+class DepthTrainTransform(CropTrainTransform):
     """Depth training pipeline; `__call__(image, depth, rng) -> (x [3,crop,crop], depth [crop,crop] float32)`.
 
     short side resized to base_size -> random crop -> horizontal flip (p 0.5) -> photometric
     distortion -> normalisation -> padding to the crop (image 0, depth 0 = no ground truth).
     No random scaling: zooming a photograph does not change how far its surfaces are, so a scaled
     crop would teach the head that apparent size says nothing about metric depth."""
-
-    crop: int = 512
-    base_size: int = 512
-    flip: float = 0.5
-    photometric: bool = True
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
 
     def __call__(self, image: np.ndarray, depth: np.ndarray, rng: np.random.Generator):
         size = rescale_size(image.shape[0], image.shape[1], self.base_size, 4 * self.base_size)
@@ -237,18 +246,10 @@ class DepthTrainTransform:
 
 
 @dataclass
-class DepthEvalTransform:
-    """Short side resized to `size` (keep ratio), normalised; the depth keeps its original size (the
-    prediction is resized back to it, so metrics are taken on the ground truth's own pixels)."""
+class DepthEvalTransform(ShortSideEvalTransform):
+    """Depth evaluation: the depth map in metres as float32 (0 = no measurement)."""
 
-    size: int = 512
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def __call__(self, image: np.ndarray, depth: np.ndarray):
-        h, w = image.shape[:2]
-        image, _ = resize(image, None, rescale_size(h, w, self.size, 4 * self.size))
-        return normalize(image, self.mean, self.std), torch.from_numpy(np.array(depth, dtype=np.float32))
+    target_dtype: ClassVar[type] = np.float32
 
 
 # -- classification ------------------------------------------------------------------------------------
