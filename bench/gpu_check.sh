@@ -8,13 +8,14 @@
 # bench/results/ and $OUT (when set); each table is printed from its JSON at the end, also when a
 # step was cut short by its timeout (the JSON is rewritten after every case).
 # Time limits (seconds, override by environment): TESTS_S=300 (about 30 cold Triton compiles),
-# KERNEL_S=210, MODEL_S=90: about 10 minutes at most, usually less.
+# KERNEL_S=210, MODEL_S=90, E2E_S=150 (a vitb16 export, then two timed paths): about 12 minutes at most.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TESTS_S=${TESTS_S:-300}
 KERNEL_S=${KERNEL_S:-210}
 MODEL_S=${MODEL_S:-90}
+E2E_S=${E2E_S:-150}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RES=bench/results
 mkdir -p "$RES"
@@ -39,7 +40,8 @@ fi
 echo "== GPU tests (limit ${TESTS_S}s)" | tee -a "$LOG"
 if $PY -c "import pytest" 2>/dev/null; then
   timeout "$TESTS_S" $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_kernel_attention.py \
-    tests/test_kernel_qkv_rope.py tests/test_kernel_fused_attention.py tests/test_kernel_stitch.py 2>&1 \
+    tests/test_kernel_qkv_rope.py tests/test_kernel_fused_attention.py tests/test_kernel_stitch.py \
+    tests/test_predictor.py tests/test_device_window.py 2>&1 \
     | tail -25 | tee -a "$LOG"
   TESTS_RC=${PIPESTATUS[0]}
 else
@@ -71,12 +73,19 @@ step model-bench "$MODEL_S" "$MJSON" \
   --precision bf16 --attn sdpa,triton --out "$RES" --name "model_bench_$STAMP" --no-plot
 MODEL_RC=$?
 
+# End to end: infer's path (Triton attention + CUDA graph + stitch kernel) vs the reference path
+# (eager SDPA + the reference stitch on the host) on one 2048x1024 image: images/s, stitch share.
+EJSON=$RES/e2e_gpu_$STAMP.json
+step e2e "$E2E_S" "$EJSON" $PY -m dinov3_deploy.bench.e2e_gpu --out "$EJSON"
+E2E_RC=$?
+
 # The tables, read back from the reports (whatever each step finished before any timeout).
-for json in "$KJSON" "$MJSON"; do
+for json in "$KJSON" "$MJSON" "$EJSON"; do
   if [ -f "$json" ]; then
     $PY -m dinov3_deploy.bench.report "$json" 2>&1 | tail -80
   else
     echo "no report at $json"
   fi
 done
-echo "== tests rc=$TESTS_RC kernel bench rc=$KERNEL_RC model bench rc=$MODEL_RC reports: $KJSON $MJSON"
+echo "== tests rc=$TESTS_RC kernel bench rc=$KERNEL_RC model bench rc=$MODEL_RC e2e rc=$E2E_RC" \
+  "reports: $KJSON $MJSON $EJSON"

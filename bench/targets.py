@@ -16,9 +16,10 @@ def deterministic_reference_math() -> None:
 
 
 def pytorch_targets(source, precisions: list[str], attn_impls: list[str], device: str, compile_modes: list[str],
-                    io) -> list[Target]:
+                    io, manifest=None) -> list[Target]:
     """Eager PyTorch per (precision, attention implementation), plus torch.compile per precision,
-    each computing every output of the I/O contract `io` (a manifest.DeployIO)."""
+    each computing every output of the I/O contract `io` (a manifest.DeployIO); with an artifact's
+    `manifest`, its own graph (fp32 islands, opset) at each precision."""
     from dinov3_deploy.deploy_module import DeployModule
 
     targets = []
@@ -33,7 +34,9 @@ def pytorch_targets(source, precisions: list[str], attn_impls: list[str], device
             model = source.build(attn_impl=impl)
             if model.backbone.cfg.family == "convnext" and impl != "sdpa":
                 continue  # no attention: every implementation is the same network
-            t = torch_target(DeployModule.from_io(model, prec, io), name, prec, device, compile_mode=mode)
+            module = (DeployModule.for_artifact(model, prec, manifest) if manifest is not None
+                      else DeployModule.from_io(model, prec, io))
+            t = torch_target(module, name, prec, device, compile_mode=mode)
             t.info = {"backend": "pytorch", "attn_impl": impl, "compile": mode}
             targets.append(t)
     return targets

@@ -23,6 +23,11 @@ from dinov3_deploy.errors import DeployError
 from dinov3_deploy.manifest import INPUT_NAMES, DeployIO
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The ONNX opset each precision exports at by default: the lowest that works, within TensorRT
+# 10.0's parser range (opsets 9-20), so JetPack 6 (TensorRT 10.3) parses every default artifact.
+DEFAULT_OPSET = {"fp32": 18, "fp16": 18, "bf16": 18}
+OPSETS = range(18, 23)  # torch.onnx's dynamo exporter starts at 18; ONNX 1.17 defines up to 22 here
+BF16_CONV_OPSET = 22  # ONNX Conv (and ConvTranspose, pooling) accept bfloat16 from opset 22 only
 SEG_OUTPUTS = ("logits", "probs", "labels")
 
 
@@ -52,6 +57,51 @@ def cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     return copy.deepcopy(module, memo)
 
 
+class Fp32Island(nn.Module):
+    """A module computed in fp32 inside a low-precision graph: its floating-point inputs are cast
+    to fp32, its weights are the fp32 originals, its output is cast back, so the exported graph
+    shows Cast -> fp32 op -> Cast (strongly typed TensorRT keeps exactly that)."""
+
+    def __init__(self, module: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.inner = module
+        self.dtype = dtype
+
+    def forward(self, *args):
+        args = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        return self.inner(*args).to(self.dtype)
+
+
+def is_patchify(conv: nn.Module) -> bool:
+    """A Conv2d that only mixes non-overlapping kernel-sized patches (kernel == stride, no padding,
+    no groups or dilation): the ViT patch embedding, ConvNeXt's stem and downsampling, 1x1 convs."""
+    return (type(conv) is nn.Conv2d and conv.kernel_size == conv.stride and conv.padding in ((0, 0), "valid")
+            and conv.groups == 1 and conv.dilation == (1, 1) and conv.padding_mode == "zeros")
+
+
+class PatchMatMul(nn.Module):
+    """A patchify Conv2d (is_patchify) as reshape + MatMul: the same function (exact up to the
+    summation order), at opsets where ONNX Conv has no bfloat16. Input height and width must be
+    multiples of the kernel, which every backbone's input_multiple guarantees."""
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.kernel = tuple(conv.kernel_size)
+        out_ch = conv.weight.shape[0]
+        # [out, in, kh, kw] -> [in*kh*kw, out], the order the patches are flattened in below
+        self.weight = nn.Parameter(conv.weight.detach().reshape(out_ch, -1).t().contiguous(), requires_grad=False)
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        kh, kw = self.kernel
+        patches = x.reshape(b, c, h // kh, kh, w // kw, kw).permute(0, 2, 4, 1, 3, 5).reshape(b, h // kh, w // kw, -1)
+        y = patches @ self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y.permute(0, 3, 1, 2)
+
+
 class DeployModule(nn.Module):
     """[uint8 NHWC -> normalised NCHW] -> cast to the precision -> TaskModel -> task outputs (+
     upsampled probabilities or labels for seg), returned in fp32 (labels in int32) so every
@@ -67,6 +117,8 @@ class DeployModule(nn.Module):
         feature_layers: int = 0,
         mean: tuple[float, float, float] | None = None,
         std: tuple[float, float, float] | None = None,
+        fp32_islands: tuple[str, ...] | list[str] = (),
+        opset: int | None = None,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
@@ -77,6 +129,9 @@ class DeployModule(nn.Module):
         if spec.task != "seg" and seg_output != "logits":
             raise DeployError(f"--seg-output {seg_output} only applies to --task seg")
         self.precision = precision
+        self.opset = DEFAULT_OPSET[precision] if opset is None else opset
+        if self.opset not in OPSETS:
+            raise DeployError(f"--opset must be {OPSETS.start}..{OPSETS.stop - 1}, got {self.opset}")
         self.dtype = PRECISIONS[precision]
         self.task = spec.task
         self.family = task_model.backbone.cfg.family
@@ -84,6 +139,17 @@ class DeployModule(nn.Module):
         self.uint8_input = uint8_input
         self.feature_layers = feature_layers
         self.model = cast_copy(task_model, self.dtype).eval()
+        # islands (export/calibration.py): these modules of task_model stay fp32, wrapped in casts
+        self.fp32_islands = list(fp32_islands) if self.dtype != torch.float32 else []
+        for name in self.fp32_islands:
+            try:
+                original = task_model.get_submodule(name)
+            except AttributeError as exc:
+                raise DeployError(f"fp32 island '{name}' is not a module of {task_model.backbone.cfg.name}") from exc
+            parent_name, _, child = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            setattr(parent, child, Fp32Island(copy.deepcopy(original).float(), self.dtype))
+        self.opset_islands = self._convs_for_opset(task_model)
         mean = mean if mean is not None else tuple(spec.mean)
         std = std if std is not None else tuple(spec.std)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
@@ -100,11 +166,38 @@ class DeployModule(nn.Module):
             self.output_names += [f"patch_block{i}" for i in self.layer_ids[:-1]]  # the last is `patch`
         self.eval()
 
+    def _convs_for_opset(self, task_model: nn.Module) -> list[str]:
+        """bf16 below BF16_CONV_OPSET: patchify convs become reshape + MatMul (bf16), other convs stay
+        fp32 between casts; returns the names of those fp32 convs."""
+        if self.dtype != torch.bfloat16 or self.opset >= BF16_CONV_OPSET:
+            return []
+        islands = []
+        for name, conv in list(self.model.named_modules()):
+            if not isinstance(conv, nn.modules.conv._ConvNd) or name.endswith(".inner"):
+                continue
+            parent_name, _, child = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            if is_patchify(conv):
+                setattr(parent, child, PatchMatMul(conv))
+            else:
+                setattr(parent, child, Fp32Island(copy.deepcopy(task_model.get_submodule(name)).float(), self.dtype))
+                islands.append(name)
+        return islands
+
     @classmethod
-    def from_io(cls, task_model: nn.Module, precision: str, io: DeployIO) -> DeployModule:
-        """The module an artifact with this I/O contract was exported from."""
+    def from_io(cls, task_model: nn.Module, precision: str, io: DeployIO,
+                fp32_islands: tuple[str, ...] | list[str] = (), opset: int | None = None) -> DeployModule:
+        """The module an artifact with this I/O contract (fp32 range islands, opset) was exported from."""
         return cls(task_model, precision, seg_output=io.seg_output, uint8_input=io.uint8_input,
-                   feature_layers=io.feature_layers, mean=io.mean, std=io.std)
+                   feature_layers=io.feature_layers, mean=io.mean, std=io.std, fp32_islands=fp32_islands,
+                   opset=opset)
+
+    @classmethod
+    def for_artifact(cls, task_model: nn.Module, precision: str, manifest) -> DeployModule:
+        """The artifact's own graph in PyTorch: its I/O contract, its fp32 range islands and its
+        opset (which decides how bf16 convs are written), at `precision`."""
+        islands = [i.module for i in manifest.fp32_islands if i.reason == "range"]
+        return cls.from_io(task_model, precision, manifest.io, fp32_islands=islands, opset=manifest.onnx.opset)
 
     @property
     def input_name(self) -> str:

@@ -221,6 +221,16 @@ class FoldInfo:
 
 
 @dataclass(kw_only=True)
+class IslandInfo:
+    """A module kept in fp32 in a low-precision graph (export/calibration.py), the reason, and the
+    max |output| measured on the calibration images (None when the reason is not a range)."""
+
+    module: str
+    reason: str
+    absmax: float | None
+
+
+@dataclass(kw_only=True)
 class Manifest:
     schema: str = SCHEMA
     schema_version: int = SCHEMA_VERSION
@@ -240,6 +250,7 @@ class Manifest:
     toolchain: dict[str, str]
     notes: list[str] = field(default_factory=list)
     folds: list[FoldInfo] = field(default_factory=list)
+    fp32_islands: list[IslandInfo] = field(default_factory=list)
     export_seconds: float | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
 

@@ -10,6 +10,7 @@ from dinov3_deploy.errors import ArtifactError, CheckpointError, DeployError
 from dinov3_deploy.hashing import sha256_file, sha256_path
 
 DEFAULT_N_CLASSES = 6  # the synthetic dataset's default (reference/training/synthetic.py)
+RANDOM_INITS = ("release-like", "outliers")  # --random-init choices (reference/models/random_init.py)
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class ModelSource:
     n_classes: int = 0  # seg/cls with a random head
     layers: str = "last"
     seed: int = 0  # random init (backbone and/or head) is drawn from this seed
+    init: str = "release-like"  # a random backbone's initialisation: "release-like" | "outliers" (stress test)
 
     @property
     def random_backbone(self) -> bool:
@@ -61,15 +63,20 @@ class ModelSource:
         extra = {"mean": mean, "std": std}
         if self.task == "seg" and 2 <= n_classes <= MAX_CLASSES:
             extra.update(class_names=class_names(n_classes), palette=palette(n_classes))
+        backbone = self.backbone
+        if self.weights is None:
+            from dinov3_deploy.reference.factory import random_backbone
+
+            backbone = random_backbone(self.backbone, self.seed, attn_impl=attn_impl, init=self.init)
         try:
-            return build_task_model(self.task, self.backbone, n_classes=n_classes, layers=self.layers,
+            return build_task_model(self.task, backbone, n_classes=n_classes, layers=self.layers,
                                     backbone_weights=self.weights, attn_impl=attn_impl, seed=self.seed, **extra)
         except ValueError as exc:
             raise DeployError(str(exc)) from exc
 
     @classmethod
     def resolve(cls, task: str, backbone: str | None, weights=None, head=None, n_classes: int = 0,
-                layers: str = "last", seed: int = 0) -> ModelSource:
+                layers: str = "last", seed: int = 0, init: str = "release-like") -> ModelSource:
         """Fill the backbone name from the head checkpoint when not given; absolute paths."""
         if head is not None:
             from dinov3_deploy.reference.head_checkpoint import read_head_spec
@@ -90,7 +97,11 @@ class ModelSource:
             if not Path(weights).exists():
                 raise CheckpointError(f"backbone weights not found: {weights}")
             weights = str(Path(weights).resolve())
-        return cls(task, backbone, weights, head, n_classes, layers, seed)
+        if init not in RANDOM_INITS:
+            raise DeployError(f"--random-init must be one of {', '.join(RANDOM_INITS)}, got '{init}'")
+        if init != "release-like" and (weights is not None or head is not None):
+            raise DeployError(f"--random-init {init} applies to a random backbone only; drop --weights / --head")
+        return cls(task, backbone, weights, head, n_classes, layers, seed, init)
 
     # -- manifest ------------------------------------------------------------------------------
     def to_manifest(self) -> dict:
@@ -108,6 +119,7 @@ class ModelSource:
             "n_classes": self.n_classes,
             "layers": self.layers,
             "seed": self.seed,
+            "init": self.init,
             "random_backbone": self.random_backbone,
             "random_head": self.random_head,
         }
@@ -132,4 +144,4 @@ class ModelSource:
                 if not f.exists() or sha256_file(f) != digest:
                     raise ArtifactError(f"head checkpoint file {f} differs from the one the artifact was exported from")
         return cls(d["task"], d["backbone"], weights, head, int(d.get("n_classes", 0)), d.get("layers", "last"),
-                   int(d.get("seed", 0)))
+                   int(d.get("seed", 0)), d.get("init", "release-like"))

@@ -2,7 +2,7 @@
 
     api = load_api("auto")
     net = network_from_onnx("model.onnx", api)
-    engine = build_engine(net, profiles_from_shapes(net, shapes), workspace_gib=4, opt_level=3)
+    engine = build_engine(net, profiles_from_shapes(net, shapes), opt_level=3)  # no workspace limit
     engine.save("model.engine"); engine.facts     # size, I/O, layers, log: for the manifest
 
 Engine facts are recorded at build time because reading them back from a serialised engine needs a GPU.
@@ -20,6 +20,7 @@ Polygraphy does the configuration and the build (`CreateConfig` / `CreateConfigR
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,6 +111,24 @@ def profiles_from_shapes(net: ParsedNetwork, shapes: ShapeSpec) -> list[Profile]
     return [Profile(inp.name, *dims)]
 
 
+_REQUESTED = re.compile(r"OutOfMemory \(Requested size was (\d+) bytes")
+
+
+def memory_hint(log: list[str], workspace_bytes: int | None) -> str:
+    """For a build that ran out of memory: which option to raise, and to what (from the size the
+    builder asked for, rounded up to a whole GiB)."""
+    sizes = [int(m.group(1)) for line in log for m in [_REQUESTED.search(line)] if m]
+    if not sizes:
+        return ""
+    need = max(sizes)
+    gib = -(-need // (1 << 30))
+    if workspace_bytes is not None and need > workspace_bytes:
+        return (f" (the builder asked for {need} bytes, more than --trt-workspace-gib "
+                f"{workspace_bytes / (1 << 30):g}: raise it to {gib} or more, or omit it for no limit)")
+    return (f" (the builder asked for {need} bytes and the machine could not give them: lower the largest "
+            "shape (--batch / --height / --width maximum) or build on a machine with more memory)")
+
+
 @dataclass
 class BuiltEngine:
     data: bytes
@@ -125,19 +144,23 @@ def build_engine(
     net: ParsedNetwork,
     profiles: list[Profile],
     *,
-    workspace_gib: float = 4.0,
+    workspace_gib: float | None = None,
     opt_level: int = 3,
     targets: list[str] | None = None,
     timing_cache: Path | None = None,
 ) -> BuiltEngine:
     """Build a serialised engine; the facts (for the manifest) include size, I/O, profile,
-    network layer count, flavour settings and the build log."""
+    network layer count, flavour settings and the build log. `workspace_gib` None: no limit of ours
+    (TensorRT's default, the device's memory): a fixed default fails on large profiles (vits16 at
+    8x3x1024x1024 asks for ~4.1 GiB)."""
     from polygraphy.exception import PolygraphyException
 
     api = net.api
     if not 0 <= opt_level <= 5:
         raise DeployError(f"builder optimisation level must be 0..5, got {opt_level}")
-    workspace = int(workspace_gib * (1 << 30))
+    if workspace_gib is not None and workspace_gib <= 0:
+        raise DeployError(f"--trt-workspace-gib must be > 0 (or omitted: no limit), got {workspace_gib}")
+    workspace = None if workspace_gib is None else int(workspace_gib * (1 << 30))
     ptrt = api.polygraphy()
     create_config, settings = api.create_config(
         [ptrt.Profile().add(p.name, p.min, p.opt, p.max) for p in profiles],
@@ -150,9 +173,13 @@ def build_engine(
             serialized = ptrt.EngineBytesFromNetwork((net.builder, net.network, net.parser), config=config)()
         except PolygraphyException as exc:
             tail = "\n".join(net.logger.lines[-20:])
-            raise EngineBuildError(
-                f"{api.flavor} {api.version} failed to build an engine from {net.onnx_path}: {exc}\n{tail}") from exc
+            hint = memory_hint(net.logger.lines, workspace)
+            raise EngineBuildError(f"{api.flavor} {api.version} failed to build an engine from {net.onnx_path}: "
+                                   f"{exc}{hint}\n{tail}") from exc
     seconds = time.perf_counter() - t0
+    # what the build ran with: the given limit, or TensorRT's default when none was given
+    # (the GPU's memory; a TensorRT-RTX build without a GPU reports its own ceiling)
+    workspace = int(config.get_memory_pool_limit(api.trt.MemoryPoolType.WORKSPACE))
     api.save_caches(config, settings)
     data = bytes(memoryview(serialized))
     facts = {

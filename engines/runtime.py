@@ -96,24 +96,34 @@ class EngineRunner:
                 raise RuntimeError(f"{self.name}: set_tensor_address failed for '{name}'")
         self._buffers, self._shape = buffers, shape
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def infer(self, x):
+        """Run on a torch tensor already on the runner's device: {output: the bound output buffer}.
+
+        No host round trip: `x` is copied device-to-device into the input buffer bound for its shape,
+        on the caller's current stream, and the outputs are the bound buffers themselves, so they are
+        valid until the next call (copy or consume them before calling again)."""
         import torch
 
         if self._ctx is None:
             self._activate()
-        x = torch.from_numpy(np.ascontiguousarray(batch))
         self._bind(tuple(x.shape))
         producer = torch.cuda.current_stream()
-        self._buffers[self._inputs[0]].copy_(x)  # on the producer stream
+        inp = self._buffers[self._inputs[0]]
+        if inp.data_ptr() != x.data_ptr():
+            inp.copy_(x)  # on the producer stream, after whatever wrote x
         self._stream.wait_stream(producer)
         if not self._ctx.execute_async_v3(self._stream.cuda_stream):
             raise RuntimeError(f"{self.name}: execute_async_v3 failed")
-        producer.wait_stream(self._stream)
+        producer.wait_stream(self._stream)  # readers of the outputs on the caller's stream come after the engine
         self._ran = True
-        # Copied out on the producer stream, so after the engine: the buffers are reused by the next call.
+        return {name: self._buffers[name] for name in self._outputs}
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        import torch
+
         outs = {}
-        for name in self._outputs:
-            buf = self._buffers[name]
+        # Copied out on the producer stream, so after the engine: the buffers are reused by the next call.
+        for name, buf in self.infer(torch.from_numpy(np.ascontiguousarray(batch))).items():
             buf = buf.float() if buf.dtype in (torch.float16, torch.bfloat16) else buf
             outs[name] = buf.to("cpu", copy=True).numpy()
         return outs

@@ -84,18 +84,19 @@ class TrtApi:
             )
         return ptrt
 
-    def create_config(self, profiles: list, *, workspace_bytes: int, opt_level: int,
+    def create_config(self, profiles: list, *, workspace_bytes: int | None, opt_level: int,
                       targets: list[str] | None = None, timing_cache: Path | None = None) -> tuple[object, dict]:
         """Polygraphy's builder-config loader for this flavour, and what it sets (for the manifest).
         `profiles` are Polygraphy `Profile`s. TensorRT-RTX has no timing cache: `timing_cache` is ignored."""
         ptrt, trt = self.polygraphy(), self.trt
         common = {
             "profiles": profiles,
-            "memory_pool_limits": {trt.MemoryPoolType.WORKSPACE: workspace_bytes},
             "builder_optimization_level": opt_level,
             # TensorRT's own default; Polygraphy's (DETAILED) would put per-layer details into every engine
             "profiling_verbosity": trt.ProfilingVerbosity.LAYER_NAMES_ONLY,
         }
+        if workspace_bytes is not None:
+            common["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: workspace_bytes}
         if self.is_rtx:
             names = [t.upper() for t in (targets or DEFAULT_RTX_TARGETS)]
             known = [k for k in self.trt.ComputeCapability.__members__ if k != "NONE"]  # SMxy..., CURRENT

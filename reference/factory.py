@@ -75,11 +75,13 @@ def create_backbone(
 RANDOM_INIT = "release-like"
 
 
-def random_backbone(name: str | ViTConfig | ConvNeXtConfig, seed: int, *, attn_impl: str = "sdpa") -> nn.Module:
-    """The random backbone of `seed` under the tool's policy (module docstring): same seed, same weights."""
+def random_backbone(name: str | ViTConfig | ConvNeXtConfig, seed: int, *, attn_impl: str = "sdpa",
+                    init: str | None = None) -> nn.Module:
+    """The random backbone of `seed` under the tool's policy (module docstring): same seed, same weights.
+    `init` None is the policy's RANDOM_INIT; "outliers" stress-tests low-precision exports."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return create_backbone(name, None, attn_impl=attn_impl, init=RANDOM_INIT)
+        return create_backbone(name, None, attn_impl=attn_impl, init=init or RANDOM_INIT)
 
 
 def config_for_weights(cfg: ViTConfig | ConvNeXtConfig, sd: dict) -> ViTConfig | ConvNeXtConfig:

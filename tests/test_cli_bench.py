@@ -83,3 +83,31 @@ def test_bench_compares_the_patch_block_outputs_of_a_feature_layers_artifact(tmp
     # the PyTorch targets build the same contract, so they are timed and compared on every output too
     (eager,) = [r for r in rows if r["target"] == "torch-fp32-sdpa"]
     assert eager["status"] == "ok" and {p["output"] for p in eager["parity"]} == compared
+
+
+def test_bench_e2e_reports_images_per_second_per_backend_and_stitch(tmp_path):
+    from cli_helpers import export_tiny
+
+    from dinov3_deploy.bench.e2e import synthetic_images
+    from dinov3_deploy.bench.report import validate
+
+    art = export_tiny(tmp_path, "seg")
+    synthetic_images(tmp_path / "imgs", 2, 40, 70)
+    res = CliRunner().invoke(cli, ["bench", str(art), "--e2e", str(tmp_path / "imgs"), "--backend",
+                                   "torch,onnxruntime", "--stitch", "torch", "--window", "32", "--batch-windows", "2",
+                                   "--warmup", "0", "--iters", "1", "--no-plot", "--out", str(tmp_path), "--name", "r"])
+    assert res.exit_code == 0, res.output
+    report = validate(json.loads((tmp_path / "r.json").read_text()))
+    assert report["config"]["mode"] == "e2e" and report["config"]["images"] == 2
+    rows = {r["backend"]: r for r in report["rows"]}
+    assert set(rows) == {"torch", "onnxruntime"}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["stitch"] == "torch", r
+        assert r["images_per_s"] > 0 and r["windows_per_pass"] == 2 * 3  # 40x70 -> 32x56: 3 windows an image
+        assert [p["label_agreement"] for p in r["parity"]] == [1.0, 1.0]  # same labels as the reference path
+        assert 0 < r["stitch_share"] < 1
+    assert rows["onnxruntime"]["target"] == "e2e onnxruntime-cpu + stitch torch"
+    assert "e2e onnxruntime-cpu + stitch torch" in (tmp_path / "r.md").read_text()
+    # --e2e needs a seg artifact, and says so.
+    res = _bench(tmp_path, "--e2e", str(tmp_path / "imgs"))
+    assert res.exit_code == 2 and "--e2e needs an ARTIFACT" in res.output

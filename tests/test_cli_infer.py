@@ -81,4 +81,9 @@ def test_infer_errors_are_clear(seg_artifact, tmp_path):
         assert r.exit_code == 2 and option in r.output and ">=1" in r.output.replace(" ", "")
     r = CliRunner().invoke(cli, ["infer", str(seg_artifact), "--demo", "1", "--backend", "tensorrt-rtx-engine",
                                  "-o", str(tmp_path)])
-    assert r.exit_code == 2 and "unknown backend" in r.output
+    assert r.exit_code == 2 and "no engine" in r.output and "--format onnx,trt" in r.output
+    r = CliRunner().invoke(cli, ["infer", str(seg_artifact), "--demo", "1", "--backend", "onnx", "-o", str(tmp_path)])
+    assert r.exit_code == 2 and "unknown backend 'onnx'" in r.output and "--backend" in r.output
+    r = CliRunner().invoke(cli, ["infer", str(seg_artifact), "--demo", "1", "--batch-windows", "5", "-o",
+                                 str(tmp_path)])
+    assert r.exit_code == 2 and "--batch-windows 5" in r.output and "1..4" in r.output

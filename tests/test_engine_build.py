@@ -133,3 +133,28 @@ def test_polygraphy_serves_the_flavour_we_chose_and_refuses_a_second_one():
     other = TrtApi("tensorrt", types.ModuleType("tensorrt"))  # stands in for full TensorRT (not installable here)
     with pytest.raises(DeployError, match="already bound to 'tensorrt_rtx'.*separate process"):
         other.polygraphy()
+
+
+def test_an_out_of_memory_build_names_the_option_to_raise_and_to_what():
+    from dinov3_deploy.engines.build import memory_hint
+
+    log = ["[ERROR] [localCheckMacros.cpp::getErrorStr::132] Error Code 2: OutOfMemory "
+           "(Requested size was 4381224512 bytes.)"]
+    hint = memory_hint(log, 4 << 30)
+    assert "--trt-workspace-gib 4: raise it to 5 or more" in hint and "4381224512" in hint
+    assert "--height" in memory_hint(log, None)  # no limit of ours: the shapes or the machine
+    assert memory_hint(["[INFO] fine"], 4 << 30) == ""
+
+
+@pytest.mark.parametrize("task", ["features", pytest.param("seg", marks=pytest.mark.slow)])
+def test_default_export_shapes_build_with_the_default_workspace(tmp_path, task):
+    """`export --task T --format onnx,trt` with every default (vits16, 1:1:8 x 256:512:1024, no workspace
+    option) must build: a 4 GiB default workspace failed with OutOfMemory on these shapes."""
+    from dinov3_deploy.export.pipeline import ExportOptions, export_artifact
+    from dinov3_deploy.manifest import read_manifest
+
+    path, _ = export_artifact(ExportOptions(out=tmp_path / task, task=task, formats=("onnx", "trt"),
+                                            trt_flavor="tensorrt-rtx", verify=False))
+    trt = read_manifest(path).tensorrt
+    assert trt.profiles[0].max == [8, 3, 1024, 1024] and trt.engine_bytes > 0
+    assert trt.workspace_bytes > 4381224512  # the limit it ran with, more than these shapes asked for

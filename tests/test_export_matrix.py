@@ -71,10 +71,12 @@ class AllTasks(torch.nn.Module):
     """One graph with every task's DeployModule on a shared backbone, outputs named "task.output".
     Same per-task code paths as four exports at a quarter of torch.export's (slow) tracing cost."""
 
-    def __init__(self, models: dict, precision: str) -> None:
+    def __init__(self, models: dict, precision: str, opset: int | None = None) -> None:
         super().__init__()
-        self.tasks = torch.nn.ModuleDict({t: DeployModule(m, precision) for t, m in models.items()})
+        self.tasks = torch.nn.ModuleDict({t: DeployModule(m, precision, opset=opset) for t, m in models.items()})
         self.precision, self.uint8_input, self.input_name = precision, False, "pixel_values"
+        self.opset = next(iter(self.tasks.values())).opset
+        self.opset_islands = [f"{t}.{n}" for t, mod in self.tasks.items() for n in mod.opset_islands]
         self.output_names = [f"{t}.{n}" for t, mod in self.tasks.items() for n in mod.output_names]
         self.example_input = next(iter(self.tasks.values())).example_input
         self.eval()
@@ -173,3 +175,40 @@ def test_deploy_module_outputs_per_task(backbone):
     # in-graph preprocessing == the caller's normalisation
     plain = TorchRunner(DeployModule(models["seg"], "fp32")).run(x.numpy())
     np.testing.assert_allclose(outs["logits"], plain["logits"], rtol=1e-5, atol=1e-5)
+
+
+# bf16 is what opset <= 20 changes (patchify MatMuls, fp32 depthwise islands): those cells run by
+# default; the fp16 cells (~30 s each on 2 cores) with `pytest -m slow`.
+OPSET20 = [pytest.param(b, p, id=f"{b}-{p}", marks=[pytest.mark.slow] if p == "fp16" else [])
+           for b in ("vit_tiny_test", "convnext_tiny_test") for p in ("fp16", "bf16")]
+
+
+@pytest.mark.parametrize(("backbone", "precision"), OPSET20)
+def test_every_task_exports_at_opset_20_and_builds(backbone, precision, tmp_path):
+    """TensorRT 10.0's parser reads opsets 9-20: every task exports there in fp16 and bf16 (bf16 Conv
+    needs opset 22: patchify convs become MatMul, ConvNeXt's depthwise convs stay fp32 islands)."""
+    import onnx
+
+    torch.manual_seed(0)
+    module = AllTasks(all_task_models(backbone, "math"), precision, opset=20)
+    shapes = shapes_for(cfg_of(backbone).input_multiple)
+    result = export_onnx(module, tmp_path / "model.onnx", shapes)
+    onnx.checker.check_model(onnx.load(str(result.path)), full_check=True)
+    facts = ensure_clean(result.path, precision, shapes, fp32_ops=len(module.opset_islands))
+    assert facts.opset == 20
+    if precision == "bf16":
+        is_convnext = cfg_of(backbone).family == "convnext"
+        assert bool(module.opset_islands) == is_convnext  # the 7x7 depthwise convs; ViT has none
+        assert all(n.endswith("dwconv") for n in module.opset_islands), module.opset_islands
+        # every Conv left is an fp32 island and nothing else runs in fp32 (the exporter may merge the
+        # four tasks' identical backbone copies, so there can be fewer Convs than islands listed)
+        assert facts.compute_dtypes.get("float32", 0) == facts.op_counts.get("Conv", 0) <= len(module.opset_islands)
+        assert facts.op_counts.get("Conv", 0) > 0 or not is_convnext
+    if importlib.util.find_spec("tensorrt_rtx"):
+        from dinov3_deploy.engines.build import build_engine, network_from_onnx, profiles_from_shapes
+        from dinov3_deploy.engines.trt_api import load_api
+
+        net = network_from_onnx(result.path, load_api("tensorrt-rtx"))
+        engine = build_engine(net, profiles_from_shapes(net, shapes), workspace_gib=0.5, opt_level=0,
+                              targets=["SM89"])
+        assert [t["name"] for t in engine.facts["io"][1:]] == module.output_names

@@ -63,7 +63,7 @@ def test_a_corrupt_image_is_reported_and_the_others_finish(seg_artifact, tmp_pat
     _save(imgs / "good2.jpg", 2, 44, 60)
     out = tmp_path / "out"
     res = _infer(seg_artifact, imgs, "-o", out)
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output  # 1: some images failed (2 is for usage errors)
     assert "broken.png" in res.output and "1 failed" in res.output
     assert (out / "good1.png_seg.png").is_file() and (out / "good2.jpg_seg.png").is_file()
     assert not list(out.glob("broken*"))
@@ -123,3 +123,27 @@ def test_cls_prints_the_top5_with_class_names(tmp_path):
     assert len(top5) == 5 and all(entry["class"] in names for entry in top5)
     shown = [line for line in res.output.splitlines() if any(n in line for n in names)]
     assert [next(n for n in names if n in line) for line in shown] == [entry["class"] for entry in top5]
+
+
+def test_a_folder_of_real_world_formats_keeps_each_image_in_its_own_orientation(seg_artifact, tmp_path):
+    """Grayscale JPEG, RGBA PNG, 16-bit PNG and an EXIF-rotated JPEG are all predicted (each label map
+    the size of the image as displayed), the broken file is named, and the status says one failed."""
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rgb = make_sample(3, 48, 80)[0]
+    Image.fromarray(rgb).convert("L").save(imgs / "gray.jpg")
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])).save(imgs / "alpha.png")
+    Image.fromarray(rgb[..., 0].astype(np.uint16) * 257).save(imgs / "deep.png")  # 16-bit grayscale
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    Image.fromarray(rgb).save(imgs / "rotated.jpg", exif=exif)
+    (imgs / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    out = tmp_path / "out"
+    res = _infer(seg_artifact, imgs, "-o", out)
+    assert res.exit_code == 1, res.output
+    assert "broken.jpg" in res.output
+    shapes = {name: np.asarray(Image.open(out / f"{name}_labels.png")).shape
+              for name in ("gray.jpg", "alpha.png", "deep.png", "rotated.jpg")}
+    assert shapes == {"gray.jpg": (48, 80), "alpha.png": (48, 80), "deep.png": (48, 80), "rotated.jpg": (80, 48)}
+    failures = json.loads((out / "predictions.json").read_text())["failures"]
+    assert [f["image"] for f in failures] == ["broken.jpg"]

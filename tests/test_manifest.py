@@ -54,7 +54,7 @@ SCHEMA_PLACES = {
     mf.EngineProfile: ("$defs", "tensorrt", "properties", "profiles", "items"),
     mf.EngineTensor: ("$defs", "tensorrt", "properties", "io", "items"), mf.TritonInfo: ("$defs", "triton"),
     mf.TritonModel: ("$defs", "triton", "properties", "models", "items"), mf.FileEntry: ("$defs", "file"),
-    mf.FoldInfo: ("$defs", "fold"),
+    mf.FoldInfo: ("$defs", "fold"), mf.IslandInfo: ("$defs", "island"),
 }
 
 

@@ -69,10 +69,15 @@ def _chosen(targets: list, backends: str) -> list:
                               + "; ".join(f"{t.name}: {t.skip_reason}" for t in targets))
         return runnable[:1]
     names = [n.strip() for n in backends.split(",") if n.strip()]
-    unknown = [n for n in names if n not in {t.name for t in targets}]
+    # The short names of `infer`: onnxruntime = the artifact's runnable ONNX Runtime providers, tensorrt =
+    # its engine, torch = the PyTorch rows only (they are timed unless --no-pytorch).
+    short = {"onnxruntime": lambda t: t.name.startswith("onnxruntime-") and not t.skip_reason,
+             "tensorrt": lambda t: t.name.endswith("-engine"), "torch": lambda t: False}
+    unknown = [n for n in names if n not in short and n not in {t.name for t in targets}]
     if unknown:
-        raise DeployError(f"--backend {', '.join(unknown)}: this artifact has {', '.join(t.name for t in targets)}")
-    return [t for t in targets if t.name in names]
+        raise DeployError(f"--backend {', '.join(unknown)}: this artifact has {', '.join(t.name for t in targets)} "
+                          "(or the short names torch, onnxruntime, tensorrt)")
+    return [t for t in targets if t.name in names or any(short[n](t) for n in names if n in short)]
 
 
 @click.command("bench")
@@ -107,8 +112,18 @@ def _chosen(targets: list, backends: str) -> list:
 @out_option("bench/results", "Folder of the reports (JSON, Markdown, PNG).")
 @click.option("--name", default=None, help="Report file stem (default from model, task, device, date).")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG.")
+@click.option("--e2e", "e2e_images", default=None, type=click.Path(exists=True),
+              help="With an ARTIFACT (seg): time `infer`'s whole path instead, end-to-end images/s from the files "
+                   "in this folder (or this file) to labels, per --backend (all: torch and each runnable artifact "
+                   "backend) and --stitch.")
+@click.option("--stitch", "stitches", default="auto", show_default=True,
+              callback=_words_of(("auto", "triton", "torch")),
+              help="--e2e: stitches to time, comma-separated: auto, triton, torch.")
+@click.option("--window", default=None, type=click.IntRange(min=1), help="--e2e: sliding-window size (as infer).")
+@click.option("--batch-windows", default=None, type=click.IntRange(min=1), help="--e2e: windows per model call.")
 def command(artifact, model_name, task, weights, head, precisions, attn_impls, compile_modes, batch_list, size,
-            warmup, iters, device, backends, no_pytorch, out, name, no_plot) -> None:
+            warmup, iters, device, backends, no_pytorch, out, name, no_plot, e2e_images, stitches, window,
+            batch_windows) -> None:
     """Time PyTorch (eager per attention implementation, torch.compile) and an ARTIFACT's backends
     (ONNX Runtime, TensorRT engines) on the same synthetic images, with parity against the fp32
     reference for every row. Speed goals are read from these reports, never asserted in tests."""
@@ -130,6 +145,9 @@ def command(artifact, model_name, task, weights, head, precisions, attn_impls, c
     from dinov3_deploy.verification.verify import Case, make_batch, reference_module
 
     console = Console(stderr=True)
+    if e2e_images is not None:
+        return _e2e(console, artifact, e2e_images, backends, stitches, window, batch_windows, warmup, iters, out,
+                    name, no_plot)
     device = resolve_device(device)
     deterministic_reference_math()
     modes = compile_modes or []
@@ -173,7 +191,8 @@ def command(artifact, model_name, task, weights, head, precisions, attn_impls, c
 
     targets = []
     if art is None or not no_pytorch:
-        targets += pytorch_targets(source, precs, attn_impls, device, modes, io)
+        targets += pytorch_targets(source, precs, attn_impls, device, modes, io,
+                                   manifest=art.manifest if art is not None else None)
     if art is not None:
         targets += _chosen(artifact_targets(art), backends)
     reference = torch_target(reference_module(ref_model, io), "pytorch-fp32-reference", "fp32", device)
@@ -207,3 +226,54 @@ def command(artifact, model_name, task, weights, head, precisions, attn_impls, c
     if any(r["status"] in ("failed", "parity-failed") for r in rows):
         bad = [f"{r['target']} {r['shape']}: {r['status']}" for r in rows if r["status"] in ("failed", "parity-failed")]
         raise DeployError("benchmark finished with failures: " + "; ".join(bad))
+
+
+def _e2e(console, artifact, images, backends, stitches, window, batch_windows, warmup, iters, out, name,
+         no_plot) -> None:
+    """`bench --e2e IMAGES`: rows of end-to-end images/s, written through the one report envelope."""
+    import time
+
+    from dinov3_deploy.artifact import load_artifact
+    from dinov3_deploy.bench.e2e import e2e_rows
+    from dinov3_deploy.bench.machine import machine_info
+    from dinov3_deploy.bench.report import markdown, write_report
+    from dinov3_deploy.runtime.inference import batch_windows_of, list_images, window_size
+    from dinov3_deploy.runtime.predictor import parse_backend
+    from dinov3_deploy.verification.parity import THRESHOLDS
+
+    if artifact is None:
+        raise DeployError("--e2e needs an ARTIFACT (a seg artifact from `dinov3-deploy export --task seg`)")
+    art = load_artifact(artifact)
+    if art.task != "seg":
+        raise DeployError(f"--e2e times the sliding window of seg artifacts; this one is '{art.task}'")
+    window_size(art.shapes(), window)
+    batch_windows_of(art.shapes(), batch_windows)
+    if backends == "all":
+        names = ["torch", "onnxruntime"] + (["tensorrt"] if art.manifest.tensorrt else [])
+    else:
+        names = [n.strip() for n in backends.split(",") if n.strip()]
+        for n in names:
+            parse_backend(n)
+    inputs = list_images([images])
+    combos = [(b, s) for b in names for s in stitches]
+    with console.status("end-to-end") as status:
+        rows = e2e_rows(art, inputs, combos, window=window, batch_windows=batch_windows, warmup=warmup, iters=iters,
+                        log=lambda msg: status.update(f"end-to-end: {msg}"))
+    report = {
+        "config": {"title": f"{art.manifest.backbone.name} seg end-to-end ({len(inputs)} images)", "task": "seg",
+                   "mode": "e2e", "artifact": str(Path(artifact).resolve()), "images": len(inputs),
+                   "backends": names, "stitches": stitches, "window": window, "batch_windows": batch_windows,
+                   "warmup": warmup, "iters": iters},
+        "machine": machine_info(),
+        "reference": "the torch fp32 backend (SDPA) with the reference stitch, same files: label agreement",
+        "thresholds": {art.precision: vars(THRESHOLDS[art.precision])},
+        "rows": rows,
+    }
+    stem = name or f"{art.manifest.backbone.name}-seg-e2e-{time.strftime('%Y%m%d-%H%M%S')}"
+    paths = write_report(report, Path(out) / f"{stem}.json", png=not no_plot)
+    click.echo(markdown({"schema": "", **report}))
+    for p in paths:
+        console.print(f"wrote {p}")
+    bad = [f"{r['target']}: {r['status']}" for r in rows if r["status"] in ("failed", "parity-failed")]
+    if bad:
+        raise DeployError("end-to-end benchmark finished with failures: " + "; ".join(bad))

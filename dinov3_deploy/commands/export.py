@@ -24,6 +24,12 @@ from dinov3_deploy.options import out_option, overwrite_option, weights_option
               help="Backbone blocks a random head reads.")
 @click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
               help="Decided in the graph (LayerNorm statistics, softmax and RoPE stay fp32).")
+@click.option("--opset", type=click.IntRange(18, 22), default=None,
+              help="ONNX opset. Default 18 (TensorRT 10.0 parses 9-20): bf16 convs then become MatMul "
+                   "(patchify convs) or fp32 islands; 22 keeps bf16 Conv.")
+@click.option("--calib", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Folder of calibration images for fp16/bf16: ops whose fp32 output on them would leave fp16's "
+                   "safe range stay fp32. Default: built-in synthetic images.")
 @click.option("--format", "formats", default="onnx", show_default=True,
               help="Comma-separated: onnx, trt, triton-repo.")
 @click.option("--batch", default="1:1:8", show_default=True, help="Batch range MIN:OPT:MAX (or N).")
@@ -39,8 +45,9 @@ from dinov3_deploy.options import out_option, overwrite_option, weights_option
               show_default=True, help="auto: full TensorRT on a GPU machine that has it, else TensorRT-RTX (builds "
                                       "without a GPU; its engines do not run on Hopper).")
 @click.option("--trt-targets", default=None, help="TensorRT-RTX compute capabilities, e.g. SM86,SM89.")
-@click.option("--trt-workspace-gib", type=click.FloatRange(min=0, min_open=True), default=4.0, show_default=True,
-              help="Builder workspace limit in GiB (tactics needing more are skipped).")
+@click.option("--trt-workspace-gib", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Builder workspace limit in GiB. Default: no limit (the GPU's memory), which the largest "
+                   "shapes need (vits16 at 8x1024x1024 asks for over 4 GiB).")
 @click.option("--trt-opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="Builder optimisation level: higher searches more tactics (slower builds, maybe faster engines).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="tensorrt timing cache file.")
@@ -48,12 +55,15 @@ from dinov3_deploy.options import out_option, overwrite_option, weights_option
               help="ViT attention as standard ONNX ops, or as dinov3_deploy::attention TensorRT plugin nodes "
                    "(Triton kernels; full TensorRT, --precision fp16/bf16 only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
+@click.option("--random-init", type=click.Choice(["release-like", "outliers"]), default="release-like",
+              show_default=True, help="Random backbone initialisation: outliers adds trained-like tiny LayerScale "
+                                      "gammas and massive activations, to stress-test a low-precision export.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (not recommended).")
 @overwrite_option("Replace an existing artifact at --out (only an artifact of this tool holding nothing else).")
 @out_option(None, "Artifact directory (default: artifacts/<model>-<task>-<precision>).")
-def command(task, model, weights, head, n_classes, layers, precision, formats, batch, height, width, static,
-            seg_output, uint8_input, feature_layers, trt_flavor, trt_targets, trt_workspace_gib, trt_opt_level,
-            timing_cache, attention, seed, no_verify, overwrite, out) -> None:
+def command(task, model, weights, head, n_classes, layers, precision, opset, calib, formats, batch, height, width,
+            static, seg_output, uint8_input, feature_layers, trt_flavor, trt_targets, trt_workspace_gib, trt_opt_level,
+            timing_cache, attention, seed, random_init, no_verify, overwrite, out) -> None:
     """Export a DINOv3 model to a verified deployment artifact."""
     from rich.markup import escape
 
@@ -69,7 +79,8 @@ def command(task, model, weights, head, n_classes, layers, precision, formats, b
         out = f"artifacts/{named}-{task}-{precision}"
     opts = ExportOptions(
         out=out, task=task, model=model, weights=weights, head=head, n_classes=n_classes, layers=layers, seed=seed,
-        precision=precision, formats=formats, batch=batch, height=height, width=width, static=static,
+        random_init=random_init, precision=precision, opset=opset, calib=calib, formats=formats, batch=batch,
+        height=height, width=width, static=static,
         seg_output=seg_output, uint8_input=uint8_input, feature_layers=feature_layers,
         trt_flavor=trt_flavor,
         trt_targets=[t.strip() for t in trt_targets.split(",")] if trt_targets else None,

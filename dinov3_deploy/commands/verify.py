@@ -1,4 +1,5 @@
-"""`dinov3-deploy verify DIR`: parity of every runnable backend against the fp32 PyTorch reference."""
+"""`dinov3-deploy verify DIR`: parity of the chosen backends against the fp32 PyTorch reference;
+`--per-block` says at which block a backend leaves it."""
 
 from __future__ import annotations
 
@@ -12,26 +13,49 @@ from dinov3_deploy.options import weights_option
 @weights_option("Backbone weights, if they moved since export (checked against the recorded sha256).")
 @click.option("--head", default=None, type=click.Path(exists=True, file_okay=False),
               help="Head checkpoint directory, if it moved since export (checked against the recorded sha256).")
+@click.option("--backend", "backend", default="auto", show_default=True,
+              help="Comma-separated backends: auto (every runnable one), onnxruntime-cpu, onnxruntime-cuda, "
+                   "onnxruntime-tensorrt, tensorrt-engine, tensorrt-rtx-engine, onnx-reference (numpy, runs bf16 "
+                   "on a CPU, small shapes), or a family: onnxruntime, tensorrt, torch.")
+@click.option("--per-block", is_flag=True,
+              help="Also compare every ViT block's (ConvNeXt stage's) output with the reference, on the first "
+                   "runnable chosen backend, through a debug copy of the graph; mark the first block over threshold.")
+@click.option("--per-block-out", default=None, type=click.Path(file_okay=False),
+              help="Where --per-block writes per_block.json and per_block.png (default: ./<artifact>-per-block).")
 @click.option("--no-write", is_flag=True, help="Do not update the artifact's parity.json.")
-def command(artifact, weights, head, no_write) -> None:
+def command(artifact, weights, head, backend, per_block, per_block_out, no_write) -> None:
     """Check an artifact's backends against the fp32 PyTorch reference; exit 1 when parity fails."""
+
+    from pathlib import Path
 
     from dinov3_deploy.artifact import load_artifact
     from dinov3_deploy.commands._progress import RichProgress, make_console
+    from dinov3_deploy.runtime.runners import parse_backend_names, select_backends
     from dinov3_deploy.verification.verify import failure_message, render_report, verify_artifact
 
+    parse_backend_names(backend)  # a bad name fails before anything is loaded
     console = make_console()
     progress = RichProgress(console)
     with progress.step(f"loading {artifact} (schema, sha256 of every file)"):
         art = load_artifact(artifact)
+    backends = select_backends(art, backend)
     with progress.step("verifying parity against the fp32 PyTorch reference"):
-        report = verify_artifact(art, weights=weights, head=head, log=progress.log)
+        report = verify_artifact(art, weights=weights, head=head, backends=backends, log=progress.log)
     render_report(report, console)
     if not no_write:
         try:
             art.write_parity(report)
         except OSError as exc:
             console.print(f"[yellow]could not update {art.path}/parity.json ({exc}); the report above stands[/]")
+    if per_block:
+        from dinov3_deploy.verification.per_block import per_block_report, render_per_block, save_per_block
+
+        out = Path(per_block_out) if per_block_out else Path.cwd() / f"{Path(artifact).resolve().name}-per-block"
+        with progress.step("per-block parity (debug copy of the graph with every block's output)"):
+            pb = per_block_report(art, select_backends(art, backend), weights=weights, head=head, log=progress.log)
+        render_per_block(pb, console)
+        json_path, png_path = save_per_block(pb, out)
+        console.print(f"per-block table: {json_path}" + (f", plot: {png_path}" if png_path else ""))
     if not report["passed"]:
         click.secho(f"error: {failure_message(report)}", fg="red", err=True)
         raise SystemExit(1)

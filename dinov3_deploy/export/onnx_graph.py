@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dinov3_deploy.deploy_module import PRECISIONS, SEG_OUTPUTS, DeployModule, output_names
+from dinov3_deploy.deploy_module import DEFAULT_OPSET, PRECISIONS, SEG_OUTPUTS, DeployModule, output_names
 from dinov3_deploy.errors import ArtifactError
 from dinov3_deploy.manifest import GraphInfo, TensorInfo
 from dinov3_deploy.shapes import ShapeSpec
@@ -30,8 +30,8 @@ from dinov3_deploy.shapes import ShapeSpec
 # still do (bench/targets.py).
 __all__ = ["PRECISIONS", "SEG_OUTPUTS", "DeployModule", "output_names", "export_onnx", "ensure_clean",
            "graph_facts", "check_graph", "GraphFacts", "ExportResult", "needs_external_data"]
-# ONNX's Conv and friends accept bfloat16 only from opset 22; fp32/fp16 keep 18 for older TensorRT.
-OPSET = {"fp32": 18, "fp16": 18, "bf16": 22}
+# Default opsets live with DeployModule, which rewrites bf16 convs for opsets without bf16 Conv.
+OPSET = DEFAULT_OPSET
 # Protobuf cannot hold more than 2 GiB: above this the weights go to `model.onnx.data`.
 EXTERNAL_DATA_BYTES = 1_800_000_000
 FORBIDDEN_OPS = ("If", "Tile", "Loop", "Scan")
@@ -91,7 +91,7 @@ def export_onnx(module: DeployModule, path: str | os.PathLike, shapes: ShapeSpec
     `dinov3_deploy.attention` node for TensorRT's dinov3_deploy::attention plugin (qkv split and
     RoPE stay standard ops, see engines/plugins.py)."""
     path = Path(path)
-    opset = OPSET[module.precision]
+    opset = getattr(module, "opset", OPSET[module.precision])  # DeployModule's; a wrapper may not say
     if external_data is None:
         external_data = needs_external_data(module, module.precision)
     b, h, w = _example_dims(shapes)
@@ -191,8 +191,9 @@ def graph_facts(path: str | os.PathLike) -> GraphFacts:
     )
 
 
-def check_graph(facts: GraphFacts, precision: str, shapes: ShapeSpec | None = None) -> list[str]:
-    """Problems with an exported graph (empty when it is clean)."""
+def check_graph(facts: GraphFacts, precision: str, shapes: ShapeSpec | None = None, fp32_ops: int = 0) -> list[str]:
+    """Problems with an exported graph (empty when it is clean). `fp32_ops`: the MatMul/Conv that
+    fp32 islands (DeployModule.fp32_islands / opset_islands) keep in float32 on purpose."""
     problems = []
     if len(facts.inputs) != 1:
         problems.append(f"expected exactly one input, found {[i['name'] for i in facts.inputs]}")
@@ -209,8 +210,9 @@ def check_graph(facts: GraphFacts, precision: str, shapes: ShapeSpec | None = No
         want = {"fp16": "float16", "bf16": "bfloat16"}[precision]
         if facts.compute_dtypes.get(want, 0) == 0:
             problems.append(f"no MatMul/Conv runs in {want}: the graph is not {precision}")
-        if facts.compute_dtypes.get("float32", 0):
-            problems.append(f"{facts.compute_dtypes['float32']} MatMul/Conv still run in float32")
+        if facts.compute_dtypes.get("float32", 0) > fp32_ops:
+            problems.append(f"{facts.compute_dtypes['float32']} MatMul/Conv still run in float32 "
+                            f"({fp32_ops} of them fp32 islands)")
     if shapes is not None and facts.inputs:
         dims = facts.inputs[0]["shape"]
         h_axis, w_axis = (1, 2) if facts.inputs[0]["dtype"] == "uint8" else (2, 3)
@@ -221,7 +223,7 @@ def check_graph(facts: GraphFacts, precision: str, shapes: ShapeSpec | None = No
     return problems
 
 
-def ensure_clean(path: str | os.PathLike, precision: str, shapes: ShapeSpec) -> GraphFacts:
+def ensure_clean(path: str | os.PathLike, precision: str, shapes: ShapeSpec, fp32_ops: int = 0) -> GraphFacts:
     """onnx.checker + shape inference + hygiene; raise ArtifactError on any problem."""
     import onnx
 
@@ -230,7 +232,7 @@ def ensure_clean(path: str | os.PathLike, precision: str, shapes: ShapeSpec) -> 
     except onnx.checker.ValidationError as exc:
         raise ArtifactError(f"the exported ONNX fails onnx.checker: {exc}") from exc
     facts = graph_facts(path)
-    problems = check_graph(facts, precision, shapes)
+    problems = check_graph(facts, precision, shapes, fp32_ops)
     if problems:
         raise ArtifactError("the exported ONNX graph is not clean: " + "; ".join(problems))
     return facts

@@ -21,6 +21,7 @@ from dinov3_deploy.manifest import (
     FoldInfo,
     HeadInfo,
     InputSpec,
+    IslandInfo,
     Manifest,
     Normalization,
     OnnxInfo,
@@ -67,7 +68,10 @@ class ExportOptions:
     n_classes: int = 0
     layers: str = "last"
     seed: int = 0
+    random_init: str = "release-like"  # a random backbone's init; "outliers" stress-tests low precision
     precision: str = "fp32"
+    opset: int | None = None  # None: the lowest that works (deploy_module.DEFAULT_OPSET), within TensorRT 10.0's
+    calib: str | None = None  # folder of calibration images for fp16/bf16 (default: built-in synthetic ones)
     formats: tuple[str, ...] = ("onnx",)
     batch: str = "1:1:8"
     height: str = "256:512:1024"
@@ -78,7 +82,7 @@ class ExportOptions:
     feature_layers: int = 0  # features on ViT: also the normalised patch tokens of the blocks before the last
     trt_flavor: str = "auto"
     trt_targets: list[str] | None = None
-    trt_workspace_gib: float = 4.0
+    trt_workspace_gib: float | None = None  # None: no limit (TensorRT default: the device memory)
     trt_opt_level: int = 3
     timing_cache: str | None = None
     verify: bool = True
@@ -158,7 +162,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
     # the checkpoint names its model whenever it can (metadata, config.json, Meta's file name)
     model_name = resolve_model(opts.model, opts.weights, default=None if opts.head else DEFAULT_MODEL)
     source = ModelSource.resolve(opts.task, model_name, opts.weights, opts.head, opts.n_classes, opts.layers,
-                                 opts.seed)
+                                 opts.seed, opts.random_init)
     cfg = get_config(source.backbone)
     shapes = shape_spec(opts, cfg.input_multiple)  # bad shapes fail before anything is built
     plugin = check_attention_option(opts, cfg.family, formats)
@@ -180,8 +184,24 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
 
     with progress.step("folding LayerScale / gamma / BatchNorm into the layers before them"):
         export_model, folds = fold_all(model)
+    islands = []
+    if opts.precision != "fp32" or opts.calib is not None:
+        from dinov3_deploy.export.calibration import calibration_images, choose_islands, record_maxima
+
+        with progress.step(f"calibrating ({opts.calib or 'built-in synthetic images'}): ranges of every op in fp32"):
+            # at the tuned (opt) resolution: the one the deployment is expected to see most
+            x = calibration_images(opts.calib, shapes.height.opt, shapes.width.opt, spec.mean, spec.std)
+            if plugin:  # same function; the Triton op needs a GPU, calibration runs here on any device
+                export_model.backbone.set_attn_impl("math")
+            islands = choose_islands(export_model, record_maxima(export_model, x), opts.precision)
+            if plugin:
+                export_model.backbone.set_attn_impl("triton")
     module = DeployModule(export_model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input,
-                          feature_layers=opts.feature_layers)
+                          feature_layers=opts.feature_layers, fp32_islands=[i.module for i in islands],
+                          opset=opts.opset)
+    from dinov3_deploy.export.calibration import Island
+
+    islands += [Island(name, "opset") for name in module.opset_islands]
 
     with ArtifactWriter(opts.out, overwrite=opts.overwrite) as writer:
         root = writer.path
@@ -190,7 +210,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
             result = export_onnx(module, root / ONNX_NAME, shapes, external_data=opts.external_data,
                                  attention_plugin=plugin)
         with progress.step("checking the graph (onnx.checker, shape inference, hygiene)"):
-            facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes)
+            facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes, fp32_ops=len(islands))
         graph = facts.to_info()
         del module  # the low-precision copy is in the ONNX now
 
@@ -228,6 +248,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
                           graph=graph),
             toolchain=toolchain_versions(),
             folds=[FoldInfo(**f.to_dict()) for f in folds],
+            fp32_islands=[IslandInfo(**i.to_dict()) for i in islands],
         )
         if source.head is not None and source.random_backbone:
             from dinov3_deploy.reference.head_checkpoint import read_head_config

@@ -115,30 +115,6 @@ def list_images(paths: Iterable[str | os.PathLike], exclude: str | os.PathLike |
     return inputs
 
 
-class ArtifactModel:
-    """The artifact's runner seen as a function of uint8-valued float NCHW windows."""
-
-    def __init__(self, artifact, runner) -> None:
-        self.artifact, self.runner = artifact, runner
-        io = artifact.manifest.io
-        self.uint8 = io.uint8_input
-        self.mean = np.asarray(io.mean, np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(io.std, np.float32).reshape(1, 3, 1, 1)
-        self.shapes = artifact.shapes()
-        self.windows = 0  # inputs run so far (sliding windows, or whole images), for the summary
-
-    def __call__(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """pixels: float [b,3,h,w] holding 0..255 RGB values."""
-        x = pixels.round().clamp(0, 255).numpy()
-        if self.uint8:
-            batch = np.ascontiguousarray(x.transpose(0, 2, 3, 1).astype(np.uint8))
-        else:
-            batch = np.ascontiguousarray((x / 255.0 - self.mean) / self.std, dtype=np.float32)
-        self.shapes.check(*pixels.shape[:1], *pixels.shape[-2:])
-        self.windows += int(pixels.shape[0])
-        return {k: torch.from_numpy(np.asarray(v)) for k, v in self.runner.run(batch).items()}
-
-
 def window_size(shapes, requested: int | None) -> int:
     """The sliding-window crop: requested, else the artifact's opt size; must fit its H and W ranges."""
     crop = requested or min(shapes.height.opt, shapes.width.opt)
@@ -160,34 +136,105 @@ def _resize_short_side(pixels: torch.Tensor, short: int) -> torch.Tensor:
     return F.interpolate(pixels, size=(nh, nw), mode="bilinear", align_corners=False)
 
 
-def predict_image(model: ArtifactModel, name: str, image: np.ndarray, *, crop: int | None = None,
-                  stride: int | None = None) -> Prediction:
+STITCHES = ("auto", "triton", "torch")
+
+
+def resolve_stitch(stitch: str, device: torch.device) -> str:
+    """auto: the Triton kernel on a GPU, the reference on the CPU. triton on the CPU needs the
+    interpreter (TRITON_INTERPRET=1, set before triton is imported)."""
+    from dinov3_deploy.kernels.attention import interpreting
+
+    if stitch == "torch-cpu":  # the reference stitch on the host (the pre-device path, for benchmarks)
+        return stitch
+    if stitch not in STITCHES:
+        raise DeployError(f"--stitch must be one of {', '.join(STITCHES)}, got '{stitch}'")
+    if stitch == "auto":
+        return "triton" if device.type == "cuda" else "torch"
+    if stitch == "triton" and device.type != "cuda" and not interpreting():
+        raise DeployError(f"--stitch triton: the backend computes on '{device}' and the Triton kernel needs a CUDA "
+                          "GPU (or TRITON_INTERPRET=1 for the slow CPU interpreter); use --stitch torch")
+    return stitch
+
+
+def batch_windows_of(shapes, requested: int | None) -> int:
+    """Windows per predictor call: requested (within the artifact's batch range), else up to 4."""
+    if requested is None:
+        return max(1, min(shapes.batch.max, 4))
+    if not shapes.batch.min <= requested <= shapes.batch.max:
+        raise DeployError(f"--batch-windows {requested} is outside the artifact's batch range "
+                          f"{shapes.batch.min}..{shapes.batch.max}")
+    return requested
+
+
+def window_logits(predictor, pixels: torch.Tensor, geometry, batch_windows: int) -> torch.Tensor:
+    """Low-res logits [n_windows, C, h', w'] of every window of `pixels` (float 0..255 [1,3,H,W] on the
+    predictor's device), windows in the geometry's row-major order, `batch_windows` per call."""
+    windows = geometry.windows()
+    out = None
+    for start in range(0, len(windows), batch_windows):
+        chunk = windows[start:start + batch_windows]
+        crops = torch.cat([pixels[..., y0:y1, x0:x1] for y0, y1, x0, x1 in chunk])
+        logits = predictor(predictor.to_input(crops))["logits"]
+        if out is None:  # the outputs may be a reused buffer (CUDA graph, engine): copy them out now
+            out = torch.empty((len(windows), *logits.shape[1:]), dtype=torch.float32, device=logits.device)
+        out[start:start + len(chunk)].copy_(logits)
+    return out
+
+
+def stitch_labels(logits: torch.Tensor, pixels: torch.Tensor, geometry, out_size: tuple[int, int],
+                  stitch: str) -> torch.Tensor:
+    """Per-window logits -> labels [OH, OW] (int64, on the logits' device): the Triton kernel, or the
+    reference slide_inference fed the same logits (so both stitch exactly the same numbers)."""
+    H, W = geometry.image_h, geometry.image_w
+    crop, stride = (geometry.crop_h, geometry.crop_w), (geometry.stride_h, geometry.stride_w)
+    if stitch == "triton":
+        from dinov3_deploy.kernels.stitch import stitch_into
+
+        labels = torch.empty(out_size, dtype=torch.int64, device=logits.device)
+        stitch_into(logits, (H, W), crop, stride, labels)
+        return labels
     from dinov3_deploy.reference.training.sliding_window import slide_inference
 
-    task = model.artifact.task
-    shapes = model.shapes
+    if stitch == "torch-cpu":
+        logits, pixels = logits.cpu(), pixels.cpu()
+    full = slide_inference(lambda crops: logits, pixels, logits.shape[1], crop, stride, out_size=out_size,
+                           batch_size=len(geometry))
+    return full.argmax(1)[0]
+
+
+def predict_image(predictor, name: str, image: np.ndarray, *, crop: int | None = None, stride: int | None = None,
+                  batch_windows: int | None = None, stitch: str = "auto") -> Prediction:
+    """One image through the predictor: seg by the sliding window (cut, batched, run and stitched on the
+    predictor's device), other tasks on the whole image resized to a valid input. Numpy out."""
+    from dinov3_deploy.reference.training.sliding_window import window_geometry
+
+    art = predictor.artifact
+    task = art.task
+    shapes = art.shapes()
     size = window_size(shapes, crop)
-    pixels = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()[None]
+    host = torch.from_numpy(np.require(image, requirements=("C", "W")))  # copies only a read-only array
+    if predictor.device.type == "cuda":
+        host = host.pin_memory()  # an asynchronous copy, overlapped with the previous image's work
+    pixels = host.to(predictor.device, non_blocking=True).permute(2, 0, 1)[None].float()
     H, W = image.shape[:2]
     if task == "seg":
-        n_classes = model.artifact.manifest.head.n_classes
         scaled = _resize_short_side(pixels, size)
-        logits = slide_inference(lambda x: model(x)["logits"], scaled, n_classes, size,
-                                 stride or max(shapes.multiple, size * 2 // 3), out_size=(H, W),
-                                 batch_size=max(1, min(shapes.batch.max, 4)))
-        return Prediction(name, image, task, labels=logits.argmax(1)[0].to(torch.uint8).numpy())
+        g = window_geometry(scaled.shape[-2], scaled.shape[-1], size, stride or max(shapes.multiple, size * 2 // 3))
+        logits = window_logits(predictor, scaled, g, batch_windows_of(shapes, batch_windows))
+        labels = stitch_labels(logits, scaled, g, (H, W), resolve_stitch(stitch, logits.device))
+        return Prediction(name, image, task, labels=labels.to(torch.uint8).cpu().numpy())
     # Whole-image tasks: one input resized to a valid size, outputs mapped back to the image.
     th = min(max(shapes.height.min, round(H / shapes.multiple) * shapes.multiple), shapes.height.max)
     tw = min(max(shapes.width.min, round(W / shapes.multiple) * shapes.multiple), shapes.width.max)
     x = F.interpolate(pixels, size=(th, tw), mode="bilinear", align_corners=False) if (th, tw) != (H, W) else pixels
-    out = model(x)
+    out = predictor(predictor.to_input(x))
     if task == "depth":
         d = F.interpolate(out["depth"].float(), size=(H, W), mode="bilinear", align_corners=False)
-        return Prediction(name, image, task, depth=d[0, 0].numpy())
+        return Prediction(name, image, task, depth=d[0, 0].cpu().numpy())
     if task == "cls":
-        return Prediction(name, image, task, logits=out["logits"][0].numpy())
-    patch = out["patch"][0].numpy()
-    bb = model.artifact.manifest.backbone
+        return Prediction(name, image, task, logits=out["logits"][0].float().cpu().numpy())
+    patch = out["patch"][0].float().cpu().numpy()
+    bb = art.manifest.backbone
     stride_px = bb.patch_size if bb.family == "vit" else 32  # ConvNeXt tokens: the last stage
     gh, gw = th // stride_px, tw // stride_px
     return Prediction(name, image, task, patch=patch.reshape(gh, gw, -1) if gh * gw == len(patch) else patch)
@@ -325,3 +372,30 @@ def _palette(n: int) -> list[list[int]]:
     except Exception:  # noqa: BLE001 - beyond the synthetic palette: a deterministic colour wheel
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, size=(max(n, 1), 3)).tolist()
+
+
+def decoded(inputs: list[ImageInput], workers: int = 2, ahead: int = 4):
+    """(input, uint8 HxWx3 image or the exception reading it raised) for each input, in order, decoded
+    by a background thread pool up to `ahead` images in advance, so the device is not idle while a
+    JPEG is decoded (PIL and numpy release the GIL while they decode and convert)."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from dinov3_deploy.reference.training.images import read_rgb
+
+    def read(item: ImageInput):
+        try:
+            return read_rgb(item.source) if isinstance(item.source, Path) else item.source
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, which reports it and goes on
+            return exc
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        for item in inputs:
+            pending.append((item, pool.submit(read, item)))
+            if len(pending) > ahead:
+                first, future = pending.popleft()
+                yield first, future.result()
+        while pending:
+            first, future = pending.popleft()
+            yield first, future.result()

@@ -3,9 +3,12 @@
     TorchRunner(DeployModule)            the PyTorch module (the fp32 reference, or any precision)
     OrtRunner(onnx, provider)            ONNX Runtime through polygraphy's SessionFromOnnx/OnnxrtRunner
     EngineRunner(engine, flavor)         a TensorRT / TensorRT-RTX engine (engines/runtime.py)
+    OnnxReferenceRunner(onnx)            onnx.reference.ReferenceEvaluator: slow numpy, but it runs bf16
+                                         graphs on the CPU (ONNX Runtime's CPU provider has no bf16 kernels)
 
 `artifact_backends(artifact)` lists the deployment backends of an artifact with, for those that
-cannot run on this machine, the reason (reported as skipped, never silently dropped).
+cannot run on this machine, the reason (reported as skipped, never silently dropped);
+`select_backends(artifact, "onnxruntime,onnx-reference")` keeps those a user named (verify --backend).
 """
 
 from __future__ import annotations
@@ -88,13 +91,59 @@ def check_provider(session, provider: str) -> None:
             "which failed to load)")
 
 
+class OnnxReferenceRunner:
+    """The ONNX reference evaluator: every op in numpy, bfloat16 through `ml_dtypes`, so a bf16 graph
+    runs before a user's GPU does. Orders of magnitude slower than ONNX Runtime: `verify` gives it
+    small shapes only (SMALL_PIXELS). Outputs come back as float32 (bf16 ones widened exactly)."""
+
+    def __init__(self, onnx_model, name: str = "onnx-reference") -> None:
+        self.onnx_model = onnx_model  # a path, or an in-memory ModelProto (per-block debug graphs)
+        self.name = name
+        self._evaluator = None
+        self._input = ""
+        self._outputs: list[str] = []
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self._evaluator is None:
+            import onnx
+            from onnx.reference import ReferenceEvaluator
+
+            try:
+                import ml_dtypes  # noqa: F401 - the evaluator needs it for bfloat16 tensors
+            except ImportError as exc:
+                raise DeployError("onnx-reference needs ml_dtypes for bfloat16: pip install ml_dtypes") from exc
+            model = self.onnx_model
+            if not isinstance(model, onnx.ModelProto):
+                model = onnx.load(str(model))  # external data beside the file is found
+            self._input = model.graph.input[0].name
+            self._outputs = [o.name for o in model.graph.output]
+            self._evaluator = ReferenceEvaluator(model)
+        outs = self._evaluator.run(None, {self._input: np.ascontiguousarray(batch)})
+        return {n: _widen(o) for n, o in zip(self._outputs, outs)}
+
+    def close(self) -> None:
+        self._evaluator = None
+
+
+def _widen(a) -> np.ndarray:
+    a = np.asarray(a)
+    return a.astype(np.float32) if a.dtype.kind == "V" or a.dtype.name == "bfloat16" else a
+
+
+#: Largest batch*height*width the reference evaluator is given (2x128x128: a few seconds on tiny models).
+SMALL_PIXELS = 2 * 128 * 128
+
+
 @dataclass
 class Backend:
-    """A deployment backend of an artifact: a runner, or the reason it cannot run here."""
+    """A deployment backend of an artifact: a runner, or the reason it cannot run here.
+    `max_pixels`: the largest batch*height*width it is sized for (None: any); verify runs it at
+    the artifact's smallest allowed shape when its cases are larger, and says so."""
 
     name: str
     runner: Runner | None
     skip_reason: str = ""
+    max_pixels: int | None = None
 
 
 def _ort_skip_reason(provider: str, precision: str) -> str:
@@ -113,8 +162,72 @@ def _ort_skip_reason(provider: str, precision: str) -> str:
     return ""
 
 
-def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt")) -> list[Backend]:
-    """The ONNX Runtime providers and the engine of an artifact, each runnable or skipped with why."""
+ENGINE_BACKENDS = ("tensorrt-engine", "tensorrt-rtx-engine")
+BACKEND_NAMES = (*(f"onnxruntime-{p}" for p in ORT_PROVIDERS), *ENGINE_BACKENDS, "onnx-reference")
+#: Short names for a family of backends (`torch`: the PyTorch model in the artifact's precision).
+BACKEND_FAMILIES = {
+    "onnxruntime": tuple(f"onnxruntime-{p}" for p in ORT_PROVIDERS),
+    "tensorrt": ENGINE_BACKENDS,
+    "torch": ("pytorch",),
+}
+
+
+def parse_backend_names(spec: str | None, option: str = "--backend") -> list[str] | None:
+    """`auto` / None -> None (every runnable backend); else the named backends, families expanded, in
+    order. An unknown name is an error naming the option and the known names."""
+    if spec is None or spec.strip() in ("", "auto"):
+        return None
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if part in BACKEND_FAMILIES:
+            expanded = BACKEND_FAMILIES[part]
+        elif part in BACKEND_NAMES:
+            expanded = (part,)
+        else:
+            known = ", ".join(("auto", *BACKEND_NAMES, *BACKEND_FAMILIES))
+            raise DeployError(f"{option}: unknown backend '{part}' (known: {known})")
+        names += [n for n in expanded if n not in names]
+    return names
+
+
+def select_backends(artifact, spec: str | None, option: str = "--backend") -> list[Backend]:
+    """The backends `verify` runs: every runnable one for `auto` (skipped ones reported), else those
+    named: a named backend that cannot run here is reported skipped with why, never dropped."""
+    names = parse_backend_names(spec, option)
+    if names is None:
+        return artifact_backends(artifact, reference="bf16")
+    available = {b.name: b for b in artifact_backends(artifact, reference="always")}
+    chosen = []
+    for name in names:
+        if name == "pytorch":
+            chosen.append(Backend(name, None))  # verify gives it the model it builds for the reference
+        elif name in available:
+            chosen.append(available[name])
+        elif name in ENGINE_BACKENDS:
+            chosen.append(Backend(name, None, "the artifact has no engine of this flavour (export --format trt)"))
+    return chosen
+
+
+def reference_backend(artifact) -> Backend:
+    """onnx-reference: runs any precision (bf16 included) on the CPU, at small shapes."""
+    reason = ""
+    if artifact.manifest.onnx.plugins:
+        reason = f"the graph holds TensorRT plugin nodes ({', '.join(artifact.manifest.onnx.plugins)})"
+    else:
+        try:
+            import ml_dtypes  # noqa: F401
+        except ImportError:
+            reason = "ml_dtypes is not installed (pip install ml_dtypes)"
+    runner = None if reason else OnnxReferenceRunner(artifact.onnx_path)
+    return Backend("onnx-reference", runner, reason, max_pixels=SMALL_PIXELS)
+
+
+def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt"),
+                      reference: str = "never") -> list[Backend]:
+    """The ONNX Runtime providers, the engine of an artifact and (`reference`: "bf16" for bf16
+    artifacts only, which nothing else runs on a CPU, as verify asks; "always"; "never", for
+    callers that time or serve: it is numpy) the ONNX reference evaluator, each runnable or
+    skipped with why."""
     backends = []
     manifest = artifact.manifest
     plugins = manifest.onnx.plugins
@@ -141,4 +254,6 @@ def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "te
         except DeployError as exc:
             runner, reason = None, str(exc)
         backends.append(Backend(name, runner, reason))
+    if reference == "always" or (reference == "bf16" and artifact.precision == "bf16"):
+        backends.append(reference_backend(artifact))
     return backends

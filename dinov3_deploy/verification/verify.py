@@ -73,14 +73,33 @@ def reference_module(model, io: DeployIO):
     return DeployModule.from_io(model, "fp32", io)
 
 
+def reference_model(manifest: Manifest, weights: str | None = None, head: str | None = None):
+    """The artifact's fp32 TaskModel, rebuilt from its manifest's model source."""
+    from dinov3_deploy.model_source import ModelSource
+
+    return ModelSource.from_manifest(manifest.source, weights=weights, head=head).build(attn_impl="sdpa")
+
+
 def reference_runner(manifest: Manifest, model=None, weights: str | None = None,
                      head: str | None = None) -> TorchRunner:
     """The fp32 reference of the artifact (rebuilt from its manifest's model source unless given)."""
-    from dinov3_deploy.model_source import ModelSource
-
     if model is None:
-        model = ModelSource.from_manifest(manifest.source, weights=weights, head=head).build(attn_impl="sdpa")
+        model = reference_model(manifest, weights, head)
     return TorchRunner(reference_module(model, manifest.io), name="pytorch-fp32")
+
+
+def smallest_case(shapes) -> Case:
+    """The smallest input the artifact accepts (a backend sized for small shapes runs this)."""
+    return Case("smallest", shapes.batch.min, shapes.height.min, shapes.width.min, 0)
+
+
+def backend_cases(be: Backend, cases: list[Case], shapes) -> tuple[list[Case], str]:
+    """The cases a backend runs, and a note when they are not the common ones."""
+    if be.max_pixels is None or all(c.batch * c.height * c.width <= be.max_pixels for c in cases):
+        return cases, ""
+    small = smallest_case(shapes)
+    return [small], (f"sized for small shapes: ran at the smallest allowed input "
+                     f"{small.batch}x{small.height}x{small.width} only")
 
 
 def verify_artifact(
@@ -98,22 +117,40 @@ def verify_artifact(
     precision, task = manifest.precision, manifest.task
     shapes = artifact.shapes()
     cases = cases or default_cases(shapes)
-    backends = backends if backends is not None else artifact_backends(artifact)
+    backends = backends if backends is not None else artifact_backends(artifact, reference="bf16")
     log("building the fp32 PyTorch reference")
-    ref_runner = reference_runner(manifest, model, weights, head)
+    if model is None:
+        model = reference_model(manifest, weights, head)
+    ref_runner = reference_runner(manifest, model)
+    for be in backends:
+        if be.name == "pytorch" and be.runner is None and not be.skip_reason:
+            from dinov3_deploy.deploy_module import DeployModule
+
+            be.runner = TorchRunner(DeployModule.for_artifact(model, precision, manifest), name="pytorch")
     batches, refs = {}, {}
+
+    def reference_for(case: Case) -> None:
+        if case.name not in refs:
+            shapes.check(case.batch, case.height, case.width)
+            batches[case.name] = make_batch(case, manifest.io)
+            log(f"reference on {case.batch}x{case.height}x{case.width} ({case.name})")
+            refs[case.name] = ref_runner.run(batches[case.name])
+
     for case in cases:
-        shapes.check(case.batch, case.height, case.width)
-        batches[case.name] = make_batch(case, manifest.io)
-        log(f"reference on {case.batch}x{case.height}x{case.width} ({case.name})")
-        refs[case.name] = ref_runner.run(batches[case.name])
-    rows = []
+        reference_for(case)
+    rows, all_cases = [], list(cases)
     for be in backends:
         entry = {"name": be.name, "status": "skipped", "reason": be.skip_reason, "outputs": [], "seconds": None}
         if be.runner is not None:
             t0 = time.perf_counter()
+            be_cases, note = backend_cases(be, cases, shapes)
+            if note:
+                entry["note"] = note
+                log(f"{be.name}: {note}")
+            all_cases += [c for c in be_cases if c not in all_cases]
             try:
-                for case in cases:
+                for case in be_cases:
+                    reference_for(case)
                     log(f"{be.name} on {case.batch}x{case.height}x{case.width} ({case.name})")
                     out = be.runner.run(batches[case.name])
                     entry["outputs"] += [r.to_dict() for r in compare(refs[case.name], out, case.name, task, precision)]
@@ -134,7 +171,7 @@ def verify_artifact(
         "reference": "PyTorch fp32 (SDPA attention), same weights",
         "inputs": "reference/synthetic.make_sample images",
         "thresholds": asdict(THRESHOLDS[precision]),
-        "cases": [asdict(c) for c in cases],
+        "cases": [asdict(c) for c in all_cases],
         "backends": rows,
         "verified_backends": [r["name"] for r in ran if r["status"] == "passed"],
         "passed": bool(ran) and all(r["status"] == "passed" for r in ran),
@@ -200,6 +237,9 @@ def render_report(report: dict, console) -> None:
                 "[green]pass[/]" if o["passed"] else f"[red]FAIL[/] {'; '.join(o['failures'])}",
             )
     console.print(table)
+    for b in report["backends"]:
+        if b.get("note"):
+            console.print(f"[yellow]note[/] {escape(b['name'])}: {escape(b['note'])}", soft_wrap=True)
     for line in skipped_lines(report["backends"]):
         console.print(f"[yellow]skipped[/] {escape(line)}", soft_wrap=True)
     console.print(
