@@ -133,7 +133,6 @@ def command(artifact, model_name, task, weights, head, precisions, attn_impls, c
 
     from dinov3_deploy.bench.harness import Shape, run_benchmark, torch_target
     from dinov3_deploy.bench.machine import machine_info
-    from dinov3_deploy.bench.report import write_report
     from dinov3_deploy.bench.targets import (
         artifact_targets,
         deterministic_reference_math,
@@ -216,16 +215,21 @@ def command(artifact, model_name, task, weights, head, precisions, attn_impls, c
         "rows": rows,
     }
     stem = name or f"{source.backbone}-{task}-{device.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
-    paths = write_report(report, Path(out) / f"{stem}.json", png=not no_plot)
+    _publish(console, report, Path(out) / f"{stem}.json", no_plot, "benchmark")
 
-    from dinov3_deploy.bench.report import markdown
 
+def _publish(console, report: dict, path: Path, no_plot: bool, what: str) -> None:
+    """Write the report (JSON, Markdown, PNG), print its table, and fail when a row failed."""
+    from dinov3_deploy.bench.report import markdown, write_report
+
+    paths = write_report(report, path, png=not no_plot)
     click.echo(markdown({"schema": "", **report}))
     for p in paths:
         console.print(f"wrote {p}")
-    if any(r["status"] in ("failed", "parity-failed") for r in rows):
-        bad = [f"{r['target']} {r['shape']}: {r['status']}" for r in rows if r["status"] in ("failed", "parity-failed")]
-        raise DeployError("benchmark finished with failures: " + "; ".join(bad))
+    bad = [f"{r['target']} {r.get('shape', '')}".rstrip() + f": {r['status']}" for r in report["rows"]
+           if r["status"] in ("failed", "parity-failed")]
+    if bad:
+        raise DeployError(f"{what} finished with failures: " + "; ".join(bad))
 
 
 def _e2e(console, artifact, images, backends, stitches, window, batch_windows, warmup, iters, out, name,
@@ -236,7 +240,6 @@ def _e2e(console, artifact, images, backends, stitches, window, batch_windows, w
     from dinov3_deploy.artifact import load_artifact
     from dinov3_deploy.bench.e2e import e2e_rows
     from dinov3_deploy.bench.machine import machine_info
-    from dinov3_deploy.bench.report import markdown, write_report
     from dinov3_deploy.runtime.inference import batch_windows_of, list_images, window_size
     from dinov3_deploy.runtime.predictor import parse_backend
     from dinov3_deploy.verification.parity import THRESHOLDS
@@ -270,10 +273,4 @@ def _e2e(console, artifact, images, backends, stitches, window, batch_windows, w
         "rows": rows,
     }
     stem = name or f"{art.manifest.backbone.name}-seg-e2e-{time.strftime('%Y%m%d-%H%M%S')}"
-    paths = write_report(report, Path(out) / f"{stem}.json", png=not no_plot)
-    click.echo(markdown({"schema": "", **report}))
-    for p in paths:
-        console.print(f"wrote {p}")
-    bad = [f"{r['target']}: {r['status']}" for r in rows if r["status"] in ("failed", "parity-failed")]
-    if bad:
-        raise DeployError("end-to-end benchmark finished with failures: " + "; ".join(bad))
+    _publish(console, report, Path(out) / f"{stem}.json", no_plot, "end-to-end benchmark")
