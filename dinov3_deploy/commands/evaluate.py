@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import click
 
-from dinov3_deploy.options import check_task_data, device_option, out_option, positive, task_data_option, weights_option
+from dinov3_deploy.options import (
+    check_task_data,
+    device_option,
+    out_option,
+    positive,
+    resolve_device,
+    task_data_option,
+    weights_option,
+)
 
 
 @click.command("eval")
@@ -58,7 +66,7 @@ def command(task, head, weights, data, split, size, crop, stride, max_images, va
     check_task_data(task, data)
     model = load_task_model(head, backbone_weights=weights)
     spec = model.spec
-    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(resolve_device(device))
     apply_threads(threads, spec.backbone, dev.type)
     model.to(dev)
     dataset = open_dataset(data, split, synthetic_size=val_size, n_classes=spec.n_classes or 6, task=task)
