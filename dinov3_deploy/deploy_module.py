@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinov3_deploy.errors import DeployError
-from dinov3_deploy.manifest import INPUT_NAMES, DeployIO
+from dinov3_deploy.manifest import INPUT_NAMES, MULTI_TASK, DeployIO
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 # The ONNX opset each precision exports at by default: the lowest that works, within TensorRT
@@ -119,24 +119,30 @@ class DeployModule(nn.Module):
         std: tuple[float, float, float] | None = None,
         fp32_islands: tuple[str, ...] | list[str] = (),
         opset: int | None = None,
+        normalization_folded: bool = False,
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
             raise DeployError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
         if seg_output not in SEG_OUTPUTS:
             raise DeployError(f"--seg-output must be one of {', '.join(SEG_OUTPUTS)}, got '{seg_output}'")
-        spec = task_model.spec
-        if spec.task != "seg" and seg_output != "logits":
+        multi = getattr(task_model, "tasks", None)  # a MultiTaskModel: several heads on one backbone pass
+        tasks = list(multi) if multi else [task_model.spec.task]
+        if "seg" not in tasks and seg_output != "logits":
             raise DeployError(f"--seg-output {seg_output} only applies to --task seg")
         self.precision = precision
         self.opset = DEFAULT_OPSET[precision] if opset is None else opset
         if self.opset not in OPSETS:
             raise DeployError(f"--opset must be {OPSETS.start}..{OPSETS.stop - 1}, got {self.opset}")
         self.dtype = PRECISIONS[precision]
-        self.task = spec.task
+        self.task = MULTI_TASK if multi else tasks[0]
+        self.tasks = tasks
         self.family = task_model.backbone.cfg.family
         self.seg_output = seg_output
         self.uint8_input = uint8_input
+        if normalization_folded and not uint8_input:
+            raise DeployError("the normalisation fold applies to --uint8-input only (a float input is normalised)")
+        self.normalization_folded = normalization_folded  # task_model takes x - PIXEL_CENTRE (reference/models/fold.py)
         self.feature_layers = feature_layers
         self.model = cast_copy(task_model, self.dtype).eval()
         # islands (export/calibration.py): these modules of task_model stay fp32, wrapped in casts
@@ -150,11 +156,15 @@ class DeployModule(nn.Module):
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
             setattr(parent, child, Fp32Island(copy.deepcopy(original).float(), self.dtype))
         self.opset_islands = self._convs_for_opset(task_model)
-        mean = mean if mean is not None else tuple(spec.mean)
-        std = std if std is not None else tuple(spec.std)
+        mean = mean if mean is not None else tuple(task_model.mean if multi else task_model.spec.mean)
+        std = std if std is not None else tuple(task_model.std if multi else task_model.spec.std)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.output_names = output_names(self.task, self.family, seg_output)
+        if multi:  # "<task>.<output>", each task's outputs in its single-task order
+            self.output_names = [f"{t}.{n}" for t in tasks
+                                 for n in output_names(t, self.family, seg_output if t == "seg" else "logits")]
+        else:
+            self.output_names = output_names(self.task, self.family, seg_output)
         self.layer_ids: list[int] = []
         if feature_layers:
             n_blocks = task_model.backbone.n_blocks
@@ -204,8 +214,14 @@ class DeployModule(nn.Module):
         return INPUT_NAMES["uint8" if self.uint8_input else "float32"]
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        if self.uint8_input:  # uint8 NHWC RGB -> normalised fp32 NCHW (no resize, ever)
-            # Cast before the transpose: TensorRT has no uint8 Transpose.
+        # uint8 NHWC RGB -> NCHW (no resize, ever). Cast before the transpose: TensorRT has no uint8
+        # Transpose. With the normalisation folded into the first conv, only the centring is left,
+        # exact in every precision (fold.PIXEL_CENTRE says why it is there).
+        if self.uint8_input and self.normalization_folded:
+            from dinov3_deploy.reference.models.fold import PIXEL_CENTRE
+
+            x = x.float().permute(0, 3, 1, 2) - PIXEL_CENTRE
+        elif self.uint8_input:  # normalised fp32 NCHW
             x = (x.float().permute(0, 3, 1, 2) * (1.0 / 255.0) - self.mean) / self.std
         return x.to(self.dtype)
 
@@ -219,13 +235,14 @@ class DeployModule(nn.Module):
         else:
             out = self.model(self.preprocess(x))
         result = {name: out[name].float() for name in self.output_names if name in out}
-        if self.task == "seg" and self.seg_output != "logits":
+        if "seg" in self.tasks and self.seg_output != "logits":
+            prefix = "seg." if self.task == MULTI_TASK else ""
             size = x.shape[1:3] if self.uint8_input else x.shape[-2:]
-            up = F.interpolate(result["logits"], size=size, mode="bilinear", align_corners=False)
+            up = F.interpolate(result[prefix + "logits"], size=size, mode="bilinear", align_corners=False)
             if self.seg_output == "probs":
-                result["probs"] = up.softmax(dim=1)
+                result[prefix + "probs"] = up.softmax(dim=1)
             else:
-                result["labels"] = up.argmax(dim=1).to(torch.int32)
+                result[prefix + "labels"] = up.argmax(dim=1).to(torch.int32)
         return tuple(result[name] for name in self.output_names)
 
     def example_input(self, batch: int, height: int, width: int) -> torch.Tensor:

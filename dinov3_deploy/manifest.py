@@ -13,7 +13,9 @@ manifest the test suite writes against it, and checks the schema names exactly t
     m.io.uint8_input, m.input.shapes.batch.max, m.tensorrt.flavor if m.tensorrt else None
 
 Schema history: version 1 was the untyped dict; version 2 is this structure (head fields under
-`head`, the reference head spec under `head.spec`, `tensorrt.timing_cache` named).
+`head`, the reference head spec under `head.spec`, `tensorrt.timing_cache` named); version 3 adds
+multi-head artifacts (task "multi", one `heads` entry per task with its outputs and classes) and
+names each head's task. Version 2 manifests still read (their new fields take the defaults).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from dinov3_deploy.errors import ArtifactError
 from dinov3_deploy.shapes import ShapeSpec
 
 SCHEMA = "dinov3-deploy-artifact"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 2 lacks only fields that have defaults here
+MULTI_TASK = "multi"  # the task of a multi-head artifact; its tasks are the heads'
 MANIFEST = "manifest.json"
 SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 # The graph's input name for each input dtype.
@@ -63,7 +67,18 @@ class BackboneInfo:
 
 
 @dataclass(kw_only=True)
+class Classes:
+    """Class names and their RGB palette, index = class id."""
+
+    names: list[str]
+    palette: list[list[int]]
+
+
+@dataclass(kw_only=True)
 class HeadInfo:
+    task: str | None = None  # None only in schema-2 manifests (the manifest's task then)
+    outputs: list[str] = field(default_factory=list)  # the graph outputs this head produces
+    classes: Classes | None = None  # a multi-head artifact's seg/cls classes (single-head: the manifest's)
     head_type: str
     layers: str
     n_classes: int
@@ -115,14 +130,6 @@ class OutputsConfig:
 
     seg_output: str = "logits"  # "probs" / "labels" add upsampled outputs after the seg logits
     feature_layers: int = 0  # features: patch tokens of the last N blocks
-
-
-@dataclass(kw_only=True)
-class Classes:
-    """Class names and their RGB palette, index = class id."""
-
-    names: list[str]
-    palette: list[list[int]]
 
 
 @dataclass(kw_only=True)
@@ -238,7 +245,8 @@ class Manifest:
     task: str
     precision: str
     backbone: BackboneInfo
-    head: HeadInfo | None
+    head: HeadInfo | None  # single-task artifacts (None for features and multi)
+    heads: list[HeadInfo] = field(default_factory=list)  # multi: one per task, in output order
     source: dict[str, Any]  # ModelSource.to_manifest(): how verify rebuilds the reference
     input: InputSpec
     outputs: list[OutputSpec]
@@ -253,6 +261,22 @@ class Manifest:
     fp32_islands: list[IslandInfo] = field(default_factory=list)
     export_seconds: float | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
+
+    @property
+    def tasks(self) -> list[str]:
+        """The tasks the graph computes: the heads' for a multi-head artifact, else the one task."""
+        return [h.task for h in self.heads] if self.task == MULTI_TASK else [self.task]
+
+    def classes_for(self, task: str) -> Classes | None:
+        """Class names and palette of a seg/cls task (multi-head: that head's)."""
+        if self.task != MULTI_TASK:
+            return self.classes if task == self.task else None
+        return next((h.classes for h in self.heads if h.task == task), None)
+
+    def output_name(self, task: str, name: str) -> str:
+        """The graph output `name` ("logits", "depth", ...) of `task`: "seg.logits" in a multi-head
+        graph, "logits" in a single-task one."""
+        return f"{task}.{name}" if self.task == MULTI_TASK else name
 
     @property
     def io(self) -> DeployIO:
@@ -270,14 +294,15 @@ class Manifest:
             schema = d.get("schema") if isinstance(d, dict) else None
             raise ArtifactError(f"{where} is not a {SCHEMA} manifest (schema={schema!r})")
         version = d.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version not in READABLE_VERSIONS:
             if isinstance(version, int) and version > SCHEMA_VERSION:
                 raise ArtifactError(
                     f"{where} uses artifact schema version {version}, newer than the version {SCHEMA_VERSION} this "
                     "dinov3-deploy reads: upgrade dinov3-deploy (pip install -U dinov3-deploy)")
             raise ArtifactError(
-                f"{where} uses artifact schema version {version!r}, older than the version {SCHEMA_VERSION} this "
-                "dinov3-deploy reads: re-export the artifact with this version")
+                f"{where} uses artifact schema version {version!r}, older than the versions "
+                f"{READABLE_VERSIONS[0]}-{SCHEMA_VERSION} this dinov3-deploy reads: re-export the artifact with this "
+                "version")
         return _load(cls, d, "")
 
     def write(self, root: str | os.PathLike) -> Path:

@@ -32,11 +32,12 @@ class ModelSource:
     def random_head(self) -> bool:
         return self.head is None and self.task != "features"
 
-    def build(self, attn_impl: str = "math"):
+    def build(self, attn_impl: str = "math", *, backbone=None):
         """The fp32 TaskModel in eval mode, through the reference factory's one random-weights
         policy (reference/factory.py): random parts come from `seed` (a head checkpoint's backbone:
         from the seed it recorded), without touching the caller's RNG, so the same source always
-        gives the same weights."""
+        gives the same weights. `backbone`: a module already built from this source's backbone
+        (MultiSource builds it once for every head)."""
         from dinov3_deploy.reference.configs import get_config, normalization_for_weights
         from dinov3_deploy.reference.factory import build_task_model
         from dinov3_deploy.reference.models.task_model import TASKS
@@ -47,7 +48,7 @@ class ModelSource:
         if self.head is not None:
             from dinov3_deploy.reference.head_checkpoint import load_task_model
 
-            model = load_task_model(self.head, self.weights, attn_impl=attn_impl)
+            model = load_task_model(self.head, self.weights, attn_impl=attn_impl, backbone=backbone)
             if model.spec.task != self.task:
                 raise CheckpointError(
                     f"head checkpoint {self.head} is a '{model.spec.task}' head, not '{self.task}' "
@@ -63,16 +64,33 @@ class ModelSource:
         extra = {"mean": mean, "std": std}
         if self.task == "seg" and 2 <= n_classes <= MAX_CLASSES:
             extra.update(class_names=class_names(n_classes), palette=palette(n_classes))
-        backbone = self.backbone
-        if self.weights is None:
-            from dinov3_deploy.reference.factory import random_backbone
-
-            backbone = random_backbone(self.backbone, self.seed, attn_impl=attn_impl, init=self.init)
+        if backbone is None:
+            backbone = self.build_backbone(attn_impl)
         try:
             return build_task_model(self.task, backbone, n_classes=n_classes, layers=self.layers,
                                     backbone_weights=self.weights, attn_impl=attn_impl, seed=self.seed, **extra)
         except ValueError as exc:
             raise DeployError(str(exc)) from exc
+
+    def backbone_identity(self) -> tuple:
+        """What the backbone this source builds is: ("weights", sha256) or ("random", seed, init)
+        (a head checkpoint's: the seed it recorded). Equal identities build equal backbones."""
+        if self.weights is not None:
+            return ("weights", sha256_path(self.weights))
+        if self.head is not None:
+            from dinov3_deploy.reference.head_checkpoint import read_head_config
+
+            return ("random", int(read_head_config(self.head)["backbone_seed"]), "release-like")
+        return ("random", self.seed, self.init)
+
+    def build_backbone(self, attn_impl: str = "math"):
+        """The backbone alone: from the weights, else the random one of backbone_identity()."""
+        from dinov3_deploy.reference.factory import create_backbone, random_backbone
+
+        if self.weights is not None:
+            return create_backbone(self.backbone, self.weights, attn_impl=attn_impl)
+        _, seed, init = self.backbone_identity()
+        return random_backbone(self.backbone, seed, attn_impl=attn_impl, init=init)
 
     @classmethod
     def resolve(cls, task: str, backbone: str | None, weights=None, head=None, n_classes: int = 0,
@@ -145,3 +163,99 @@ class ModelSource:
                     raise ArtifactError(f"head checkpoint file {f} differs from the one the artifact was exported from")
         return cls(d["task"], d["backbone"], weights, head, int(d.get("n_classes", 0)), d.get("layers", "last"),
                    int(d.get("seed", 0)), d.get("init", "release-like"))
+
+
+MULTI_TASK = "multi"  # the manifest's task of a multi-head artifact; its tasks are in `heads`
+
+
+@dataclass(frozen=True)
+class MultiSource:
+    """Several heads on one backbone (`export --head A --head B`, or `--task seg,depth,cls` for
+    random heads): one ModelSource per head, all on the same backbone, which is built once."""
+
+    parts: tuple[ModelSource, ...]
+
+    task = MULTI_TASK
+
+    @property
+    def tasks(self) -> list[str]:
+        return [p.task for p in self.parts]
+
+    # the shared backbone's facts (resolve checked that every part has the same backbone)
+    backbone = property(lambda self: self.parts[0].backbone)
+    weights = property(lambda self: self.parts[0].weights)
+    seed = property(lambda self: self.parts[0].seed)
+    init = property(lambda self: self.parts[0].init)
+    random_backbone = property(lambda self: self.parts[0].random_backbone)
+    head = None  # no single head checkpoint: each part has its own
+
+    @property
+    def random_head(self) -> bool:
+        return any(p.random_head for p in self.parts)
+
+    @classmethod
+    def resolve(cls, tasks: list[str], backbone: str | None, weights=None, heads=(), n_classes: int = 0,
+                layers: str = "last", seed: int = 0, init: str = "release-like") -> MultiSource:
+        """From head checkpoints (their tasks) or, without heads, random heads for `tasks`. Refuses,
+        before any model is built, heads of the same task twice and heads trained on different
+        backbones (a head only means something on the features it was trained on)."""
+        if heads:
+            parts = []
+            for h in heads:
+                from dinov3_deploy.reference.head_checkpoint import read_head_spec
+
+                parts.append(ModelSource.resolve(read_head_spec(h).task, backbone, weights, h, 0, layers, seed, init))
+        else:
+            parts = [ModelSource.resolve(t, backbone, weights, None, n_classes, layers, seed, init) for t in tasks]
+        seen: dict[str, str] = {}
+        for p in parts:
+            if p.task in seen:
+                raise DeployError(f"two heads for task '{p.task}' ({seen[p.task]} and {p.head or 'random'}): "
+                                  "a multi-head artifact has one head per task")
+            seen[p.task] = p.head or "random"
+        names = {p.backbone for p in parts}
+        if len(names) > 1:
+            raise CheckpointError("the heads were trained on different backbones: " + ", ".join(
+                f"{p.head} on {p.backbone}" for p in parts) + "; a multi-head artifact shares one backbone")
+        idents = [p.backbone_identity() for p in parts]
+        if len(set(idents)) > 1:
+            def what(ident: tuple) -> str:
+                kind = "weights sha256" if ident[0] == "weights" else "random backbone seed"
+                return f"{kind} {str(ident[1])[:12]}"
+
+            raise CheckpointError("the heads were trained on different backbones: " + "; ".join(
+                f"{p.head or p.task + ' (random head)'} on {what(i)}" for p, i in zip(parts, idents))
+                + ". Retrain them on one backbone (same --weights, or the same --seed)")
+        return cls(tuple(parts))
+
+    def build(self, attn_impl: str = "math"):
+        """The fp32 MultiTaskModel: the shared backbone built once, each head on it."""
+        from dinov3_deploy.reference.models.multi_task import MultiTaskModel
+
+        backbone = self.parts[0].build_backbone(attn_impl)
+        models = [p.build(attn_impl, backbone=backbone) for p in self.parts]
+        try:
+            return MultiTaskModel.from_task_models(models).eval()
+        except ValueError as exc:
+            raise DeployError(str(exc)) from exc
+
+    def to_manifest(self) -> dict:
+        first = self.parts[0].to_manifest()
+        return {"task": MULTI_TASK, "backbone": first["backbone"], "weights": first["weights"],
+                "weights_sha256": first["weights_sha256"], "seed": first["seed"], "init": first["init"],
+                "random_backbone": first["random_backbone"], "random_head": self.random_head,
+                "heads": [p.to_manifest() for p in self.parts]}
+
+    @classmethod
+    def from_manifest(cls, d: dict, weights: str | None = None) -> MultiSource:
+        return cls(tuple(ModelSource.from_manifest(p, weights=weights) for p in d["heads"]))
+
+
+def source_from_manifest(d: dict, weights: str | None = None, head: str | None = None) -> ModelSource | MultiSource:
+    """The source an artifact's manifest records (single- or multi-head)."""
+    if d.get("task") == MULTI_TASK:
+        if head is not None:
+            raise DeployError("--head replaces the head of a single-head artifact; this one has several "
+                              f"({', '.join(h['task'] for h in d['heads'])}): move the checkpoints back instead")
+        return MultiSource.from_manifest(d, weights=weights)
+    return ModelSource.from_manifest(d, weights=weights, head=head)

@@ -163,11 +163,15 @@ def load_task_model(
     ckpt_dir: str | os.PathLike,
     backbone_weights: str | os.PathLike | dict | None = None,
     attn_impl: str = "sdpa",
+    *,
+    backbone: torch.nn.Module | None = None,
 ) -> TaskModel:
     """Rebuild the TaskModel of a head checkpoint in eval mode, on the backbone it was trained on
     (`backbone_for_head`: the recorded weights, or the recorded random seed; CheckpointError
     otherwise). `backbone_weights` (any format `create_backbone` reads) overrides the recorded
-    path, not the recorded hash; a state dict is taken as given."""
+    path, not the recorded hash; a state dict is taken as given. A `backbone` module is used as
+    it is (a multi-head export builds the shared backbone once, after checking that every head
+    records the same one)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -176,14 +180,17 @@ def load_task_model(
     p = resolve_checkpoint_dir(ckpt_dir)
     config = read_head_config(p)
     spec = HeadSpec.from_dict(config["spec"])
-    if isinstance(backbone_weights, dict):  # a state dict: the caller vouches for it
-        weights, seed = backbone_weights, None
+    if backbone is not None:
+        if backbone.cfg.name != spec.backbone:
+            raise CheckpointError(f"{p} is a head for '{spec.backbone}', not '{backbone.cfg.name}'")
+    elif isinstance(backbone_weights, dict):  # a state dict: the caller vouches for it
+        backbone = create_backbone(spec.backbone, backbone_weights, attn_impl=attn_impl)
     else:
         weights, seed = backbone_for_head(p, backbone_weights)
-    if weights is None:
-        backbone = random_backbone(spec.backbone, seed, attn_impl=attn_impl)
-    else:
-        backbone = create_backbone(spec.backbone, weights, attn_impl=attn_impl)
+        if weights is None:
+            backbone = random_backbone(spec.backbone, seed, attn_impl=attn_impl)
+        else:
+            backbone = create_backbone(spec.backbone, weights, attn_impl=attn_impl)
     with torch.random.fork_rng(devices=[]):  # the head's init is overwritten: leave the caller's RNG alone
         model = TaskModel(backbone, spec)
     if list(model.layer_ids) != list(config.get("layer_ids", model.layer_ids)):

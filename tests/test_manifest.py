@@ -73,7 +73,7 @@ def test_schema_describes_exactly_the_typed_fields():
         assert set(node["required"]) == names and node["additionalProperties"] is False, cls.__name__
     shapes = schema["$defs"]["input"]["properties"]["shapes"]
     assert set(shapes["properties"]) == set(shapes["required"]) == set(sample_manifest().input.shapes.to_dict())
-    assert schema["properties"]["schema_version"]["const"] == mf.SCHEMA_VERSION == 2
+    assert schema["properties"]["schema_version"]["const"] == mf.SCHEMA_VERSION == 3
     described = [p for p in schema["properties"].values() if "description" in p or "$ref" in p]
     assert len(described) == len(schema["properties"])
 
@@ -86,9 +86,9 @@ def test_schema_ships_with_the_package():
 
 def test_versions_other_than_ours_are_refused_with_what_to_do():
     d = sample_manifest().to_dict()
-    with pytest.raises(ArtifactError, match=r"version 3, newer than the version 2 .* upgrade dinov3-deploy"):
-        mf.Manifest.from_dict({**d, "schema_version": 3})
-    with pytest.raises(ArtifactError, match=r"version 1, older than the version 2 .* re-export"):
+    with pytest.raises(ArtifactError, match=r"version 4, newer than the version 3 .* upgrade dinov3-deploy"):
+        mf.Manifest.from_dict({**d, "schema_version": 4})
+    with pytest.raises(ArtifactError, match=r"version 1, older than the versions 2-3 .* re-export"):
         mf.Manifest.from_dict({**d, "schema_version": 1})
     with pytest.raises(ArtifactError, match=r"unknown entries \['colour'\]"):
         mf.Manifest.from_dict({**d, "input": {**d["input"], "colour": "RGB"}})
@@ -118,6 +118,18 @@ def test_inspect_prints_the_schema_version(tmp_path):
         w.finish(sample_manifest())
     res = CliRunner().invoke(cli, ["inspect", str(tmp_path / "art")], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
-    assert "dinov3-deploy-artifact version 2" in res.output
+    assert f"dinov3-deploy-artifact version {mf.SCHEMA_VERSION}" in res.output
     res = CliRunner().invoke(cli, ["inspect", "--json", str(tmp_path / "art")])
-    assert json.loads(res.output)["schema_version"] == 2
+    assert json.loads(res.output)["schema_version"] == mf.SCHEMA_VERSION
+
+
+def test_a_schema_2_manifest_still_reads_as_a_single_task_artifact():
+    d = sample_manifest().to_dict()
+    d["schema_version"] = 2
+    del d["heads"]
+    if d["head"] is not None:
+        for key in ("task", "outputs", "classes"):
+            del d["head"][key]
+    m = mf.Manifest.from_dict(d)
+    assert m.heads == [] and m.tasks == [d["task"]]
+    assert m.output_name(d["task"], "logits") == "logits"

@@ -9,15 +9,18 @@ from dinov3_deploy.options import out_option, overwrite_option, weights_option
 
 
 @click.command("export")
-@click.option("--task", type=click.Choice(["seg", "depth", "cls", "features"]), default="seg", show_default=True,
-              help="What the graph outputs: segmentation logits, depth in metres, class logits, or tokens.")
+@click.option("--task", default=None, metavar="TASK[,TASK...]",
+              help="What the graph outputs: seg (segmentation logits), depth (metres), cls (class logits) or "
+                   "features (tokens); several, comma-separated (seg,depth,cls), share one backbone pass. "
+                   "Default: the --head checkpoints' tasks, else seg.")
 @click.option("--model", "model", default=None,
               help=f"Backbone name (see `dinov3-deploy models`). Default: the one --weights or --head names, "
                    f"else {DEFAULT_MODEL}.")
 @weights_option("Backbone weights (Meta's .pth, HF folder or file, timm, our .safetensors). Default: the ones "
                 "--head was trained on; random weights otherwise.")
-@click.option("--head", type=click.Path(exists=True), default=None,
-              help="Head checkpoint directory written by `dinov3-deploy train`. Random head when omitted.")
+@click.option("--head", "heads", type=click.Path(exists=True), multiple=True,
+              help="Head checkpoint directory written by `dinov3-deploy train`; repeat it for a multi-head "
+                   "artifact (one graph, one backbone pass, outputs <task>.<output>). Random head when omitted.")
 @click.option("--n-classes", type=click.IntRange(min=0), default=0,
               help="Classes of a random seg/cls head (default 6).")
 @click.option("--layers", type=click.Choice(["last", "four_last", "four_even"]), default="last", show_default=True,
@@ -61,7 +64,7 @@ from dinov3_deploy.options import out_option, overwrite_option, weights_option
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (not recommended).")
 @overwrite_option("Replace an existing artifact at --out (only an artifact of this tool holding nothing else).")
 @out_option(None, "Artifact directory (default: artifacts/<model>-<task>-<precision>).")
-def command(task, model, weights, head, n_classes, layers, precision, opset, calib, formats, batch, height, width,
+def command(task, model, weights, heads, n_classes, layers, precision, opset, calib, formats, batch, height, width,
             static, seg_output, uint8_input, feature_layers, trt_flavor, trt_targets, trt_workspace_gib, trt_opt_level,
             timing_cache, attention, seed, random_init, no_verify, overwrite, out) -> None:
     """Export a DINOv3 model to a verified deployment artifact."""
@@ -75,10 +78,17 @@ def command(task, model, weights, head, n_classes, layers, precision, opset, cal
     if out is None:
         from dinov3_deploy.options import resolve_model
 
-        named = resolve_model(model, weights, default=None if head else DEFAULT_MODEL) or "head"
-        out = f"artifacts/{named}-{task}-{precision}"
+        named = resolve_model(model, weights, default=None if heads else DEFAULT_MODEL) or "head"
+        if task is None and heads:
+            from dinov3_deploy.reference.head_checkpoint import read_head_spec
+
+            tasks = "+".join(read_head_spec(h).task for h in heads)
+        else:
+            tasks = (task or "seg").replace(",", "+")
+        out = f"artifacts/{named}-{tasks}-{precision}"
     opts = ExportOptions(
-        out=out, task=task, model=model, weights=weights, head=head, n_classes=n_classes, layers=layers, seed=seed,
+        out=out, task=task, model=model, weights=weights, head=list(heads) or None, n_classes=n_classes,
+        layers=layers, seed=seed,
         random_init=random_init, precision=precision, opset=opset, calib=calib, formats=formats, batch=batch,
         height=height, width=width, static=static,
         seg_output=seg_output, uint8_input=uint8_input, feature_layers=feature_layers,

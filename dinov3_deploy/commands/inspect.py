@@ -36,9 +36,11 @@ def command(artifact, as_json, show_log) -> None:
     t.add_row("task / precision", f"{m.task} / {m.precision}")
     t.add_row("backbone", f"{bb.name} ({bb.family}, dim {bb.embed_dim})"
               + ("  [yellow]random weights[/]" if bb.random_weights else f"  {bb.weights}"))
-    if m.head:
-        h = m.head
-        t.add_row("head", f"{h.head_type} on layers '{h.layers}', {h.n_classes} classes"
+    for h in ([m.head] if m.head else []) + m.heads:
+        label = f"head {h.task}" if m.heads else "head"
+        classes = f", {h.n_classes} classes" if h.task in ("seg", "cls") or h.n_classes else ""
+        t.add_row(label, f"{h.head_type} on layers '{h.layers}'{classes}"
+                  + (f" -> {', '.join(h.outputs)}" if m.heads else "")
                   + ("  [yellow]random weights[/]" if h.random_weights else f"  {h.checkpoint}"))
     t.add_row("input", f"{inp.name} {inp.dtype} {inp.layout} {inp.color}; batch {sh.batch}, "
               f"H {sh.height}, W {sh.width}, multiple of {sh.multiple}")
@@ -46,8 +48,10 @@ def command(artifact, as_json, show_log) -> None:
               + (" (in the graph)" if inp.normalize.in_graph else " (by the caller)"))
     for o in m.outputs:
         t.add_row(f"output {o.name}", f"{o.dtype} {o.shape}  {o.doc}")
-    if m.classes and m.classes.names:
-        t.add_row("classes", ", ".join(m.classes.names))
+    for task in m.tasks:
+        classes = m.classes_for(task)
+        if classes and classes.names:
+            t.add_row("classes" + (f" ({task})" if m.heads else ""), ", ".join(classes.names))
     onnx = m.onnx
     t.add_row("onnx", f"{onnx.file} opset {onnx.opset}, {onnx.graph.nodes} nodes"
               + (", external data" if onnx.external_data else "")

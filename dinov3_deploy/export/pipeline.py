@@ -29,7 +29,7 @@ from dinov3_deploy.manifest import (
     OutputSpec,
     TensorRTInfo,
 )
-from dinov3_deploy.model_source import ModelSource
+from dinov3_deploy.model_source import ModelSource, MultiSource
 from dinov3_deploy.shapes import DimRange, ShapeSpec, parse_static
 
 FORMATS = ("onnx", "trt", "triton-repo")
@@ -61,10 +61,10 @@ class Progress:
 @dataclass
 class ExportOptions:
     out: str | Path
-    task: str = "seg"
+    task: str | None = None  # a task, or comma-separated tasks for random heads; None: the heads', else "seg"
     model: str | None = None
     weights: str | None = None
-    head: str | None = None
+    head: str | list[str] | tuple[str, ...] | None = None  # head checkpoint(s); several make a multi-head artifact
     n_classes: int = 0
     layers: str = "last"
     seed: int = 0
@@ -141,8 +141,57 @@ def check_attention_option(opts: ExportOptions, family: str, formats: tuple[str,
     return True
 
 
-def _model_name(source: ModelSource) -> str:
-    return f"dinov3_{source.backbone}_{source.task}"
+def _model_name(source: ModelSource | MultiSource) -> str:
+    return f"dinov3_{source.backbone}_{'_'.join(getattr(source, 'tasks', [source.task]))}"
+
+
+def resolve_source(opts: ExportOptions, model_name: str | None) -> ModelSource | MultiSource:
+    """The model to export: one head (or none), or several heads on one backbone. The task comes from
+    the head checkpoints when --task is not given; several tasks or heads make a MultiSource."""
+    from dinov3_deploy.reference.models.task_model import TASKS
+
+    heads = [opts.head] if isinstance(opts.head, str) else list(opts.head or [])
+    tasks = [t.strip() for t in opts.task.split(",")] if opts.task else []
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or (opts.task is not None and not tasks):
+        raise DeployError(f"--task takes one of {', '.join(TASKS)} or a comma-separated list of them; "
+                          f"got '{opts.task}'")
+    if len(set(tasks)) != len(tasks):
+        raise DeployError(f"--task names a task twice: '{opts.task}'")
+    if heads and tasks:
+        from dinov3_deploy.reference.head_checkpoint import read_head_spec
+
+        head_tasks = [read_head_spec(h).task for h in heads]
+        if sorted(head_tasks) != sorted(tasks):
+            raise DeployError(f"--task {opts.task} does not match the heads' tasks ({', '.join(head_tasks)}); "
+                              "drop --task: the heads say what they compute")
+        tasks = head_tasks
+    args = dict(n_classes=opts.n_classes, layers=opts.layers, seed=opts.seed, init=opts.random_init)
+    if len(heads) > 1 or len(tasks) > 1:
+        if opts.feature_layers:
+            raise DeployError("--feature-layers applies to a single --task features export, not a multi-head one")
+        return MultiSource.resolve(tasks, model_name, opts.weights, heads, **args)
+    if heads:
+        from dinov3_deploy.reference.head_checkpoint import read_head_spec
+
+        task = read_head_spec(heads[0]).task
+        return ModelSource.resolve(task, model_name, opts.weights, heads[0], **args)
+    return ModelSource.resolve(tasks[0] if tasks else "seg", model_name, opts.weights, None, **args)
+
+
+def _output_doc(task: str, name: str) -> str:
+    if "." in name:  # a multi-head graph: "<task>.<output>"
+        task, name = name.split(".", 1)
+    return OUTPUT_DOC.get((task, name.rstrip("0123456789")), "")
+
+
+def _head_info(source: ModelSource, spec, outputs: list[str], multi: bool) -> HeadInfo:
+    classes = None
+    if multi and source.task in ("seg", "cls"):
+        classes = Classes(names=list(spec.class_names), palette=[list(p) for p in spec.palette])
+    return HeadInfo(task=source.task, outputs=outputs, classes=classes, head_type=spec.head_type, layers=spec.layers,
+                    n_classes=spec.n_classes, checkpoint=source.head, random_weights=source.random_head,
+                    spec=spec.to_dict())
 
 
 def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tuple[Path, dict]:
@@ -161,8 +210,8 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
 
     # the checkpoint names its model whenever it can (metadata, config.json, Meta's file name)
     model_name = resolve_model(opts.model, opts.weights, default=None if opts.head else DEFAULT_MODEL)
-    source = ModelSource.resolve(opts.task, model_name, opts.weights, opts.head, opts.n_classes, opts.layers,
-                                 opts.seed, opts.random_init)
+    source = resolve_source(opts, model_name)
+    multi = isinstance(source, MultiSource)
     cfg = get_config(source.backbone)
     shapes = shape_spec(opts, cfg.input_multiple)  # bad shapes fail before anything is built
     plugin = check_attention_option(opts, cfg.family, formats)
@@ -172,10 +221,12 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
 
         api = load_api(opts.trt_flavor)  # a missing TensorRT fails now, not after the export
 
-    with progress.step(f"building {source.task} model on {source.backbone}"):
+    what = "+".join(source.tasks) if multi else source.task
+    with progress.step(f"building {what} model on {source.backbone}"):
         # explicit-softmax attention: fp32 scores in the graph; or the Triton op, exported as plugin nodes
         model = source.build(attn_impl="triton" if plugin else "math")
-    spec = model.spec
+    spec = None if multi else model.spec  # a multi-head model has one spec per head (model.specs)
+    mean, std = (model.mean, model.std) if multi else (tuple(spec.mean), tuple(spec.std))
     # DeployModule casts a copy, so `model` stays the fp32 reference verification compares with.
     # Exact folds (LayerScale, ConvNeXt gamma, head BatchNorm) go into the exported weights so no op
     # materialises a raw branch output far larger than its contribution (trained gammas reach 1e-5:
@@ -190,7 +241,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
 
         with progress.step(f"calibrating ({opts.calib or 'built-in synthetic images'}): ranges of every op in fp32"):
             # at the tuned (opt) resolution: the one the deployment is expected to see most
-            x = calibration_images(opts.calib, shapes.height.opt, shapes.width.opt, spec.mean, spec.std)
+            x = calibration_images(opts.calib, shapes.height.opt, shapes.width.opt, mean, std)
             if plugin:  # same function; the Triton op needs a GPU, calibration runs here on any device
                 export_model.backbone.set_attn_impl("math")
             islands = choose_islands(export_model, record_maxima(export_model, x), opts.precision)
@@ -214,6 +265,14 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
         graph = facts.to_info()
         del module  # the low-precision copy is in the ONNX now
 
+        names = [o.name for o in graph.outputs]
+        if multi:
+            heads = [_head_info(p, model.specs[p.task], [n for n in names if n.startswith(p.task + ".")], True)
+                     for p in source.parts]
+            head = None
+        else:
+            heads = []
+            head = None if source.task == "features" else _head_info(source, spec, names, False)
         manifest = Manifest(
             created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             task=source.task,
@@ -221,27 +280,25 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
             backbone=BackboneInfo(name=source.backbone, family=cfg.family, embed_dim=cfg.embed_dim,
                                   patch_size=cfg.patch_size, input_multiple=cfg.input_multiple,
                                   weights=source.weights, random_weights=source.random_backbone),
-            head=None if source.task == "features" else HeadInfo(
-                head_type=spec.head_type, layers=spec.layers, n_classes=spec.n_classes, checkpoint=source.head,
-                random_weights=source.random_head, spec=spec.to_dict()),
+            head=head,
+            heads=heads,
             source=source.to_manifest(),
             input=InputSpec(
                 name=INPUT_NAMES["uint8" if opts.uint8_input else "float32"],
                 dtype="uint8" if opts.uint8_input else "float32",
                 layout="NHWC" if opts.uint8_input else "NCHW",
                 color="RGB",
-                normalize=Normalization(mean=tuple(spec.mean), std=tuple(spec.std), in_graph=opts.uint8_input),
+                normalize=Normalization(mean=mean, std=std, in_graph=opts.uint8_input),
                 value_range="0..255 (normalised in the graph)" if opts.uint8_input
                 else "(x/255 - mean) / std, done by the caller",
                 resize=f"none: the caller resizes or pads to a multiple of {cfg.input_multiple} within the ranges",
                 shapes=shapes,
             ),
-            outputs=[OutputSpec(name=o.name, dtype=o.dtype, shape=o.shape,
-                                doc=OUTPUT_DOC.get((source.task, o.name.rstrip("0123456789")), ""))
+            outputs=[OutputSpec(name=o.name, dtype=o.dtype, shape=o.shape, doc=_output_doc(source.task, o.name))
                      for o in graph.outputs],
             outputs_config=OutputsConfig(seg_output=opts.seg_output, feature_layers=opts.feature_layers),
             classes=Classes(names=list(spec.class_names), palette=[list(p) for p in spec.palette])
-            if source.task in ("seg", "cls") else None,
+            if source.task in ("seg", "cls") else None,  # multi: per head
             onnx=OnnxInfo(file=ONNX_NAME, files=result.files, opset=result.opset,
                           plugins=[ATTENTION_PLUGIN] if plugin else [], external_data=result.external_data,
                           exporter="torch.onnx (dynamo, torch.export)", export_example_shape=result.example_shape,
@@ -250,10 +307,11 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
             folds=[FoldInfo(**f.to_dict()) for f in folds],
             fp32_islands=[IslandInfo(**i.to_dict()) for i in islands],
         )
-        if source.head is not None and source.random_backbone:
+        trained = [p for p in getattr(source, "parts", [source]) if p.head is not None]
+        if trained and source.random_backbone:
             from dinov3_deploy.reference.head_checkpoint import read_head_config
 
-            seed = read_head_config(source.head).get("backbone_seed")
+            seed = read_head_config(trained[0].head).get("backbone_seed")
             manifest.notes.append(
                 f"RANDOM BACKBONE (seed {seed}, as the head was trained on): the head's predictions are only as good "
                 "as features of a random network. Pass --weights for real ones.")

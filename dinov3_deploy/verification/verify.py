@@ -74,10 +74,10 @@ def reference_module(model, io: DeployIO):
 
 
 def reference_model(manifest: Manifest, weights: str | None = None, head: str | None = None):
-    """The artifact's fp32 TaskModel, rebuilt from its manifest's model source."""
-    from dinov3_deploy.model_source import ModelSource
+    """The artifact's fp32 TaskModel (MultiTaskModel), rebuilt from its manifest's model source."""
+    from dinov3_deploy.model_source import source_from_manifest
 
-    return ModelSource.from_manifest(manifest.source, weights=weights, head=head).build(attn_impl="sdpa")
+    return source_from_manifest(manifest.source, weights=weights, head=head).build(attn_impl="sdpa")
 
 
 def reference_runner(manifest: Manifest, model=None, weights: str | None = None,
