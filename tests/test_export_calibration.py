@@ -19,6 +19,7 @@ from dinov3_deploy.export.calibration import (
     FP16_MAX,
     calibration_images,
     choose_islands,
+    fp32_flop_share,
     matmul_flops,
     record_maxima,
 )
@@ -118,3 +119,89 @@ def test_fp16_export_of_outlier_weights_passes_and_records_islands(tmp_path):
     res = runner.invoke(cli, ["export", "--model", "vit_tiny_test", "--precision", "fp16", "--calib", str(empty),
                               "--height", "32", "--batch", "1", "--no-verify", "-o", str(tmp_path / "x")])
     assert res.exit_code == 2 and "--calib folder" in res.output
+
+
+def _scale_hidden_(first: torch.nn.Linear, rows: slice, second: torch.nn.Linear, k: float) -> None:
+    """Output rows `rows` of `first` times k, the matching input columns of `second` divided by k: the
+    same function when what lies between is linear in those channels (SwiGLU's w2 -> product -> w3;
+    the attention's v -> softmax-weighted sum -> proj), while `first`'s output and `second`'s input
+    grow k-fold: trained weights with a hidden channel of large scale."""
+    with torch.no_grad():
+        first.weight[rows] *= k
+        first.bias[rows] *= k
+        second.weight[:, rows] /= k
+
+
+@pytest.mark.parametrize(("backbone", "island"), [("vit_tiny_swiglu_test", "mlp"), ("vit_tiny_test", "attn")])
+def test_an_island_whose_output_fp16_cannot_hold_is_widened(backbone, island):
+    """An island's output is cast back to fp16: keeping only the linear whose output overflows in fp32
+    would still put inf into the graph. Calibration widens the island to the module around it
+    (SwiGLU FFN, attention) whose output is in range; the fp16 module then passes."""
+    model, _ = fold_all(outliers_model(backbone))
+    block = model.backbone.blocks[1]
+    dim = model.backbone.embed_dim
+    if island == "mlp":
+        _scale_hidden_(block.mlp.w2, slice(0, 8), block.mlp.w3, 3e4)
+        linear = "backbone.blocks.1.mlp.w2"
+    else:  # v is the last third of qkv's output
+        _scale_hidden_(block.attn.qkv, slice(2 * dim, 2 * dim + 8), block.attn.proj, 3e4)
+        linear = "backbone.blocks.1.attn.qkv"
+    x = calibration_images(None, 32, 32, MEAN, STD)
+    ranges = record_maxima(model, x)
+    assert ranges.outputs[linear] > FP16_MAX  # the linear alone cannot be the island
+    islands = choose_islands(model, ranges, "fp16")
+    assert [i.module for i in islands] == [f"backbone.blocks.1.{island}"]
+    with torch.no_grad():
+        ref = dict(zip(["logits"], DeployModule(model, "fp32")(x[:2])))
+        narrow = DeployModule(model, "fp16", fp32_islands=[linear])(x[:2])
+        wide_module = DeployModule(model, "fp16", fp32_islands=[i.module for i in islands])
+        wide = dict(zip(["logits"], wide_module(x[:2])))
+    assert not torch.isfinite(narrow[0]).all()
+    rows = compare({k: v.numpy() for k, v in ref.items()}, {k: v.numpy() for k, v in wide.items()}, "32", "seg",
+                   "fp16")
+    assert all(r.passed for r in rows), rows
+    share = fp32_flop_share(matmul_flops(model, x[:1]), [i.module for i in islands])
+    assert 0 < share < 0.2
+
+
+def test_an_attention_island_exports(tmp_path):
+    """A widened attention island takes RoPE's fp16 tables beside an fp32 activation (Fp32Island casts
+    tensor arguments, not the tuple): the graph still exports and checks, with its fp32 MatMuls."""
+    model, _ = fold_all(outliers_model())
+    module = DeployModule(model, "fp16", fp32_islands=["backbone.blocks.1.attn"])
+    shapes = ShapeSpec(DimRange(1, 1, 1), DimRange(32, 32, 32), DimRange(32, 32, 32), 16)
+    export_onnx(module, tmp_path / "m.onnx", shapes)
+    onnx.checker.check_model(str(tmp_path / "m.onnx"), full_check=True)
+    g = onnx.load(str(tmp_path / "m.onnx")).graph
+    fp32_weights = {i.name for i in g.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+    assert len([n for n in g.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & fp32_weights]) == 2
+
+
+def test_a_residual_stream_fp16_cannot_hold_is_a_clear_error():
+    """Massive residual activations past fp16's range live between blocks, where no module output is
+    measured and no island helps (its output is cast back to fp16): the export must refuse fp16,
+    name the place and the measured value, and point at bf16."""
+    model, _ = fold_all(outliers_model())
+    tokens = model.backbone.storage_tokens
+    with torch.no_grad():
+        tokens[tokens.abs() > 1e3] *= 4  # the outliers init's 1e4..3e4 channels -> 4e4..1.2e5
+    x = calibration_images(None, 32, 32, MEAN, STD)
+    ranges = record_maxima(model, x)
+    assert max(v for n, v in ranges.outputs.items() if n.endswith(("qkv", "proj", "fc1", "fc2"))) < FP16_MAX / 8
+    with pytest.raises(DeployError, match=r"residual stream at backbone\.blocks\.\d (input|mid|output) "
+                                          r"\(measured max \|x\| .*--precision bf16"):
+        choose_islands(model, ranges, "fp16")
+    assert choose_islands(model, ranges, "bf16") == []
+    with torch.no_grad():
+        fp16 = DeployModule(model, "fp16")(x[:1])
+        bf16 = DeployModule(model, "bf16")(x[:1])
+    assert not torch.isfinite(fp16[0]).all() and torch.isfinite(bf16[0]).all()
+
+
+def test_a_residual_stream_fp16_holds_is_accepted():
+    """The outliers init's massive channels (1e4..3e4) are under FP16_HOLD: measured, and no island."""
+    model, _ = fold_all(outliers_model())
+    ranges = record_maxima(model, calibration_images(None, 32, 32, MEAN, STD))
+    assert 1e4 < max(ranges.stream.values()) < FP16_MAX / 2
+    assert {k.rsplit(" ", 1)[1] for k in ranges.stream} == {"input", "mid", "output"}
+    assert choose_islands(model, ranges, "fp16") == []

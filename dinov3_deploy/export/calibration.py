@@ -1,20 +1,32 @@
 """Calibration for low-precision exports: run the fp32 model (as exported: folded) on calibration
-images, record the absolute maximum of every parameterised module's output, and pick the modules
+images, record the absolute maximum of what the low-precision graph would hold, and pick the modules
 to keep in fp32 ("islands") because their output, or the accumulation that produces it, would
 leave fp16's safe range.
 
-    x = calibration_images(None, 64, 64, spec)          # built-in synthetic images (or --calib DIR)
-    maxima = record_maxima(model, x)                      # module name -> max |output|
-    islands = choose_islands(model, maxima, "fp16")       # [Island("backbone.blocks.0.mlp.fc2", "range", 9e4)]
+    x = calibration_images(None, 64, 64, mean, std)      # built-in synthetic images (or --calib DIR)
+    ranges = record_maxima(model, x)                      # module outputs, linear inputs, residual stream
+    islands = choose_islands(model, ranges, "fp16")       # [Island("backbone.blocks.0.mlp.fc2", "range", 9e4)]
 
 Hooks on modules, not maxima of the ONNX graph's intermediate tensors: an island is applied by
 DeployModule as a module wrapped in casts (the graph shows Cast -> fp32 op -> Cast), so the unit we
 measure is the unit we can keep in fp32, with its module name, and no extra export is needed.
+
+Two limits, because an fp16 graph fails in two ways:
+  - accumulation (FP16_SAFE): a linear / conv whose output nears 65504 adds partial sums that may go
+    further; it becomes an island (fp32 weights and accumulation);
+  - holding (FP16_HOLD): every tensor between ops is fp16, an island's own output included (it is
+    cast back). An island whose output, or a linear whose input (SwiGLU's product, GELU's output,
+    the attention output), passes FP16_HOLD is widened to the module around it (mlp, attn) until
+    the island's output is in range. The residual stream (each block's input, ViT's mid-block sum
+    x + attn, each block's output) is held in fp16 between blocks and no island can change that
+    short of making every block fp32: past FP16_HOLD the export fails with a DeployError that says
+    where, how large, and to use bf16 or fp32.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,6 +38,9 @@ FP16_MAX = 65504.0
 # Margin: an output within 1/8 of fp16's largest value is too close (other inputs go further, and
 # the dot products that make it add partial sums that may be larger than the result).
 FP16_SAFE = FP16_MAX / 8
+# Margin for a value held, not accumulated: other images may go further (trained massive residual
+# activations reach thousands, fp16 holds them; the outliers init carries 1e4..3e4, below this).
+FP16_HOLD = FP16_MAX / 2
 CALIB_IMAGES = 4  # built-in synthetic images when no --calib folder is given
 ISLAND_TYPES = (nn.Linear, nn.Conv2d)  # what an island can be: ops with an accumulation over a fan-in
 
@@ -44,9 +59,11 @@ class Island:
 
 
 def calibration_images(calib: str | Path | None, height: int, width: int, mean, std,
-                       n: int = CALIB_IMAGES) -> torch.Tensor:
+                       n: int = CALIB_IMAGES, centred_pixels: bool = False) -> torch.Tensor:
     """Normalised fp32 NCHW images at height x width: the built-in synthetic ones, or every image
-    of the folder `calib`, resized (calibration only measures ranges; the aspect does not matter)."""
+    of the folder `calib`, resized (calibration only measures ranges; the aspect does not matter).
+    `centred_pixels`: the same images as `pixels - PIXEL_CENTRE`, what a model whose normalisation
+    is folded into its first conv takes (reference/models/fold.py)."""
     import numpy as np
 
     if calib is None:
@@ -69,43 +86,128 @@ def calibration_images(calib: str | Path | None, height: int, width: int, mean, 
         if t.shape[-2:] != (height, width):
             t = nn.functional.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)
         batch.append(t[0])
+    if centred_pixels:
+        from dinov3_deploy.reference.models.fold import PIXEL_CENTRE
+
+        return torch.stack(batch) - PIXEL_CENTRE
     x = torch.stack(batch) / 255.0
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - m) / s
 
 
+@dataclass
+class Ranges:
+    """max |value| on the calibration images of what a low-precision graph holds: each module's
+    output, each linear / conv's input, and the residual stream (keys "<block> input",
+    "<block> mid" for ViT's x + attn, "<block> output")."""
+
+    outputs: dict[str, float] = field(default_factory=dict)
+    inputs: dict[str, float] = field(default_factory=dict)
+    stream: dict[str, float] = field(default_factory=dict)
+
+
+def _absmax(value) -> float | None:
+    tensors = [value] if isinstance(value, torch.Tensor) else (
+        list(value) if isinstance(value, list | tuple) else list(value.values()) if isinstance(value, dict) else [])
+    vals = [float(t.detach().abs().max()) for t in tensors
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    return max(vals) if vals else None
+
+
+def _residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The modules whose input and output are the residual stream: ViT blocks, ConvNeXt blocks."""
+    from dinov3_deploy.reference.models.convnext import ConvNeXtBlock
+    from dinov3_deploy.reference.models.layers import SelfAttentionBlock
+
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, SelfAttentionBlock | ConvNeXtBlock)]
+
+
 @torch.no_grad()
-def record_maxima(model: nn.Module, x: torch.Tensor, batch: int = 2) -> dict[str, float]:
-    """max |output| of every module that has parameters of its own, over the images `x` (fp32 model)."""
-    seen: dict[str, float] = {}
+def record_maxima(model: nn.Module, x: torch.Tensor, batch: int = 2) -> Ranges:
+    """Ranges of the fp32 model over the images `x`."""
+    from dinov3_deploy.reference.models.layers import SelfAttentionBlock
 
-    def hook(name):
-        def record(_m, _inputs, out):
-            if isinstance(out, torch.Tensor) and out.is_floating_point() and out.numel():
-                seen[name] = max(seen.get(name, 0.0), float(out.detach().abs().max()))
-        return record
+    ranges = Ranges()
 
-    hooks = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
-             if name and any(True for _ in m.parameters(recurse=False))]
+    def keep(table: dict[str, float], key: str, value) -> None:
+        v = _absmax(value)
+        if v is not None:
+            table[key] = max(table.get(key, 0.0), v)
+
+    hooks = []
+    for name, m in model.named_modules():
+        if name:
+            hooks.append(m.register_forward_hook(lambda _m, _i, out, n=name: keep(ranges.outputs, n, out)))
+        if isinstance(m, ISLAND_TYPES):
+            hooks.append(m.register_forward_pre_hook(lambda _m, args, n=name: keep(ranges.inputs, n, args[0])))
+    for name, block in _residual_blocks(model):
+        def stream_in(at: str):
+            return lambda _m, args: keep(ranges.stream, at, args[0])
+
+        hooks.append(block.register_forward_pre_hook(stream_in(f"{name} input")))
+        hooks.append(block.register_forward_hook(lambda _m, _i, out, n=name: keep(ranges.stream, f"{n} output", out)))
+        if isinstance(block, SelfAttentionBlock):  # norm2 reads x + ls1(attn(norm1(x))), the mid-block sum
+            hooks.append(block.norm2.register_forward_pre_hook(stream_in(f"{name} mid")))
     try:
         for i in range(0, len(x), batch):
             model(x[i:i + batch])
     finally:
         for h in hooks:
             h.remove()
-    return seen
+    return ranges
 
 
-def choose_islands(model: nn.Module, maxima: dict[str, float], precision: str,
-                   limit: float = FP16_SAFE) -> list[Island]:
-    """The linears/convs whose measured output passes `limit` in an fp16 export. bf16 has fp32's
-    exponent range: no range islands (its concern is precision, not overflow)."""
+def _parent(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts))]
+
+
+def choose_islands(model: nn.Module, ranges: Ranges, precision: str, limit: float = FP16_SAFE,
+                   hold: float = FP16_HOLD) -> list[Island]:
+    """The modules to keep in fp32 in an fp16 export (module docstring: the two limits), outermost
+    only. bf16 has fp32's exponent range: no range islands (its concern is precision, not overflow).
+    Raises DeployError when fp16 cannot hold a value whatever is kept in fp32."""
     if precision != "fp16":
         return []
+    over = {k: v for k, v in ranges.stream.items() if v > hold}
+    if over:
+        where, v = max(over.items(), key=lambda kv: kv[1])
+        raise DeployError(
+            f"--precision fp16 cannot hold the residual stream at {where} (measured max |x| {v:.3g} > {hold:.0f}, "
+            f"fp16's largest value is {FP16_MAX:.0f}; {len(over)} place(s) over): export with --precision bf16 "
+            "or fp32, or calibrate on images like your deployment's with --calib")
     modules = dict(model.named_modules())
-    return [Island(name, "range", round(v, 1)) for name, v in maxima.items()
-            if v > limit and isinstance(modules.get(name), ISLAND_TYPES)]
+    # Too wide to be an island: the model, and what holds the blocks (the whole backbone in fp32).
+    too_wide = {""} | {n.rpartition(".")[0] for n, _ in _residual_blocks(model)}
+    too_wide |= {a for n in too_wide for a in _ancestors(n)}
+    wanted: dict[str, float] = {}  # island -> the measured value that made it one
+    starts = [(n, v) for n, v in ranges.outputs.items() if v > limit and isinstance(modules.get(n), ISLAND_TYPES)]
+    # a linear whose input fp16 cannot hold: its producer must be fp32 too, so start at the module around both
+    starts += [(_parent(n), v) for n, v in ranges.inputs.items() if v > hold]
+    for name, v in starts:
+        island = name
+        while island not in too_wide and ranges.outputs.get(island, 0.0) > hold:
+            island = _parent(island)  # the island's own output is cast back to fp16: widen it
+        if island in too_wide:
+            raise DeployError(
+                f"--precision fp16 cannot keep '{name}' (measured max |x| {v:.3g}) in range: no module around it "
+                f"brings its output under {hold:.0f} (fp16's largest value is {FP16_MAX:.0f}); export with "
+                "--precision bf16 or fp32")
+        wanted[island] = max(wanted.get(island, 0.0), v)
+    outermost = [n for n in wanted if not any(n.startswith(o + ".") for o in wanted if o != n)]
+    return [Island(n, "range", round(wanted[n], 1)) for n in outermost]
+
+
+def fp32_flop_share(flops: dict[str, int], islands: Iterable[str]) -> float:
+    """The share of matmul_flops inside the given fp32 islands (a module and everything under it)."""
+    islands = list(islands)
+    inside = sum(f for n, f in flops.items() if any(n == i or n.startswith(i + ".") for i in islands))
+    return inside / max(sum(flops.values()), 1)
 
 
 def matmul_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:

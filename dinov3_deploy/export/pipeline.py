@@ -233,25 +233,35 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
     # unfolded fp16 overflows). `model` stays unfolded: verification compares against it.
     from dinov3_deploy.reference.models.fold import fold_all
 
-    with progress.step("folding LayerScale / gamma / BatchNorm into the layers before them"):
-        export_model, folds = fold_all(model)
+    fold_what = "LayerScale / gamma / BatchNorm" + (" / input normalisation" if opts.uint8_input else "")
+    with progress.step(f"folding {fold_what} into the layers before them"):
+        # --uint8-input: the graph's (x/255 - mean)/std goes into the first conv, which then takes
+        # pixels - 127.5 (fold.PIXEL_CENTRE); calibration below feeds the folded model that input
+        export_model, folds = fold_all(model, normalization=(tuple(mean), tuple(std)) if opts.uint8_input else None)
     islands = []
     if opts.precision != "fp32" or opts.calib is not None:
         from dinov3_deploy.export.calibration import calibration_images, choose_islands, record_maxima
 
         with progress.step(f"calibrating ({opts.calib or 'built-in synthetic images'}): ranges of every op in fp32"):
             # at the tuned (opt) resolution: the one the deployment is expected to see most
-            x = calibration_images(opts.calib, shapes.height.opt, shapes.width.opt, mean, std)
+            x = calibration_images(opts.calib, shapes.height.opt, shapes.width.opt, mean, std,
+                                   centred_pixels=opts.uint8_input)
             if plugin:  # same function; the Triton op needs a GPU, calibration runs here on any device
                 export_model.backbone.set_attn_impl("math")
             islands = choose_islands(export_model, record_maxima(export_model, x), opts.precision)
             if plugin:
                 export_model.backbone.set_attn_impl("triton")
-    module = DeployModule(export_model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input,
-                          feature_layers=opts.feature_layers, fp32_islands=[i.module for i in islands],
-                          opset=opts.opset)
     from dinov3_deploy.export.calibration import Island
 
+    if opts.precision == "bf16" and cfg.family == "vit":
+        # bf16's 8-bit mantissa: the residual stream (deploy_module.Fp32ResidualBlock says what it measured)
+        # and the patch embedding, which projects raw pixels, stay fp32; ~1.4 % of vits16's matmul FLOPs
+        islands += [Island("backbone.patch_embed", "precision"), Island("backbone.blocks", "residual")]
+    module = DeployModule(export_model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input,
+                          feature_layers=opts.feature_layers,
+                          fp32_islands=[i.module for i in islands if i.reason != "residual"], opset=opts.opset,
+                          residual_fp32=any(i.reason == "residual" for i in islands),
+                          normalization_folded=opts.uint8_input)
     islands += [Island(name, "opset") for name in module.opset_islands]
 
     with ArtifactWriter(opts.out, overwrite=opts.overwrite) as writer:
@@ -261,7 +271,8 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
             result = export_onnx(module, root / ONNX_NAME, shapes, external_data=opts.external_data,
                                  attention_plugin=plugin)
         with progress.step("checking the graph (onnx.checker, shape inference, hygiene)"):
-            facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes, fp32_ops=len(islands))
+            facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes,
+                                 fp32_ops=sum(i.reason != "residual" for i in islands))
         graph = facts.to_info()
         del module  # the low-precision copy is in the ONNX now
 
