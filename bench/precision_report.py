@@ -79,10 +79,14 @@ def run(model_name: str, init: str, size: int, n_images: int) -> dict:
     rows = []
     for precision in ("fp16", "bf16"):
         islands = [i.module for i in choose_islands(folded, ranges, precision)]
-        for variant, task_model, isl in (("naive", model, []), ("folded", folded, []),
-                                         ("folded+islands", folded, islands)):
+        variants = [("naive", model, [], False), ("folded", folded, [], False),
+                    ("folded+islands", folded, islands, False)]
+        if precision == "bf16" and model.backbone.cfg.family == "vit":
+            # what export writes for bf16 ViTs: fp32 residual stream and patch embedding (export/pipeline.py)
+            variants.append(("exported", folded, islands + ["backbone.patch_embed"], True))
+        for variant, task_model, isl, residual in variants:
             t = time.perf_counter()
-            out = _logits(DeployModule(task_model, precision, fp32_islands=isl), x)
+            out = _logits(DeployModule(task_model, precision, fp32_islands=isl, residual_fp32=residual), x)
             rows.append(_row(variant, precision, ref, out, fp32_flop_share(flops, isl), isl,
                              time.perf_counter() - t))
             print(_fmt(rows[-1]), flush=True)

@@ -68,8 +68,12 @@ class Fp32Island(nn.Module):
         self.dtype = dtype
 
     def forward(self, *args):
-        args = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
-        return self.inner(*args).to(self.dtype)
+        def fp32(a):  # heads take lists of maps
+            if isinstance(a, list | tuple):
+                return type(a)(fp32(v) for v in a)
+            return a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+
+        return self.inner(*[fp32(a) for a in args]).to(self.dtype)
 
 
 def _layer_norm_fp32(norm: nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -62,3 +62,13 @@ def test_a_bf16_vit_export_records_the_residual_and_precision_islands(tmp_path):
     types = {v.name: v.type.tensor_type.elem_type for v in list(g.value_info) + list(g.output)}
     adds = [n for n in g.node if n.op_type == "Add" and types.get(n.output[0]) == onnx.TensorProto.FLOAT]
     assert len(adds) >= 2 * 4  # two fp32 residual adds per block (vit_tiny_test: 4 blocks)
+
+
+def test_an_island_around_a_head_casts_the_list_of_maps_it_takes():
+    """Heads take a list of maps: an fp32 island around one must cast every map, not just tensors."""
+    model = ModelSource.resolve("seg", "vit_tiny_test", layers="four_last").build(attn_impl="math")
+    x = torch.randn(1, 3, 32, 48)
+    with torch.no_grad():
+        ref = DeployModule(model, "fp32")(x)
+        out = DeployModule(model, "bf16", fp32_islands=["head"])(x)
+    assert max(_rel(ref, out)) <= 2e-2
