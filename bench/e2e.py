@@ -2,7 +2,7 @@
 
 The model bench times one forward on a ready batch; users wait for more: decoding, resizing, the
 sliding window's many forwards, the stitch and the copy back. One row here is one pass over the
-image files through exactly `infer`'s path (runtime/inference.py: `decoded` + `predict_image`),
+image files through exactly `infer`'s path (runtime/inference.py: `image_stream` + `predict_image`),
 without writing the outputs, timed with the harness's `timed_row` so the report keeps the one
 envelope. Parity: each row's labels against the reference path (the fp32 torch backend, reference
 stitch) on the same files, as label agreement.
@@ -28,17 +28,17 @@ def e2e_rows(artifact, images: list, combos: list[tuple], *, window: int | None 
     one image's window work spent stitching."""
     import torch
 
-    from dinov3_deploy.runtime.inference import decoded, predict_image, resolve_stitch
+    from dinov3_deploy.runtime.inference import image_stream, predict_image, resolve_stitch
     from dinov3_deploy.runtime.predictor import Predictor
     from dinov3_deploy.verification.parity import THRESHOLDS, OutputParity, label_agreement
 
     def run_all(predictor, stitch: str) -> dict[str, np.ndarray]:
         out = {}
-        for item, image in decoded(images):
+        for item, image, device_image in image_stream(images, predictor.device):
             if isinstance(image, Exception):
                 raise image
             pred = predict_image(predictor, item.name, image, crop=window, stride=stride,
-                                 batch_windows=batch_windows, stitch=stitch)
+                                 batch_windows=batch_windows, stitch=stitch, device_image=device_image)
             out[item.name] = pred.labels
         return out
 
@@ -68,7 +68,8 @@ def e2e_rows(artifact, images: list, combos: list[tuple], *, window: int | None 
         try:
             predictor = Predictor(artifact, backend, **options)
             base["precision"] = artifact.precision if predictor.kind != "torch" else predictor._impl.precision
-            base["target"] = f"e2e {predictor.name} + stitch {stitch}"
+            compiled = f" compile {options['compile_mode']}" if options.get("compile_mode") else ""
+            base["target"] = f"e2e {predictor.name}{compiled} + stitch {stitch}"
             stitch_used = resolve_stitch(stitch, predictor.device)
         except Exception as exc:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
             rows.append({**base, "status": "skipped", "reason": f"{exc}"[:400]})

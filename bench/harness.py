@@ -20,7 +20,7 @@ import numpy as np
 
 from dinov3_deploy.verification.parity import OutputParity, compare
 
-from .timing import Timing, measure
+from .timing import CLOCK_CPU, Timing, measure
 
 
 @dataclass
@@ -34,6 +34,9 @@ class Target:
     skip_reason: str = ""
     info: dict = field(default_factory=dict)
     close: Callable[[], None] | None = None  # releases the backend (sessions, engines) after timing
+    # the reference outputs this target computes, compared for parity (empty: all of them); a single
+    # head timed beside its multi-head graph (multi_head.py) computes only its own
+    outputs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,18 @@ def run_benchmark(
     warmup: int = 3,
     iters: int = 10,
     log: Callable[[str], None] = lambda msg: None,
+    interleave: bool = False,
 ) -> list[dict]:
-    """One row per (target, shape): latency statistics, throughput, peak memory, parity."""
+    """One row per (target, shape): latency statistics, throughput, peak memory, parity.
+
+    interleave: time the targets of a shape in rounds (one call of each per round, `iters` rounds after
+    `warmup`) instead of one target after the other. Rows that are compared with each other (a
+    multi-head graph and its single heads) then see the same machine: on shared CPUs the load changes
+    by 2x within minutes, and back-to-back blocks would give that change to whichever target ran then.
+    Peak memory is not tracked in this mode (one reset would span every target)."""
     try:
+        if interleave:
+            return _run_interleaved(targets, shapes, make_input, reference, task, warmup, iters, log)
         return _run(targets, shapes, make_input, reference, task, warmup, iters, log)
     finally:
         for t in targets:
@@ -162,6 +174,8 @@ def run_benchmark(
 
 
 def _check(ref: dict, t: Target, case: str, task: str, out: object) -> list[OutputParity]:
+    if t.outputs:
+        ref = {name: ref[name] for name in t.outputs}
     return compare(ref, t.fetch(out), case, task, t.precision)
 
 
@@ -190,4 +204,66 @@ def _run(targets, shapes, make_input, reference, task, warmup, iters, log) -> li
             if "median_ms" in r:
                 r["images_per_s"] = round(shape.batch / (r["median_ms"] / 1e3), 2)
             rows.append(r)
+    return rows
+
+
+def _row(t: Target, shape: Shape) -> dict:
+    return {"target": t.name, "precision": t.precision, "shape": shape.label, "batch": shape.batch,
+            "height": shape.height, "width": shape.width, **t.info}
+
+
+def _failed(row: dict, exc: Exception) -> dict:
+    return {**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:400]}
+
+
+def _run_interleaved(targets, shapes, make_input, reference, task, warmup, iters, log) -> list[dict]:
+    rows = []
+    for shape in shapes:
+        batch = make_input(shape)
+        log(f"reference {reference.name} on {shape.label}")
+        ref = reference.fetch(reference.call(reference.prepare(batch)))
+        done: dict[str, dict] = {}
+        live = []  # (target, row, call, first call seconds, parity)
+        for t in targets:
+            row = _row(t, shape)
+            if t.skip_reason:
+                done[t.name] = skipped_row(row, t.skip_reason)
+                continue
+            log(f"{t.name} on {shape.label}: first call")
+            try:
+                call = functools.partial(t.call, t.prepare(batch))
+                t0 = time.perf_counter()
+                out = call()
+                _sync(t.cuda)
+                first_s = time.perf_counter() - t0
+                parity = _check(ref, t, shape.label, task, out)
+                del out
+            except Exception as exc:  # noqa: BLE001 - a crashing target is reported, not fatal
+                done[t.name] = _failed(row, exc)
+                continue
+            live.append((t, row, call, first_s, parity))
+        samples: dict[str, list[float]] = {t.name: [] for t, *_ in live}
+        for i in range(warmup + iters):
+            log(f"{'warm-up' if i < warmup else 'timed'} round {i + 1 if i < warmup else i - warmup + 1} "
+                f"of {warmup if i < warmup else iters} on {shape.label}")
+            for t, row, call, *_ in live:
+                if t.name in done:
+                    continue
+                try:
+                    t0 = time.perf_counter()
+                    call()
+                    _sync(t.cuda)
+                    if i >= warmup:
+                        samples[t.name].append((time.perf_counter() - t0) * 1e3)
+                except Exception as exc:  # noqa: BLE001
+                    done[t.name] = _failed(row, exc)
+        for t, row, _, first_s, parity in live:
+            if t.name in done:
+                continue
+            lat = Timing(samples[t.name], CLOCK_CPU).summary()
+            done[t.name] = {**row, "status": "ok" if all(p.passed for p in parity) else "parity-failed", **lat,
+                            "first_call_s": round(first_s, 3), "peak_mem_mb": None,
+                            "parity": [p.to_dict() for p in parity], "interleaved": True,
+                            "images_per_s": round(shape.batch / (lat["median_ms"] / 1e3), 2)}
+        rows += [done[t.name] for t in targets]
     return rows

@@ -9,7 +9,9 @@ One envelope for every report, model bench (`dinov3-deploy bench`) or kernel ben
     rows     one per timed case: target, shape, status ("ok" | "parity-failed" | "failed" |
              "skipped"), reason (when not timed), timing statistics (median/p10/p90/min ms,
              iters, clock), first_call_s, peak_mem_mb, parity (per output)
-plus what the kind adds (a model report: reference and thresholds).
+plus what the kind adds (a model report: reference and thresholds; a multi-head artifact's report:
+`multi_head`, one entry per multi-head row: multi_ms, single_ms per head, sum_singles_ms,
+multi_over_seg, multi_over_sum, from bench/multi_head.py).
 
     python -m dinov3_deploy.bench.report REPORT.json     # prints its Markdown table
 """
@@ -76,7 +78,9 @@ def markdown(report: dict) -> str:
         f"# Benchmark: {report['config']['title']}",
         "",
         f"{dev}; torch {m['versions']['torch']}; {m['date_utc']}. Median of {report['config']['iters']} runs "
-        f"after {report['config']['warmup']} warm-up; parity vs {report['reference']}.",
+        f"after {report['config']['warmup']} warm-up"
+        + (" (in rounds: one call of each target per round)" if report["config"].get("interleaved") else "")
+        + f"; parity vs {report['reference']}.",
         "",
         "| target | input | median ms | p10-p90 ms | images/s | peak MiB | parity |",
         "|---|---|---|---|---|---|---|",
@@ -88,11 +92,36 @@ def markdown(report: dict) -> str:
         mem = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
         lines.append(f"| {r['target']} | {r['shape']} | {r['median_ms']:.2f} | {r['p10_ms']:.2f}-{r['p90_ms']:.2f} "
                      f"| {r['images_per_s']:.1f} | {mem} | {_parity_cell(r)} |")
+    lines += _multi_head_lines(report)
     th = report["thresholds"]
     lines += ["", "Parity thresholds: " + "; ".join(
         f"{p}: rel fro <= {t['max_rel_fro']:.0e}, min token cos >= {t['min_token_cos']}, "
         f"labels >= {t['min_label_agreement']:.1%}" for p, t in th.items())]
     return "\n".join(lines) + "\n"
+
+
+def _multi_head_lines(report: dict) -> list[str]:
+    """The multi-head table: the one graph against each head alone and against their sum."""
+    entries = report.get("multi_head")
+    if not entries:
+        return []
+    tasks = report["config"].get("tasks") or list(entries[0]["single_ms"])
+
+    def ms(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    def ratio(v):
+        return "-" if v is None else f"{v:.2f}x"
+
+    lines = ["", "## One multi-head graph vs single-head graphs (same backbone, median ms)", "",
+             "| target | input | multi-head | " + " | ".join(f"{t} only" for t in tasks)
+             + " | sum of singles | multi / seg-only | multi / sum |",
+             "|---|---|---|" + "---|" * len(tasks) + "---|---|---|"]
+    for e in entries:
+        lines.append(f"| {e['target']} | {e['shape']} | {ms(e['multi_ms'])} | "
+                     + " | ".join(ms(e["single_ms"].get(t)) for t in tasks)
+                     + f" | {ms(e['sum_singles_ms'])} | {ratio(e['multi_over_seg'])} | {ratio(e['multi_over_sum'])} |")
+    return lines
 
 
 def kernel_markdown(report: dict) -> str:
@@ -163,6 +192,10 @@ def figure(report: dict):
     rows = [r for r in report["rows"] if "median_ms" in r]
     if not rows:
         return None
+    # a multi-head report: what running the heads as separate graphs costs, beside the one graph
+    rows += [{"target": f"{e['target']} [sum of single heads]", "shape": e["shape"], "status": "ok",
+              "median_ms": e["sum_singles_ms"], "p10_ms": e["sum_singles_ms"], "p90_ms": e["sum_singles_ms"]}
+             for e in report.get("multi_head") or [] if e.get("sum_singles_ms") is not None]
     shapes = list(dict.fromkeys(r["shape"] for r in rows))
     targets = list(dict.fromkeys(r["target"] for r in rows))
     width = 0.8 / len(targets)

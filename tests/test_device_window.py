@@ -67,6 +67,65 @@ def test_stitch_choice():
     assert resolve_stitch("triton", torch.device("cpu")) == "triton"  # the tests run the interpreter
 
 
+def test_window_loop_batches_at_most_batch_windows_and_matches_the_reference_stitch(seg_artifact):
+    """predict_image's window loop calls the predictor with at most --batch-windows windows (a full batch
+    and a remainder), and its labels equal the reference slide_inference running the same model one
+    window at a time (the Triton stitch's equality with the reference is the tests above)."""
+    from dinov3_deploy.reference.training.sliding_window import slide_inference
+    from dinov3_deploy.runtime.inference import _resize_short_side, predict_image
+
+    art = load_artifact(seg_artifact)
+    predictor = Predictor(art, "onnxruntime")
+    calls = []
+    run = predictor._impl.__call__
+
+    class Recording:  # the predictor's backend, recording each call's batch
+        def __call__(self, x):
+            calls.append(int(x.shape[0]))
+            return run(x)
+
+    predictor._impl = Recording()
+    image = make_sample(7, 40, 150)[0]  # resized to 32 x 120: 1 x 5 windows of 32 at stride 24
+    pixels = _resize_short_side(torch.from_numpy(image).permute(2, 0, 1)[None].float(), 32)
+    g = window_geometry(*pixels.shape[-2:], 32, 24)
+    assert len(g) == 5
+
+    def one_window(crops):
+        assert crops.shape[0] == 1
+        return predictor(predictor.to_input(crops))["logits"]
+
+    ref = slide_inference(one_window, pixels, art.manifest.head.n_classes, 32, 24, out_size=(40, 150)).argmax(1)[0]
+    assert len(ref.unique()) > 1
+    assert calls == [1] * 5
+    del calls[:]
+    pred = predict_image(predictor, "x", image, crop=32, stride=24, batch_windows=3, stitch="torch")
+    assert calls == [3, 2]
+    np.testing.assert_array_equal(pred.labels, ref.numpy())
+
+
+@pytest.mark.gpu
+def test_no_synchronisation_between_windows(seg_artifact):
+    """Once the graphs of the window shapes are captured, cutting, running and stitching an image's
+    windows never waits for the device: torch raises on any synchronising call (a copy to the host,
+    .item(), a blocking stream wait) under set_sync_debug_mode("error"); the labels' copy comes after."""
+    from dinov3_deploy.runtime.inference import predict_image
+
+    art = load_artifact(seg_artifact)
+    image = make_sample(5, 64, 230)[0]
+    for graphs in (True, False):
+        predictor = Predictor(art, "torch", precision="fp32", attn_impl="sdpa", cuda_graphs=graphs)
+        pixels = torch.from_numpy(image).cuda().permute(2, 0, 1)[None].float()
+        g = window_geometry(64, 230, 64, 48)
+        expected = predict_image(predictor, "x", image, crop=64, stride=48, batch_windows=2, stitch="triton").labels
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            labels = stitch_labels(window_logits(predictor, pixels, g, 2), pixels, g, (64, 230), "triton")
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        np.testing.assert_array_equal(labels.to(torch.uint8).cpu().numpy(), expected)
+
+
 @pytest.mark.gpu
 def test_no_host_copies_between_windows(seg_artifact):
     """Windows cut, run (CUDA graph) and stitched by the kernel: no device-to-host copy until the labels."""
@@ -83,3 +142,60 @@ def test_no_host_copies_between_windows(seg_artifact):
     names = [e.name for e in prof.events()]
     assert not [n for n in names if "DtoH" in n or "Device -> Host" in n], names
     assert labels.is_cuda
+
+
+def _one_image(tmp_path):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    Image.fromarray(make_sample(1, 40, 56)[0]).save(imgs / "a.png")
+    return imgs
+
+
+def test_attn_and_compile_reach_the_torch_predictor(seg_artifact, tmp_path, monkeypatch):
+    from dinov3_deploy.runtime import predictor as predictor_module
+
+    seen = []
+
+    class Recording(predictor_module.Predictor):
+        def __init__(self, artifact, backend="auto", **kw):
+            seen.append((backend, dict(kw)))
+            super().__init__(artifact, backend, **{**kw, "compile_mode": None})  # torch.compile is minutes here
+
+    monkeypatch.setattr(predictor_module, "Predictor", Recording)
+    res = CliRunner().invoke(cli, ["infer", str(seg_artifact), str(_one_image(tmp_path)), "-o", str(tmp_path / "o"),
+                                   "--backend", "torch", "--attn", "sdpa", "--compile", "max-autotune",
+                                   "--no-cuda-graphs"])
+    assert res.exit_code == 0, res.output
+    assert seen == [("torch", {"attn_impl": "sdpa", "compile_mode": "max-autotune", "cuda_graphs": False})]
+    assert json.loads((tmp_path / "o" / "predictions.json").read_text())["backend"] == "torch-fp32-sdpa"
+
+
+def test_attn_triton_runs_under_the_interpreter_and_gives_the_sdpa_labels(seg_artifact, tmp_path):
+    imgs = _one_image(tmp_path)
+    labels = {}
+    for attn in ("triton", "sdpa"):
+        res = CliRunner().invoke(cli, ["infer", str(seg_artifact), str(imgs), "-o", str(tmp_path / attn),
+                                       "--backend", "torch", "--attn", attn, "--window", "32"])
+        assert res.exit_code == 0, res.output
+        assert json.loads((tmp_path / attn / "predictions.json").read_text())["backend"] == f"torch-fp32-{attn}"
+        labels[attn] = np.asarray(Image.open(tmp_path / attn / "a.png_labels.png"))
+    assert len(np.unique(labels["sdpa"])) > 1
+    np.testing.assert_array_equal(labels["triton"], labels["sdpa"])
+
+
+def test_attn_triton_without_a_gpu_or_the_interpreter_is_one_line(seg_artifact, tmp_path, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    imgs = _one_image(tmp_path)
+    for args in (["infer", str(seg_artifact), str(imgs), "-o", str(tmp_path / "o"), "--backend", "torch"],
+                 ["bench", str(seg_artifact), "--e2e", str(imgs), "--backend", "torch", "--out", str(tmp_path / "b")]):
+        res = CliRunner().invoke(cli, [*args, "--attn", "triton"])
+        assert res.exit_code == 2, res.output
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and "--attn triton" in lines[0] and "CUDA GPU" in lines[0], res.output
+    assert not (tmp_path / "o").exists() and not (tmp_path / "b").exists()
+
+
+def test_attn_on_another_backend_is_refused(seg_artifact, tmp_path):
+    res = CliRunner().invoke(cli, ["infer", str(seg_artifact), str(_one_image(tmp_path)), "-o", str(tmp_path / "o"),
+                                   "--backend", "onnxruntime", "--attn", "sdpa"])
+    assert res.exit_code == 2 and "--attn apply to the torch backend only" in res.output, res.output

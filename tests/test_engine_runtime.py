@@ -12,6 +12,7 @@ end runs a real engine.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import types
 
@@ -41,8 +42,8 @@ class FakeContext:
 
     active_optimization_profile = 0
 
-    def __init__(self, log: list) -> None:
-        self.log, self.shape, self.addresses = log, None, {}
+    def __init__(self, log: list, capturing: list) -> None:
+        self.log, self.capturing, self.shape, self.addresses = log, capturing, None, {}
         self.set_shape_calls = self.set_address_calls = 0
 
     def set_input_shape(self, name, shape) -> bool:
@@ -63,10 +64,21 @@ class FakeContext:
         return True
 
     def execute_async_v3(self, stream_handle) -> bool:
-        self.log.append(("execute", stream_handle))
-        x = host_array(self.addresses["pixel_values"], self.shape, np.float32)
-        host_array(self.addresses["sum"], self.get_tensor_shape("sum"), np.float32)[:] = x.sum(1, keepdims=True)
-        host_array(self.addresses["half"], self.shape, np.float16)[:] = 2 * x
+        # The kernels read and write the addresses and shape of the moment they are enqueued: a captured
+        # enqueue replays with those (as a real CUDA graph does), whatever the context holds by then.
+        addresses, shape, (b, _, h, w) = dict(self.addresses), self.shape, self.shape
+
+        def kernel() -> None:
+            x = host_array(addresses["pixel_values"], shape, np.float32)
+            host_array(addresses["sum"], (b, 1, h, w), np.float32)[:] = x.sum(1, keepdims=True)
+            host_array(addresses["half"], shape, np.float16)[:] = 2 * x
+
+        if self.capturing:
+            self.log.append(("captured", stream_handle))
+            self.capturing[-1].work.append(kernel)
+        else:
+            self.log.append(("execute", stream_handle))
+            kernel()
         return True
 
 
@@ -92,6 +104,7 @@ class FakeEngine:
         self.log, self.cache = log, FakeRuntimeCache()
         self.names = ["pixel_values", "sum", "half"]
         self.contexts: list[FakeContext] = []
+        self.capturing: list[FakeGraph] = []  # the graph being captured (FakeContext records into it)
 
     num_io_tensors = 3
 
@@ -113,7 +126,7 @@ class FakeEngine:
         return types.SimpleNamespace(create_runtime_cache=lambda: cache, set_runtime_cache=lambda c: None)
 
     def create_execution_context(self, runtime_config=None):
-        self.contexts.append(FakeContext(self.log))
+        self.contexts.append(FakeContext(self.log, self.capturing))
         return self.contexts[-1]
 
 
@@ -137,6 +150,37 @@ class FakeStream:
         self.log.append(("sync", self.label))
 
 
+class FakeGraph:
+    """Stands in for torch.cuda.CUDAGraph: holds the kernels enqueued while it was captured; replay runs
+    them again on the caller's current stream."""
+
+    def __init__(self, log: list) -> None:
+        self.log, self.work = log, []
+
+    def replay(self) -> None:
+        self.log.append(("replay", torch.cuda.current_stream().label))
+        for kernel in self.work:
+            kernel()
+
+
+def fake_graph_capture(engine: FakeEngine, fail: list):
+    """Stands in for torch.cuda.graph(graph, stream=..., capture_error_mode=...); raises at the end of the
+    capture, as torch does when CUDA invalidated it, while `fail` is non-empty."""
+
+    @contextlib.contextmanager
+    def graph(cuda_graph, stream=None, capture_error_mode="global"):
+        engine.log.append(("capture", stream.label, capture_error_mode))
+        engine.capturing.append(cuda_graph)
+        try:
+            yield
+        finally:
+            engine.capturing.pop()
+        if fail:
+            raise RuntimeError(fail[0])
+
+    return graph
+
+
 @pytest.fixture
 def runner(tmp_path, monkeypatch):
     """An EngineRunner over the MOCK engine above (no GPU here), buffers in host memory."""
@@ -151,11 +195,14 @@ def runner(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "init", lambda: None)
     monkeypatch.setattr(torch.cuda, "Stream", lambda: FakeStream("engine", log, 11))
     monkeypatch.setattr(torch.cuda, "current_stream", lambda: producer)
+    capture_fails: list = []
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: FakeGraph(log))
+    monkeypatch.setattr(torch.cuda, "graph", fake_graph_capture(engine, capture_fails))
     (tmp_path / "m.engine").write_bytes(b"serialised engine")
     r = EngineRunner(tmp_path / "m.engine", "tensorrt-rtx", runtime_cache=tmp_path / "rtx.cache", name="mock")
     r.api = TrtApi("tensorrt-rtx", fake_trt)
     r.device = "cpu"
-    r.fake_engine, r.log = engine, log
+    r.fake_engine, r.log, r.capture_fails = engine, log, capture_fails
     return r
 
 
@@ -194,8 +241,58 @@ def test_buffers_are_bound_once_per_shape_and_outputs_follow_the_input(runner):
 
 
 def test_engine_stream_waits_for_the_producer_and_the_producer_for_the_engine(runner):
+    runner.cuda_graphs = False
     runner.run(batch(1, 16, 16))
-    assert runner.log == [("wait", "engine", "producer"), ("execute", 11), ("wait", "producer", "engine")]
+    runner.run(batch(1, 16, 16))
+    order = [("wait", "engine", "producer"), ("execute", 11), ("wait", "producer", "engine")]
+    assert runner.log == order * 2  # no capture, no replay: every call enqueues
+
+
+def test_cuda_graph_per_shape_replays_on_the_callers_stream_after_one_enqueue(runner):
+    """First call of a shape: enqueue (TensorRT's warm-up), then capture on the engine stream; later calls
+    of that shape replay on the producer stream with the new input; back from another shape, one enqueue
+    first. Each call's outputs are its own input's (a replay reading a stale input would fail here)."""
+    a1, a2, a3, b1 = batch(2, 32, 48, 1), batch(2, 32, 48, 2), batch(2, 32, 48, 3), batch(1, 16, 64, 4)
+    eager = [("wait", "engine", "producer"), ("execute", 11), ("wait", "producer", "engine")]
+    capture = [("capture", "engine", "thread_local"), ("captured", 11)]
+    expected = {id(a1): eager + capture, id(a2): [("replay", "producer")], id(b1): eager + capture,
+                id(a3): eager}
+    for x in (a1, a2, b1, a3):
+        del runner.log[:]
+        out = runner.run(x)
+        assert runner.log == expected[id(x)]
+        np.testing.assert_allclose(out["sum"], x.sum(1, keepdims=True), rtol=1e-6)
+        np.testing.assert_allclose(out["half"], 2 * x, rtol=1e-3)
+    del runner.log[:]
+    np.testing.assert_allclose(runner.run(a1)["sum"], a1.sum(1, keepdims=True), rtol=1e-6)
+    assert runner.log == [("replay", "producer")]  # the shape's context state is back: replays again
+    assert sorted(runner._graphs) == [(1, 3, 16, 64), (2, 3, 32, 48)] and not runner.graph_skipped
+
+
+def test_a_shape_that_cannot_be_captured_keeps_the_plain_enqueue_and_says_why(runner, caplog):
+    runner.capture_fails.append("operation not permitted when stream is capturing")
+    x1, x2 = batch(1, 32, 32, 1), batch(1, 32, 32, 2)
+    with caplog.at_level("WARNING", logger="dinov3_deploy.engines"):
+        runner.run(x1)
+        del runner.log[:]
+        out = runner.run(x2)
+    eager = [("wait", "engine", "producer"), ("execute", 11), ("wait", "producer", "engine")]
+    assert runner.log == eager  # no second capture attempt for this shape, and no replay
+    np.testing.assert_allclose(out["sum"], x2.sum(1, keepdims=True), rtol=1e-6)
+    assert "not permitted" in runner.graph_skipped[(1, 3, 32, 32)]
+    assert [r.getMessage() for r in caplog.records if "no CUDA graph" in r.getMessage()] == [
+        "mock: no CUDA graph for input shape [1, 3, 32, 32], every call enqueues: "
+        "RuntimeError: operation not permitted when stream is capturing"]
+
+
+def test_a_context_that_is_not_capturable_is_not_captured(runner):
+    runner.run(batch(1, 16, 16))  # activates
+    ctx = runner.fake_engine.contexts[0]
+    ctx.is_stream_capturable = lambda stream: False  # TensorRT-RTX's query
+    del runner.log[:]
+    runner.run(batch(2, 16, 16))
+    assert not [e for e in runner.log if e[0] == "capture"]
+    assert "cannot be captured" in runner.graph_skipped[(2, 3, 16, 16)]
 
 
 def test_runtime_cache_is_loaded_then_saved_once_atomically_on_close(runner, tmp_path, monkeypatch):
@@ -256,3 +353,39 @@ def test_real_engine_runs_on_a_side_stream_and_matches_onnxruntime(tmp_path):
         runner.run(np.zeros((1, 3, 128, 16), np.float32))
     runner.close()
     assert (tmp_path / "rt.cache").exists() == api.is_rtx
+
+
+@pytest.mark.gpu
+def test_real_engine_cuda_graph_replay_equals_eager(tmp_path):
+    """Graphs on vs off on the same engine, shapes alternating as the sliding window's full and last batches
+    do: every call's outputs equal (replays read the new input), and each shape got a graph or a logged reason."""
+    from onnx import TensorProto
+    from test_engine_build import SHAPES, conv_graph
+
+    from dinov3_deploy.engines.build import build_engine, network_from_onnx, profiles_from_shapes
+
+    api = load_api("auto")
+    targets = None
+    if api.is_rtx:
+        major, minor = torch.cuda.get_device_capability()
+        targets = [f"SM{major}{minor}"]
+        ok, reason = api.runnable_here(targets)
+        if not ok:
+            pytest.skip(reason)
+    net = network_from_onnx(conv_graph(tmp_path / "m.onnx", dtype=TensorProto.FLOAT), api)
+    build_engine(net, profiles_from_shapes(net, SHAPES), workspace_gib=0.5, targets=targets).save(tmp_path / "m.engine")
+    graphed = EngineRunner(tmp_path / "m.engine", api.flavor, api.version)
+    eager = EngineRunner(tmp_path / "m.engine", api.flavor, api.version)
+    eager.cuda_graphs = False
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        for i, shape in enumerate([(4, 3, 32, 32), (4, 3, 32, 32), (1, 3, 32, 32), (4, 3, 32, 32), (4, 3, 32, 32),
+                                   (1, 3, 32, 32), (1, 3, 32, 32)]):
+            x = torch.randn(shape, device="cuda", generator=torch.Generator("cuda").manual_seed(i))
+            want = {k: v.clone() for k, v in eager.infer(x).items()}
+            got = graphed.infer(x)
+            for k in want:
+                torch.testing.assert_close(got[k], want[k], rtol=0, atol=1e-6)
+    assert set(graphed._graphs) | set(graphed.graph_skipped) == {(4, 3, 32, 32), (1, 3, 32, 32)}
+    graphed.close()
+    eager.close()

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from dinov3_deploy.errors import DeployError
 from dinov3_deploy.options import PrimaryNameOption, device_option, out_option, resolve_device, weights_option
@@ -94,9 +95,11 @@ def _chosen(targets: list, backends: str) -> list:
                    "ARTIFACT its precision).")
 @click.option("--attn", "attn_impls", default="sdpa,math,triton", show_default=True,
               callback=lambda c, p, v: _words_of(_attn_impls())(c, p, v),
-              help="Attention implementations to time (triton needs a GPU).")
+              help="Attention implementations to time (triton needs a GPU). With --e2e: the torch backend's, "
+                   "one row each (default there: triton on a GPU, sdpa on the CPU).")
 @click.option("--compile", "compile_modes", default="", callback=_words_of(COMPILE_MODES),
-              help=f"torch.compile modes to time, comma-separated: {', '.join(COMPILE_MODES)}.")
+              help=f"torch.compile modes to time, comma-separated: {', '.join(COMPILE_MODES)} (with --e2e: of the "
+                   "torch backend).")
 @click.option("--batch-sizes", "--batch", "batch_list", cls=PrimaryNameOption, default="1", show_default=True,
               callback=_int_list, help="Batch sizes to time, comma-separated (export's --batch is a range).")
 @click.option("--size", default=None, callback=_size,
@@ -126,7 +129,11 @@ def command(artifact, model_name, task, weights, head, precisions, attn_impls, c
             batch_windows) -> None:
     """Time PyTorch (eager per attention implementation, torch.compile) and an ARTIFACT's backends
     (ONNX Runtime, TensorRT engines) on the same synthetic images, with parity against the fp32
-    reference for every row. Speed goals are read from these reports, never asserted in tests."""
+    reference for every row. Speed goals are read from these reports, never asserted in tests.
+
+    A multi-head ARTIFACT (export --head A --head B) is timed beside each of its heads alone on the
+    same backbone (a temporary single-head ONNX per head for ONNX Runtime, the single-head module for
+    PyTorch): the report adds multi ms, each single ms, their sum, multi / seg-only and multi / sum."""
     import time
 
     from rich.console import Console
@@ -138,15 +145,18 @@ def command(artifact, model_name, task, weights, head, precisions, attn_impls, c
         deterministic_reference_math,
         pytorch_targets,
     )
-    from dinov3_deploy.manifest import DeployIO
-    from dinov3_deploy.model_source import ModelSource
+    from dinov3_deploy.manifest import MULTI_TASK, DeployIO
+    from dinov3_deploy.model_source import ModelSource, source_from_manifest
     from dinov3_deploy.verification.parity import THRESHOLDS
     from dinov3_deploy.verification.verify import Case, make_batch, reference_module
 
     console = Console(stderr=True)
     if e2e_images is not None:
+        # --attn's default lists every implementation for the model bench; for --e2e only an explicit
+        # --attn picks torch rows (else the Predictor's default: triton on a GPU, sdpa on the CPU).
+        explicit = click.get_current_context().get_parameter_source("attn_impls") != ParameterSource.DEFAULT
         return _e2e(console, artifact, e2e_images, backends, stitches, window, batch_windows, warmup, iters, out,
-                    name, no_plot)
+                    name, no_plot, attn_impls if explicit else [None], compile_modes or [None])
     device = resolve_device(device)
     deterministic_reference_math()
     modes = compile_modes or []
@@ -156,7 +166,7 @@ def command(artifact, model_name, task, weights, head, precisions, attn_impls, c
         from dinov3_deploy.artifact import load_artifact
 
         art = load_artifact(artifact)
-        source = ModelSource.from_manifest(art.manifest.source, weights=weights, head=head)
+        source = source_from_manifest(art.manifest.source, weights=weights, head=head)
         task = art.task
         io = art.manifest.io  # the artifact's I/O contract, extra feature outputs included
         ref_model = source.build(attn_impl="sdpa")
@@ -199,11 +209,23 @@ def command(artifact, model_name, task, weights, head, precisions, attn_impls, c
     def make_input(shape):
         return make_batch(Case("bench", shape.batch, shape.height, shape.width, 0), io)
 
-    with console.status("benchmarking") as status:
-        rows = run_benchmark(targets, shapes, make_input, reference, task, warmup=warmup, iters=iters,
-                             log=lambda msg: status.update(f"benchmarking: {msg}"))
+    import tempfile
 
-    title = f"{source.backbone} {task}" + (f" artifact {Path(artifact).name}" if art is not None else "")
+    multi = art is not None and task == MULTI_TASK
+    with tempfile.TemporaryDirectory(prefix="dinov3-bench-") as workdir, console.status("benchmarking") as status:
+        if multi:  # each head alone beside the multi-head graph (bench/multi_head.py), timed right after it
+            from dinov3_deploy.bench.multi_head import mark_multi, single_head_targets
+
+            mark_multi(targets)
+            singles = single_head_targets(art, source, targets, Path(workdir), device,
+                                          log=lambda msg: status.update(f"benchmarking: {msg}"))
+            targets = [x for t in targets for x in [t, *(s for s in singles if s.info["multi_target"] == t.name)]]
+        # multi-head rows are compared with their single heads: timed in rounds, so load changes hit all alike
+        rows = run_benchmark(targets, shapes, make_input, reference, task, warmup=warmup, iters=iters,
+                             log=lambda msg: status.update(f"benchmarking: {msg}"), interleave=multi)
+
+    what = "+".join(art.manifest.tasks) if art is not None else task
+    title = f"{source.backbone} {what}" + (f" artifact {Path(artifact).name}" if art is not None else "")
     report = {
         "config": {"title": title, "task": task, "backbone": source.backbone, "random_weights": source.random_backbone,
                    "device": device, "precisions": precs, "attn_impls": attn_impls, "compile": modes,
@@ -214,6 +236,11 @@ def command(artifact, model_name, task, weights, head, precisions, attn_impls, c
         "thresholds": {p: vars(THRESHOLDS[p]) for p in sorted({t.precision for t in targets} | {"fp32"})},
         "rows": rows,
     }
+    if multi:
+        from dinov3_deploy.bench.multi_head import comparison
+
+        report["config"].update(tasks=art.manifest.tasks, interleaved=True)
+        report["multi_head"] = comparison(rows, art.manifest.tasks)
     stem = name or f"{source.backbone}-{task}-{device.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}"
     _publish(console, report, Path(out) / f"{stem}.json", no_plot, "benchmark")
 
@@ -233,7 +260,7 @@ def _publish(console, report: dict, path: Path, no_plot: bool, what: str) -> Non
 
 
 def _e2e(console, artifact, images, backends, stitches, window, batch_windows, warmup, iters, out, name,
-         no_plot) -> None:
+         no_plot, attn_impls: list, compile_modes: list) -> None:
     """`bench --e2e IMAGES`: rows of end-to-end images/s, written through the one report envelope."""
     import time
 
@@ -241,7 +268,7 @@ def _e2e(console, artifact, images, backends, stitches, window, batch_windows, w
     from dinov3_deploy.bench.e2e import e2e_rows
     from dinov3_deploy.bench.machine import machine_info
     from dinov3_deploy.runtime.inference import batch_windows_of, list_images, window_size
-    from dinov3_deploy.runtime.predictor import parse_backend
+    from dinov3_deploy.runtime.predictor import check_attn, parse_backend
     from dinov3_deploy.verification.parity import THRESHOLDS
 
     if artifact is None:
@@ -255,17 +282,26 @@ def _e2e(console, artifact, images, backends, stitches, window, batch_windows, w
         names = ["torch", "onnxruntime"] + (["tensorrt"] if art.manifest.tensorrt else [])
     else:
         names = [n.strip() for n in backends.split(",") if n.strip()]
-        for n in names:
-            parse_backend(n)
+    is_torch = {n: parse_backend(n)[0] == "torch" for n in names}
+    torch_options = [{k: v for k, v in (("attn_impl", a), ("compile_mode", c)) if v}
+                     for a in attn_impls for c in compile_modes]
+    if any(is_torch.values()):
+        import torch
+
+        for a in attn_impls:
+            check_attn(a, "cuda" if torch.cuda.is_available() else "cpu")
+    elif torch_options != [{}]:
+        raise DeployError("--attn and --compile apply to the torch backend; add torch to --backend")
     inputs = list_images([images])
-    combos = [(b, s) for b in names for s in stitches]
+    combos = [(b, s, o) for b in names for s in stitches for o in (torch_options if is_torch[b] else [{}])]
     with console.status("end-to-end") as status:
         rows = e2e_rows(art, inputs, combos, window=window, batch_windows=batch_windows, warmup=warmup, iters=iters,
                         log=lambda msg: status.update(f"end-to-end: {msg}"))
     report = {
         "config": {"title": f"{art.manifest.backbone.name} seg end-to-end ({len(inputs)} images)", "task": "seg",
                    "mode": "e2e", "artifact": str(Path(artifact).resolve()), "images": len(inputs),
-                   "backends": names, "stitches": stitches, "window": window, "batch_windows": batch_windows,
+                   "backends": names, "stitches": stitches, "torch_options": torch_options, "window": window,
+                   "batch_windows": batch_windows,
                    "warmup": warmup, "iters": iters},
         "machine": machine_info(),
         "reference": "the torch fp32 backend (SDPA) with the reference stitch, same files: label agreement",

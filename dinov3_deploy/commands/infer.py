@@ -14,6 +14,7 @@ from pathlib import Path
 
 import click
 
+from dinov3_deploy.commands.bench import COMPILE_MODES
 from dinov3_deploy.errors import DeployError
 from dinov3_deploy.options import out_option, overwrite_option
 
@@ -41,7 +42,16 @@ PARTIAL_FAILURE = 1
 @click.option("--stitch", default="auto", show_default=True, type=click.Choice(["auto", "triton", "torch"]),
               help="seg: how window logits become labels: the Triton kernel on the device, or the reference "
                    "(PyTorch). auto: triton on a GPU, torch on the CPU.")
-def command(artifact, images, out, overwrite, backend, demo, window, stride, batch_windows, stitch) -> None:
+@click.option("--attn", default=None, type=click.Choice(["sdpa", "triton"]),
+              help="--backend torch: attention implementation (default: triton on a GPU, sdpa on the CPU; triton "
+                   "on the CPU needs TRITON_INTERPRET=1).")
+@click.option("--compile", "compile_mode", default=None, type=click.Choice(COMPILE_MODES),
+              help="--backend torch: run the model through torch.compile in this mode.")
+@click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
+              help="On a GPU, replay one CUDA graph per input shape (torch and tensorrt backends); off: launch "
+                   "every call eagerly.")
+def command(artifact, images, out, overwrite, backend, demo, window, stride, batch_windows, stitch, attn,
+            compile_mode, cuda_graphs) -> None:
     """Segmentation masks (official sliding-window protocol), depth maps, class scores or patch
     features for IMAGES (files, or folders read recursively), plus predictions.json in OUT.
 
@@ -55,6 +65,10 @@ def command(artifact, images, out, overwrite, backend, demo, window, stride, bat
       cls       the top-5 classes, printed and in predictions.json
       features  NAME_patch_tokens.npy, NAME_pca.png
 
+    A multi-head artifact (export --head A --head B, or --task seg,depth,cls) writes every
+    task's files above for each image: seg from the sliding windows, the other tasks from one
+    pass over the whole image (the same results as their single-head artifacts).
+
     Images that cannot be read or run are reported (name and reason) and the others still run;
     the exit status is then 1 and predictions.json lists the failures (2: a usage error)."""
     from rich.console import Console
@@ -65,7 +79,7 @@ def command(artifact, images, out, overwrite, backend, demo, window, stride, bat
     from dinov3_deploy.runtime.inference import (
         ImageInput,
         batch_windows_of,
-        decoded,
+        image_stream,
         list_images,
         output_files,
         predict_image,
@@ -80,12 +94,13 @@ def command(artifact, images, out, overwrite, backend, demo, window, stride, bat
     if out_dir.exists() and not out_dir.is_dir():
         raise DeployError(f"--out {out_dir} is a file, not a folder; choose another output folder")
     art = load_artifact(artifact)
+    tasks = art.manifest.tasks  # a multi-head artifact: every head's task
     window_size(art.shapes(), window)  # a bad --window or --batch-windows fails here, not once per image
-    if art.task == "seg":
+    if "seg" in tasks:
         batch_windows_of(art.shapes(), batch_windows)
-    predictor = Predictor(art, backend)
+    predictor = Predictor(art, backend, attn_impl=attn, compile_mode=compile_mode, cuda_graphs=cuda_graphs)
     click.get_current_context().call_on_close(predictor.close)  # also when a check below refuses the run
-    used_stitch = resolve_stitch(stitch, predictor.device) if art.task == "seg" else None
+    used_stitch = resolve_stitch(stitch, predictor.device) if "seg" in tasks else None
     inputs: list[ImageInput] = list_images(images, exclude=out_dir) if images else []
     if demo:
         from dinov3_deploy.reference.training.synthetic import make_sample
@@ -98,8 +113,8 @@ def command(artifact, images, out, overwrite, backend, demo, window, stride, bat
             inputs.append(ImageInput(f"synthetic_{i}", make_sample(1000 + i, 384, 512)[0]))
     if not inputs:
         raise DeployError("give IMAGES (files or folders) or --demo N")
-    _refuse_existing(out_dir, [f for i in inputs for f in output_files(art.task, i.name)] + ["predictions.json"],
-                     overwrite)
+    _refuse_existing(out_dir, [f for i in inputs for t in tasks for f in output_files(t, i.name)]
+                     + ["predictions.json"], overwrite)
     for note in art.manifest.notes:
         console.print(f"[yellow]note:[/] {note}")
 
@@ -107,13 +122,13 @@ def command(artifact, images, out, overwrite, backend, demo, window, stride, bat
     start = time.perf_counter()
     columns = (*Progress.get_default_columns(), TextColumn("{task.fields[rate]}"))
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(f"{art.task} with {predictor.name}", total=len(inputs), rate="")
-        for done, (item, image) in enumerate(decoded(inputs), 1):
+        task = bar.add_task(f"{'+'.join(tasks)} with {predictor.name}", total=len(inputs), rate="")
+        for done, (item, image, device_image) in enumerate(image_stream(inputs, predictor.device), 1):
             try:
                 if isinstance(image, Exception):
                     raise image
                 pred = predict_image(predictor, item.name, image, crop=window, stride=stride,
-                                     batch_windows=batch_windows, stitch=stitch)
+                                     batch_windows=batch_windows, stitch=stitch, device_image=device_image)
                 summaries.append(save_prediction(pred, out_dir, art.manifest))
             except Exception as exc:  # noqa: BLE001 - one bad image must not cost the others their results
                 reason = str(exc) if isinstance(exc, DeployError) else f"{type(exc).__name__}: {exc}"
@@ -124,13 +139,19 @@ def command(artifact, images, out, overwrite, backend, demo, window, stride, bat
     stats = {"images_ok": len(summaries), "images_failed": len(failures), "windows_run": predictor.windows,
              "seconds": round(seconds, 3), "seconds_per_image": round(seconds / len(inputs), 4),
              "images_per_second": round(len(inputs) / seconds, 3) if seconds > 0 else None,
-             "backend": predictor.name, "stitch": used_stitch}
+             "backend": predictor.name, "stitch": used_stitch,
+             "tasks": {t: "sliding windows" if t == "seg" else "whole image" for t in tasks}}
     write_json(out_dir / "predictions.json", {"artifact": str(Path(artifact).resolve()), "backend": predictor.name,
                                               "summary": stats, "predictions": summaries, "failures": failures})
-    if art.task == "cls":
+    if "cls" in tasks:
         _print_top5(summaries)
+    ran = f"{predictor.windows} window(s) run"
+    if len(tasks) > 1:  # say which results came from the windows and which from the whole image
+        whole = "+".join(t for t in tasks if t != "seg")
+        ran = (f"{'seg on windows, ' if 'seg' in tasks else ''}{whole} on the whole image: "
+               f"{predictor.windows} input(s) run")
     console.print(
-        f"{len(summaries)} image(s) ok, {len(failures)} failed -> {out_dir} | {predictor.windows} window(s) run | "
+        f"{len(summaries)} image(s) ok, {len(failures)} failed -> {out_dir} | {ran} | "
         f"{1000 * seconds / len(inputs):.0f} ms/image, {len(inputs) / max(seconds, 1e-9):.2f} images/s | "
         f"backend {predictor.name}" + (f", stitch {used_stitch}" if used_stitch else ""))
     if failures:
@@ -159,7 +180,8 @@ def _print_top5(summaries: list[dict]) -> None:
         table.add_column(column, overflow="fold", justify="right" if column in ("rank", "probability", "logit")
                          else "left")
     for s in summaries:
-        for rank, entry in enumerate(s.get("top5", []), 1):
+        top5 = s.get("top5") or s.get("tasks", {}).get("cls", {}).get("top5", [])  # single- or multi-head
+        for rank, entry in enumerate(top5, 1):
             table.add_row(s["image"] if rank == 1 else "", str(rank), str(entry["class"]),
-                          f"{entry['probability']:.1%}", f"{entry['logit']:.3f}", end_section=rank == len(s["top5"]))
+                          f"{entry['probability']:.1%}", f"{entry['logit']:.3f}", end_section=rank == len(top5))
     Console().print(table)

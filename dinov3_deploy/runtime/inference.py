@@ -38,13 +38,20 @@ OUTPUT_SUFFIXES = {
 
 @dataclass
 class Prediction:
+    """One image's results. A multi-head artifact's prediction (task "multi") holds every task's
+    field at once; `tasks` lists which are filled, in the artifact's head order."""
+
     name: str
     image: np.ndarray  # uint8 HxWx3 as given
-    task: str
+    task: str  # the artifact's task: one task, or "multi"
     labels: np.ndarray | None = None  # seg: HxW class ids
     depth: np.ndarray | None = None  # depth: HxW metres
     logits: np.ndarray | None = None  # cls: [C]
     patch: np.ndarray | None = None  # features: [h, w, D]
+    tasks: tuple[str, ...] = ()  # default: (task,)
+
+    def __post_init__(self) -> None:
+        self.tasks = tuple(self.tasks) or (self.task,)
 
 
 @dataclass(frozen=True)
@@ -166,15 +173,17 @@ def batch_windows_of(shapes, requested: int | None) -> int:
     return requested
 
 
-def window_logits(predictor, pixels: torch.Tensor, geometry, batch_windows: int) -> torch.Tensor:
+def window_logits(predictor, pixels: torch.Tensor, geometry, batch_windows: int,
+                  output: str = "logits") -> torch.Tensor:
     """Low-res logits [n_windows, C, h', w'] of every window of `pixels` (float 0..255 [1,3,H,W] on the
-    predictor's device), windows in the geometry's row-major order, `batch_windows` per call."""
+    predictor's device), windows in the geometry's row-major order, `batch_windows` per call. `output`:
+    the graph output holding them ("seg.logits" in a multi-head graph)."""
     windows = geometry.windows()
     out = None
     for start in range(0, len(windows), batch_windows):
         chunk = windows[start:start + batch_windows]
         crops = torch.cat([pixels[..., y0:y1, x0:x1] for y0, y1, x0, x1 in chunk])
-        logits = predictor(predictor.to_input(crops))["logits"]
+        logits = predictor(predictor.to_input(crops))[output]
         if out is None:  # the outputs may be a reused buffer (CUDA graph, engine): copy them out now
             out = torch.empty((len(windows), *logits.shape[1:]), dtype=torch.float32, device=logits.device)
         out[start:start + len(chunk)].copy_(logits)
@@ -202,42 +211,63 @@ def stitch_labels(logits: torch.Tensor, pixels: torch.Tensor, geometry, out_size
     return full.argmax(1)[0]
 
 
+def to_device(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The plain host-to-device path: uint8 HxWx3 numpy -> the same tensor on `device`, on the current
+    stream (`on_device` is the overlapped one, for a stream of images)."""
+    return _host_tensor(image).to(device)
+
+
+def _host_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.require(image, requirements=("C", "W")))  # copies only a read-only array
+
+
 def predict_image(predictor, name: str, image: np.ndarray, *, crop: int | None = None, stride: int | None = None,
-                  batch_windows: int | None = None, stitch: str = "auto") -> Prediction:
+                  batch_windows: int | None = None, stitch: str = "auto",
+                  device_image: torch.Tensor | None = None) -> Prediction:
     """One image through the predictor: seg by the sliding window (cut, batched, run and stitched on the
-    predictor's device), other tasks on the whole image resized to a valid input. Numpy out."""
+    predictor's device), other tasks on the whole image resized to a valid input. Numpy out.
+    A multi-head artifact does both: its seg output from the windows, every other task's from one
+    whole-image pass (so each task's result equals its single-head artifact's).
+    `device_image`: the image already on the predictor's device (from `on_device`), else copied here."""
     from dinov3_deploy.reference.training.sliding_window import window_geometry
 
     art = predictor.artifact
-    task = art.task
+    manifest = art.manifest
+    tasks = tuple(manifest.tasks)
     shapes = art.shapes()
     size = window_size(shapes, crop)
-    host = torch.from_numpy(np.require(image, requirements=("C", "W")))  # copies only a read-only array
-    if predictor.device.type == "cuda":
-        host = host.pin_memory()  # an asynchronous copy, overlapped with the previous image's work
-    pixels = host.to(predictor.device, non_blocking=True).permute(2, 0, 1)[None].float()
+    if device_image is None:
+        device_image = to_device(image, predictor.device)
+    pixels = device_image.permute(2, 0, 1)[None].float()
     H, W = image.shape[:2]
-    if task == "seg":
+    pred = Prediction(name, image, art.task, tasks=tasks)
+    if "seg" in tasks:
         scaled = _resize_short_side(pixels, size)
         g = window_geometry(scaled.shape[-2], scaled.shape[-1], size, stride or max(shapes.multiple, size * 2 // 3))
-        logits = window_logits(predictor, scaled, g, batch_windows_of(shapes, batch_windows))
+        logits = window_logits(predictor, scaled, g, batch_windows_of(shapes, batch_windows),
+                               output=manifest.output_name("seg", "logits"))
         labels = stitch_labels(logits, scaled, g, (H, W), resolve_stitch(stitch, logits.device))
-        return Prediction(name, image, task, labels=labels.to(torch.uint8).cpu().numpy())
+        pred.labels = labels.to(torch.uint8).cpu().numpy()
+    if all(t == "seg" for t in tasks):
+        return pred
     # Whole-image tasks: one input resized to a valid size, outputs mapped back to the image.
     th = min(max(shapes.height.min, round(H / shapes.multiple) * shapes.multiple), shapes.height.max)
     tw = min(max(shapes.width.min, round(W / shapes.multiple) * shapes.multiple), shapes.width.max)
     x = F.interpolate(pixels, size=(th, tw), mode="bilinear", align_corners=False) if (th, tw) != (H, W) else pixels
-    out = predictor(predictor.to_input(x))
-    if task == "depth":
-        d = F.interpolate(out["depth"].float(), size=(H, W), mode="bilinear", align_corners=False)
-        return Prediction(name, image, task, depth=d[0, 0].cpu().numpy())
-    if task == "cls":
-        return Prediction(name, image, task, logits=out["logits"][0].float().cpu().numpy())
-    patch = out["patch"][0].float().cpu().numpy()
-    bb = art.manifest.backbone
-    stride_px = bb.patch_size if bb.family == "vit" else 32  # ConvNeXt tokens: the last stage
-    gh, gw = th // stride_px, tw // stride_px
-    return Prediction(name, image, task, patch=patch.reshape(gh, gw, -1) if gh * gw == len(patch) else patch)
+    out = predictor(predictor.to_input(x))  # read every output before the next call reuses its buffers
+    if "depth" in tasks:
+        d = F.interpolate(out[manifest.output_name("depth", "depth")].float(), size=(H, W), mode="bilinear",
+                          align_corners=False)
+        pred.depth = d[0, 0].cpu().numpy()
+    if "cls" in tasks:
+        pred.logits = out[manifest.output_name("cls", "logits")][0].float().cpu().numpy()
+    if "features" in tasks:
+        patch = out[manifest.output_name("features", "patch")][0].float().cpu().numpy()
+        bb = manifest.backbone
+        stride_px = bb.patch_size if bb.family == "vit" else 32  # ConvNeXt tokens: the last stage
+        gh, gw = th // stride_px, tw // stride_px
+        pred.patch = patch.reshape(gh, gw, -1) if gh * gw == len(patch) else patch
+    return pred
 
 
 def pca_rgb(patch: np.ndarray) -> np.ndarray:
@@ -254,7 +284,8 @@ def pca_rgb(patch: np.ndarray) -> np.ndarray:
 
 def save_prediction(pred: Prediction, out_dir: Path, manifest: Manifest) -> dict:
     """Write the outputs people use (label PNG, panel with legend, depth .npy + picture with a colour
-    bar, ...), each atomically, under the names `output_files` gives; returns a summary."""
+    bar, ...), each atomically, under the names `output_files` gives for each of the prediction's
+    tasks; returns a summary: the task's fields, or for a multi-head artifact {"tasks": {task: fields}}."""
     from PIL import Image
 
     def png(name: str, pixels: np.ndarray) -> None:
@@ -266,38 +297,51 @@ def save_prediction(pred: Prediction, out_dir: Path, manifest: Manifest) -> dict
         np.save(buf, array)  # to a buffer: given a path without .npy, np.save would append one
         write_bytes(out_dir / name, buf.getvalue())
 
-    summary: dict = {"image": pred.name, "task": pred.task}
-    files = output_files(pred.task, pred.name)
-    if pred.labels is not None:
-        from dinov3_deploy.reference.training.visualize import colorize
+    per_task: dict[str, dict] = {}
+    for task in pred.tasks:
+        files = output_files(task, pred.name)
+        fields: dict = {}
+        if task == "seg" and pred.labels is not None:
+            from dinov3_deploy.reference.training.visualize import colorize
 
-        classes = manifest.classes
-        palette = (classes.palette if classes else None) or _palette(manifest.head.n_classes)
-        names = classes.names if classes else []
-        ids, counts = np.unique(pred.labels, return_counts=True)
-        shares = {int(i): float(c) / pred.labels.size for i, c in zip(ids.tolist(), counts.tolist())}
-        png(files[0], pred.labels)
-        color = colorize(pred.labels, palette)
-        overlay = (0.5 * pred.image + 0.5 * color).astype(np.uint8)
-        panel = np.concatenate([pred.image, overlay, color], axis=1)
-        png(files[1], np.concatenate([panel, legend_strip(panel.shape[1], shares, palette, names)], axis=0))
-        summary["classes"] = {_class_name(names, i): round(s, 4) for i, s in shares.items()}
-    elif pred.depth is not None:
-        d = pred.depth.astype(np.float32)
-        npy(files[0], d)
-        atomic_write(out_dir / files[1], lambda tmp: save_depth_picture(tmp, pred.image, d))
-        summary["depth_m"] = {"min": float(d.min()), "median": float(np.median(d)), "max": float(d.max())}
-    elif pred.logits is not None:
-        names = manifest.classes.names if manifest.classes else []
-        summary["top5"] = [{"class": names[i] if i < len(names) else int(i), "logit": float(pred.logits[i]),
-                            "probability": round(p, 6)} for i, p in top_k(pred.logits, 5)]
-    elif pred.patch is not None:
-        npy(files[0], pred.patch.astype(np.float32))
-        if pred.patch.ndim == 3:
-            pca = Image.fromarray(pca_rgb(pred.patch)).resize(pred.image.shape[1::-1], Image.NEAREST)
-            png(files[1], np.concatenate([pred.image, np.asarray(pca)], axis=1))
-        summary["patch_tokens"] = list(pred.patch.shape)
-    return summary
+            classes = manifest.classes_for("seg")
+            palette = (classes.palette if classes else None) or _palette(_n_classes(manifest, "seg"))
+            names = classes.names if classes else []
+            ids, counts = np.unique(pred.labels, return_counts=True)
+            shares = {int(i): float(c) / pred.labels.size for i, c in zip(ids.tolist(), counts.tolist())}
+            png(files[0], pred.labels)
+            color = colorize(pred.labels, palette)
+            overlay = (0.5 * pred.image + 0.5 * color).astype(np.uint8)
+            panel = np.concatenate([pred.image, overlay, color], axis=1)
+            png(files[1], np.concatenate([panel, legend_strip(panel.shape[1], shares, palette, names)], axis=0))
+            fields["classes"] = {_class_name(names, i): round(s, 4) for i, s in shares.items()}
+        elif task == "depth" and pred.depth is not None:
+            d = pred.depth.astype(np.float32)
+            npy(files[0], d)
+            atomic_write(out_dir / files[1], lambda tmp, d=d: save_depth_picture(tmp, pred.image, d))
+            fields["depth_m"] = {"min": float(d.min()), "median": float(np.median(d)), "max": float(d.max())}
+        elif task == "cls" and pred.logits is not None:
+            classes = manifest.classes_for("cls")
+            names = classes.names if classes else []
+            fields["top5"] = [{"class": names[i] if i < len(names) else int(i), "logit": float(pred.logits[i]),
+                               "probability": round(p, 6)} for i, p in top_k(pred.logits, 5)]
+        elif task == "features" and pred.patch is not None:
+            npy(files[0], pred.patch.astype(np.float32))
+            if pred.patch.ndim == 3:
+                pca = Image.fromarray(pca_rgb(pred.patch)).resize(pred.image.shape[1::-1], Image.NEAREST)
+                png(files[1], np.concatenate([pred.image, np.asarray(pca)], axis=1))
+            fields["patch_tokens"] = list(pred.patch.shape)
+        per_task[task] = fields
+    if len(pred.tasks) == 1:  # a single-task artifact: its fields beside the image name, as before
+        return {"image": pred.name, "task": pred.task, **per_task[pred.tasks[0]]}
+    return {"image": pred.name, "task": pred.task, "tasks": per_task}
+
+
+def _n_classes(manifest: Manifest, task: str) -> int:
+    """The class count of the seg/cls head of `task` (a multi-head artifact: that head's)."""
+    heads = manifest.heads if manifest.heads else [manifest.head] if manifest.head else []
+    head = next((h for h in heads if (h.task or manifest.task) == task), None)
+    return head.n_classes if head else 0
 
 
 def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
@@ -374,10 +418,14 @@ def _palette(n: int) -> list[list[int]]:
         return rng.integers(0, 256, size=(max(n, 1), 3)).tolist()
 
 
-def decoded(inputs: list[ImageInput], workers: int = 2, ahead: int = 4):
+def decoded(inputs: list[ImageInput], workers: int = 2, ahead: int = 4, pin: bool = False):
     """(input, uint8 HxWx3 image or the exception reading it raised) for each input, in order, decoded
     by a background thread pool up to `ahead` images in advance, so the device is not idle while a
-    JPEG is decoded (PIL and numpy release the GIL while they decode and convert)."""
+    JPEG is decoded (PIL and numpy release the GIL while they decode and convert).
+
+    pin: the workers also copy each image into page-locked host memory and hand over that torch tensor
+    (not numpy), so its copy to the GPU can be asynchronous (`on_device`); pageable memory would make
+    the copy wait for the host."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
@@ -385,7 +433,8 @@ def decoded(inputs: list[ImageInput], workers: int = 2, ahead: int = 4):
 
     def read(item: ImageInput):
         try:
-            return read_rgb(item.source) if isinstance(item.source, Path) else item.source
+            image = read_rgb(item.source) if isinstance(item.source, Path) else item.source
+            return _host_tensor(image).pin_memory() if pin else image
         except Exception as exc:  # noqa: BLE001 - handed to the caller, which reports it and goes on
             return exc
 
@@ -399,3 +448,55 @@ def decoded(inputs: list[ImageInput], workers: int = 2, ahead: int = 4):
         while pending:
             first, future = pending.popleft()
             yield first, future.result()
+
+
+def on_device(images, device: torch.device, ahead: int = 1):
+    """(input, image as numpy or the exception reading it, the image on `device` or None) for each
+    (input, image) of `images` (`decoded`). On the CPU the third item is None: `predict_image` takes the
+    numpy image as before. On a GPU, each image's copy runs on a side stream, issued `ahead` images
+    before the caller gets that image, so image i+1 crosses PCIe while image i computes.
+
+    Order and lifetime on a GPU: the caller's stream waits on the copy's event before the image is
+    handed over (work it then enqueues comes after the copy); `record_stream` tells the caching
+    allocator that the caller's stream uses the device copy, so its memory, allocated on the side
+    stream, is not reused before that work is done; the pinned host tensor is copied from as itself (the
+    host allocator then records the copy and keeps the block until it is done) and stays referenced by
+    the numpy image returned."""
+    if device.type != "cuda":
+        for item, image in images:
+            yield item, image, None
+        return
+    from collections import deque
+
+    copier = torch.cuda.Stream(device)
+    pending: deque = deque()
+
+    def start(item, image):
+        if isinstance(image, Exception):
+            return item, image, None, None
+        host = _host_tensor(image) if isinstance(image, np.ndarray) else image  # else pinned by `decoded`
+        with torch.cuda.stream(copier):
+            dev = host.to(device, non_blocking=True)  # asynchronous only from pinned memory
+            done = torch.cuda.Event()
+            done.record(copier)
+        return item, host.numpy(), dev, done
+
+    def finish(item, image, dev, done):
+        if dev is not None:
+            consumer = torch.cuda.current_stream(device)
+            consumer.wait_event(done)
+            dev.record_stream(consumer)
+        return item, image, dev
+
+    for item, image in images:
+        pending.append(start(item, image))
+        if len(pending) > ahead:
+            yield finish(*pending.popleft())
+    while pending:
+        yield finish(*pending.popleft())
+
+
+def image_stream(inputs: list[ImageInput], device: torch.device, workers: int = 2, ahead: int = 4):
+    """`infer`'s input pipeline: decoded in the background (into pinned memory on a GPU) and copied to
+    `device` one image ahead of the compute; yields (input, numpy image or exception, device image or None)."""
+    return on_device(decoded(inputs, workers, ahead, pin=device.type == "cuda"), device)

@@ -18,7 +18,8 @@ Backends:
   onnxruntime  the best provider that runs here (TensorRT, CUDA, CPU), or the one named; on a GPU
                provider, IOBinding on torch device buffers, so ONNX Runtime reads and writes device memory.
   tensorrt     the artifact's engine through engines/runtime.py EngineRunner.infer (buffers bound once
-               per shape, ordered on the caller's stream).
+               per shape, ordered on the caller's stream; a CUDA graph per input shape where TensorRT
+               can be captured, plain enqueue where not; `cuda_graphs=False` turns graphs off).
 """
 
 from __future__ import annotations
@@ -58,6 +59,16 @@ def parse_backend(name: str, option: str = "--backend") -> tuple[str, str]:
     raise DeployError(f"unknown backend '{name}': {option} takes one of {', '.join((*SHORT_BACKENDS, *long))}")
 
 
+def check_attn(attn_impl: str | None, device: torch.device | str) -> None:
+    """The Triton attention kernel runs on a CUDA GPU, or on the CPU only under the interpreter."""
+    from dinov3_deploy.kernels.attention import interpreting
+
+    device = torch.device(device)
+    if attn_impl == "triton" and device.type != "cuda" and not interpreting():
+        raise DeployError(f"--attn triton: the torch backend runs on '{device}' and the Triton attention kernel "
+                          "needs a CUDA GPU (or TRITON_INTERPRET=1 for the slow CPU interpreter); use --attn sdpa")
+
+
 def _gpu() -> bool:
     return torch.cuda.is_available()
 
@@ -76,6 +87,10 @@ class Predictor:
         self.windows = 0  # inputs run (sliding windows, or whole images), for the summary
         self._shapes = artifact.shapes()
         self._norm: tuple[torch.Tensor, torch.Tensor] | None = None
+        if kind != "torch" and (attn_impl or compile_mode):
+            given = " and ".join(f for f, v in (("--attn", attn_impl), ("--compile", compile_mode)) if v)
+            raise DeployError(f"{given} apply to the torch backend only; this run uses {kind}"
+                              f"{'-' + detail if detail else ''} (add --backend torch, or drop {given})")
         if kind == "torch":
             self.device = torch.device(device or ("cuda" if _gpu() else "cpu"))
             self._impl = _TorchBackend(artifact, self.device, precision or artifact.precision,
@@ -86,7 +101,7 @@ class Predictor:
             self._impl = _OrtBackend(artifact, detail or self._best_ort())
             self.device, self.name = self._impl.device, self._impl.name
         else:
-            self._impl = _engine_backend(artifact)
+            self._impl = _engine_backend(artifact, cuda_graphs)
             self.device, self.name = torch.device("cuda"), self._impl.name
 
     # -- choosing ----------------------------------------------------------------------------------
@@ -143,19 +158,22 @@ class _TorchBackend:
     def __init__(self, artifact, device: torch.device, precision: str, attn_impl: str, compile_mode: str | None,
                  cuda_graphs: bool) -> None:
         from dinov3_deploy.deploy_module import PRECISIONS, DeployModule
-        from dinov3_deploy.model_source import ModelSource
+        from dinov3_deploy.model_source import source_from_manifest
         from dinov3_deploy.reference.models.layers.attention import ATTN_IMPLS
 
         if precision not in PRECISIONS:
             raise DeployError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
         if attn_impl not in ATTN_IMPLS:
-            raise DeployError(f"attention must be one of {', '.join(ATTN_IMPLS)}, got '{attn_impl}'")
+            raise DeployError(f"--attn must be one of {', '.join(ATTN_IMPLS)}, got '{attn_impl}'")
+        check_attn(attn_impl, device)
         self.precision, self.attn_impl = precision, attn_impl
-        model = ModelSource.from_manifest(artifact.manifest.source).build(attn_impl=attn_impl)
+        model = source_from_manifest(artifact.manifest.source).build(attn_impl=attn_impl)
         self.module = DeployModule.for_artifact(model, precision, artifact.manifest).to(device).eval()
         self.names = list(self.module.output_names)
         self.fn: Callable = torch.compile(self.module, mode=compile_mode) if compile_mode else self.module
-        self.cuda_graphs = cuda_graphs
+        # These modes replay CUDA graphs of their own (Inductor's cudagraph trees); capturing them again
+        # inside ours would nest two graph managers over the same memory.
+        self.cuda_graphs = cuda_graphs and compile_mode not in ("reduce-overhead", "max-autotune")
         self._graphs: dict[tuple, tuple] = {}  # input shape -> (graph, static input, static outputs)
 
     @torch.no_grad()
@@ -181,7 +199,9 @@ class _TorchBackend:
                 self.fn(static_in)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: the decode threads allocate pinned memory (cudaHostAlloc) meanwhile, which the
+        # default "global" mode would turn into an error in those threads.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             static_out = self.fn(static_in)
         return graph, static_in, tuple(static_out)
 
@@ -249,10 +269,11 @@ class _EngineBackend:
         self.runner.close()
 
 
-def _engine_backend(artifact) -> _EngineBackend:
+def _engine_backend(artifact, cuda_graphs: bool) -> _EngineBackend:
     engines = [b for b in _backends(artifact) if b.name.endswith("-engine")]
     if not engines:
         raise DeployError("--backend tensorrt: this artifact has no engine (export it with --format onnx,trt)")
     if engines[0].runner is None:
         raise DeployError(f"--backend tensorrt cannot run here: {engines[0].skip_reason}")
+    engines[0].runner.cuda_graphs = cuda_graphs
     return _EngineBackend(engines[0].runner)
