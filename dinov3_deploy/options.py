@@ -12,6 +12,8 @@ import click
 from dinov3_deploy.errors import DeployError
 
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+# torch.compile modes the torch backend accepts (infer --compile, bench --compile)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class PrimaryNameOption(click.Option):

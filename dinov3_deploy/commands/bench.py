@@ -10,9 +10,14 @@ import click
 from click.core import ParameterSource
 
 from dinov3_deploy.errors import DeployError
-from dinov3_deploy.options import PrimaryNameOption, device_option, out_option, resolve_device, weights_option
-
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+from dinov3_deploy.options import (
+    COMPILE_MODES,
+    PrimaryNameOption,
+    device_option,
+    out_option,
+    resolve_device,
+    weights_option,
+)
 
 
 def _int_list(ctx, param, text: str) -> list[int]:

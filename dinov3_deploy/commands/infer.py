@@ -14,9 +14,8 @@ from pathlib import Path
 
 import click
 
-from dinov3_deploy.commands.bench import COMPILE_MODES
 from dinov3_deploy.errors import DeployError
-from dinov3_deploy.options import out_option, overwrite_option
+from dinov3_deploy.options import COMPILE_MODES, out_option, overwrite_option
 
 # Exit status when some images failed and the others were written.
 PARTIAL_FAILURE = 1
