@@ -83,7 +83,10 @@ class EngineRunner:
         self._engine = self._runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self._engine is None:
             raise ArtifactError(f"{self.api.flavor} {self.api.version} could not deserialise {self.engine_path}")
-        self._ctx, self._cache = self.api.create_context(self._engine, self.runtime_cache)
+        # TensorRT-RTX captures graphs itself (trt_api.create_context); the runner captures for full TensorRT
+        self._ctx, self._cache = self.api.create_context(self._engine, self.runtime_cache,
+                                                         cuda_graphs=self.cuda_graphs and self.api.is_rtx)
+        self._own_graphs = self.cuda_graphs and not self.api.is_rtx
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         self._inputs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if n not in self._inputs]
@@ -147,7 +150,7 @@ class EngineRunner:
             graph.replay()  # on the producer stream: after the copy, before whatever reads the outputs
         else:
             self._enqueue(producer)
-            if self.cuda_graphs and graph is None and shape not in self.graph_skipped:
+            if self._own_graphs and graph is None and shape not in self.graph_skipped:
                 self._capture(shape, producer)
         self._ran = True
         return {name: buffers[name] for name in self._outputs}

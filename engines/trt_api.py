@@ -134,13 +134,20 @@ class TrtApi:
         write_bytes(Path(settings["timing_cache"]), bytes(memoryview(config.get_timing_cache().serialize())))
 
     # -- run-time differences ------------------------------------------------------------------
-    def create_context(self, engine, runtime_cache: Path | None = None) -> tuple[object, RuntimeCache | None]:
+    def create_context(self, engine, runtime_cache: Path | None = None,
+                       cuda_graphs: bool = False) -> tuple[object, RuntimeCache | None]:
         """An execution context and, for TensorRT-RTX with a `runtime_cache` path, the cache of its
         JIT-compiled kernels (loaded from that file now; saved when the caller says so). Polygraphy has
-        no runtime-cache API, so this is ours."""
+        no runtime-cache API, so this is ours. `cuda_graphs` on TensorRT-RTX turns on its own capture
+        (CudaGraphStrategy.WHOLE_GRAPH_CAPTURE: one graph per shape, taken after that shape's
+        specialised kernels are compiled); an outside stream capture of an RTX engine needs engines
+        built with REQUIRE_USER_ALLOCATION, which ours are not. Full TensorRT has no such switch: the
+        caller captures (engines/runtime.py)."""
         if not self.is_rtx:
             return engine.create_execution_context(), None
         config = engine.create_runtime_config()
+        if cuda_graphs:
+            config.cuda_graph_strategy = self.trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
         cache = config.create_runtime_cache()
         # deserialize() returns False, leaving the cache empty, when the file is from another GPU, driver
         # or TensorRT-RTX version: kernels are then compiled again and the file replaced on save.

@@ -123,7 +123,9 @@ class FakeEngine:
 
     def create_runtime_config(self):
         cache = self.cache
-        return types.SimpleNamespace(create_runtime_cache=lambda: cache, set_runtime_cache=lambda c: None)
+        self.config = types.SimpleNamespace(create_runtime_cache=lambda: cache, set_runtime_cache=lambda c: None,
+                                            cuda_graph_strategy="DISABLED")
+        return self.config
 
     def create_execution_context(self, runtime_config=None):
         self.contexts.append(FakeContext(self.log, self.capturing))
@@ -190,6 +192,7 @@ def runner(tmp_path, monkeypatch):
         Logger=FakeLogger,
         Runtime=lambda logger: types.SimpleNamespace(deserialize_cuda_engine=lambda data: engine),
         TensorIOMode=types.SimpleNamespace(INPUT="INPUT", OUTPUT="OUTPUT"),
+        CudaGraphStrategy=types.SimpleNamespace(DISABLED="DISABLED", WHOLE_GRAPH_CAPTURE="WHOLE_GRAPH_CAPTURE"),
     )
     producer = FakeStream("producer", log, 7)
     monkeypatch.setattr(torch.cuda, "init", lambda: None)
@@ -204,6 +207,14 @@ def runner(tmp_path, monkeypatch):
     r.device = "cpu"
     r.fake_engine, r.log, r.capture_fails = engine, log, capture_fails
     return r
+
+
+@pytest.fixture
+def full_trt(runner):
+    """The same MOCK engine run as full TensorRT, where the runner captures CUDA graphs itself
+    (TensorRT-RTX captures its own: test_rtx_captures_its_own_graphs)."""
+    runner.api = TrtApi("tensorrt", runner.api.trt)
+    return runner
 
 
 def batch(b, h, w, seed=0):
@@ -248,7 +259,23 @@ def test_engine_stream_waits_for_the_producer_and_the_producer_for_the_engine(ru
     assert runner.log == order * 2  # no capture, no replay: every call enqueues
 
 
-def test_cuda_graph_per_shape_replays_on_the_callers_stream_after_one_enqueue(runner):
+def test_rtx_captures_its_own_graphs(runner):
+    """TensorRT-RTX: graphs are its runtime config's WHOLE_GRAPH_CAPTURE (an outside capture needs
+    engines built with REQUIRE_USER_ALLOCATION), so the runner enqueues and never captures."""
+    for seed in range(3):
+        runner.run(batch(1, 16, 16, seed))
+    assert runner.fake_engine.config.cuda_graph_strategy == "WHOLE_GRAPH_CAPTURE"
+    assert not [e for e in runner.log if e[0] in ("capture", "replay")] and not runner._graphs
+
+
+def test_rtx_graphs_off_leaves_the_strategy_disabled(runner):
+    runner.cuda_graphs = False
+    runner.run(batch(1, 16, 16))
+    assert runner.fake_engine.config.cuda_graph_strategy == "DISABLED"
+
+
+def test_cuda_graph_per_shape_replays_on_the_callers_stream_after_one_enqueue(full_trt):
+    runner = full_trt
     """First call of a shape: enqueue (TensorRT's warm-up), then capture on the engine stream; later calls
     of that shape replay on the producer stream with the new input; back from another shape, one enqueue
     first. Each call's outputs are its own input's (a replay reading a stale input would fail here)."""
@@ -269,7 +296,8 @@ def test_cuda_graph_per_shape_replays_on_the_callers_stream_after_one_enqueue(ru
     assert sorted(runner._graphs) == [(1, 3, 16, 64), (2, 3, 32, 48)] and not runner.graph_skipped
 
 
-def test_a_shape_that_cannot_be_captured_keeps_the_plain_enqueue_and_says_why(runner, caplog):
+def test_a_shape_that_cannot_be_captured_keeps_the_plain_enqueue_and_says_why(full_trt, caplog):
+    runner = full_trt
     runner.capture_fails.append("operation not permitted when stream is capturing")
     x1, x2 = batch(1, 32, 32, 1), batch(1, 32, 32, 2)
     with caplog.at_level("WARNING", logger="dinov3_deploy.engines"):
@@ -285,10 +313,11 @@ def test_a_shape_that_cannot_be_captured_keeps_the_plain_enqueue_and_says_why(ru
         "RuntimeError: operation not permitted when stream is capturing"]
 
 
-def test_a_context_that_is_not_capturable_is_not_captured(runner):
+def test_a_context_that_is_not_capturable_is_not_captured(full_trt):
+    runner = full_trt
     runner.run(batch(1, 16, 16))  # activates
     ctx = runner.fake_engine.contexts[0]
-    ctx.is_stream_capturable = lambda stream: False  # TensorRT-RTX's query
+    ctx.is_stream_capturable = lambda stream: False  # the context's own answer, where it has the query
     del runner.log[:]
     runner.run(batch(2, 16, 16))
     assert not [e for e in runner.log if e[0] == "capture"]
