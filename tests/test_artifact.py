@@ -28,7 +28,7 @@ def leftovers(parent):
 def test_writer_hashes_every_file_and_renames(tmp_path):
     path = write_demo(tmp_path / "art")
     art = load_artifact(path)
-    assert art.manifest.schema_version == SCHEMA_VERSION == 2
+    assert art.manifest.schema_version == SCHEMA_VERSION == 3
     assert set(art.manifest.files) == {"model.onnx", "sub/config.pbtxt"}  # the sample's own entry replaced
     assert art.manifest.files["model.onnx"].bytes == len(b"onnx-bytes")
     assert leftovers(tmp_path) == []
@@ -60,8 +60,8 @@ def test_tampered_or_foreign_artifacts_fail_clearly(tmp_path, tamper):
     m = json.loads(mpath.read_text())
     expect = {
         "modify": "sha256", "delete": "missing",
-        "schema": "schema version 99, newer than the version 2 this dinov3-deploy reads: upgrade dinov3-deploy",
-        "old-schema": "schema version 1, older than the version 2 this dinov3-deploy reads: re-export",
+        "schema": "schema version 99, newer than the version 3 this dinov3-deploy reads: upgrade dinov3-deploy",
+        "old-schema": "schema version 1, older than the versions 2-3 this dinov3-deploy reads: re-export",
         "foreign": "not a dinov3-deploy", "garbage": "not valid JSON", "no-manifest": "no manifest.json",
         "no-field": "manifest field input.shapes is missing",
         "bad-type": r"manifest field onnx.opset must be an integer, got '18'",

@@ -3,6 +3,7 @@ parity. Nothing here asserts a speed: timings on a shared 2-core machine are not
 
 import json
 
+from cli_helpers import export_tiny
 from click.testing import CliRunner
 
 from dinov3_deploy.cli import cli
@@ -36,10 +37,7 @@ def test_bench_model_writes_json_markdown_png(tmp_path):
 
 
 def test_bench_artifact_times_onnxruntime_against_reference(tmp_path):
-    art = tmp_path / "art"
-    res = CliRunner().invoke(cli, ["export", "--task", "features", "--model", "vit_tiny_test", "--batch", "1:1:2",
-                                   "--height", "32:32:64", "--no-verify", "--out", str(art)])
-    assert res.exit_code == 0, res.output
+    art = export_tiny(tmp_path, "features")
     res = _bench(tmp_path, str(art), "--batch", "2", "--size", "32x64", "--no-pytorch", "--no-plot")
     assert res.exit_code == 0, res.output
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
@@ -51,9 +49,7 @@ def test_bench_artifact_times_onnxruntime_against_reference(tmp_path):
 
 
 def test_bench_rejects_shapes_outside_the_artifact(tmp_path):
-    art = tmp_path / "art"
-    CliRunner().invoke(cli, ["export", "--task", "features", "--model", "vit_tiny_test", "--batch", "1:1:2",
-                             "--height", "32:32:64", "--no-verify", "--out", str(art)])
+    art = export_tiny(tmp_path, "features")
     res = _bench(tmp_path, str(art), "--size", "40x40")
     assert res.exit_code == 2 and "multiples of 16" in res.output and "Traceback" not in res.output
 
@@ -86,8 +82,6 @@ def test_bench_compares_the_patch_block_outputs_of_a_feature_layers_artifact(tmp
 
 
 def test_bench_e2e_reports_images_per_second_per_backend_and_stitch(tmp_path):
-    from cli_helpers import export_tiny
-
     from dinov3_deploy.bench.e2e import synthetic_images
     from dinov3_deploy.bench.report import validate
 

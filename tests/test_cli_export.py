@@ -44,7 +44,7 @@ def test_export_writes_a_verified_complete_artifact(artifact):
     raw = json.loads((out / "manifest.json").read_text())  # what a C++ reader sees
     assert raw["input"]["shapes"] == {"batch": [1, 2, 4], "height": [32, 64, 96], "width": [32, 64, 96],
                                       "multiple": 16}
-    assert raw["schema_version"] == 2 and raw["outputs_config"] == {"seg_output": "labels", "feature_layers": 0}
+    assert raw["schema_version"] == 3 and raw["outputs_config"] == {"seg_output": "labels", "feature_layers": 0}
     assert m.backbone.random_weights and m.head.random_weights
     assert len(m.classes.names) == 6 and len(m.classes.palette) == 6
     assert [o.name for o in m.outputs] == ["logits", "labels"]
@@ -169,7 +169,7 @@ def test_satellite_weights_get_their_normalisation(tmp_path):
     save_state_dict(create_backbone("vit_tiny_test").state_dict(), weights)
     out = tmp_path / "sat"
     res = CliRunner().invoke(cli, ["export", "--task", "features", "--model", "vit_tiny_test", "--weights",
-                                   str(weights), "--height", "32:32:64", "--out", str(out)])
+                                   str(weights), "--static", "32x32", "--batch", "1", "--out", str(out)])
     assert res.exit_code == 0, res.output
     norm = json.loads((out / "manifest.json").read_text())["input"]["normalize"]
     assert norm["mean"] == [0.430, 0.411, 0.296] and norm["std"] == [0.213, 0.156, 0.143]

@@ -95,7 +95,7 @@ def test_export_of_a_head_trained_on_weights_uses_them(tmp_path):
     res = runner.invoke(cli, ["train", "--weights", str(w), "--iters", "2", "--train-size", "8", "--val-size", "2",
                                "--out", str(tmp_path / "run"), "--no-progress"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(cli, ["export", "--head", str(tmp_path / "run"), "--height", "32:64:64", "--batch", "1:1:2",
+    res = runner.invoke(cli, ["export", "--head", str(tmp_path / "run"), "--static", "64x64", "--batch", "1",
                                "--out", str(tmp_path / "art")])
     assert res.exit_code == 0, res.output
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())

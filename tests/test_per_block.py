@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import onnx
 import pytest
+from cli_helpers import export_tiny
 from click.testing import CliRunner
 from onnx import numpy_helper
 
@@ -34,7 +35,7 @@ def _export(tmp_path_factory, model: str, task: str, height: str):
 
 @pytest.fixture(scope="module")
 def vit_features(tmp_path_factory):
-    return _export(tmp_path_factory, "vit_tiny_test", "features", "32:64:64")
+    return export_tiny(tmp_path_factory.mktemp("pb"), "features")  # shared with other files: exported once
 
 
 def _tamper(src, dst, block: int, factor: float = 1.5):
