@@ -41,7 +41,7 @@ echo "== GPU tests (limit ${TESTS_S}s)" | tee -a "$LOG"
 if $PY -c "import pytest" 2>/dev/null; then
   timeout "$TESTS_S" $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_kernel_attention.py \
     tests/test_kernel_qkv_rope.py tests/test_kernel_fused_attention.py tests/test_kernel_stitch.py \
-    tests/test_predictor.py tests/test_device_window.py 2>&1 \
+    tests/test_predictor.py tests/test_device_window.py tests/test_image_stream.py 2>&1 \
     | tail -25 | tee -a "$LOG"
   TESTS_RC=${PIPESTATUS[0]}
 else

@@ -186,8 +186,7 @@ def _run(targets, shapes, make_input, reference, task, warmup, iters, log) -> li
         log(f"reference {reference.name} on {shape.label}")
         ref = reference.fetch(reference.call(reference.prepare(batch)))
         for t in targets:
-            row = {"target": t.name, "precision": t.precision, "shape": shape.label, "batch": shape.batch,
-                   "height": shape.height, "width": shape.width, **t.info}
+            row = _row(t, shape)
             if t.skip_reason:
                 rows.append(skipped_row(row, t.skip_reason))
                 continue
@@ -195,7 +194,7 @@ def _run(targets, shapes, make_input, reference, task, warmup, iters, log) -> li
             try:
                 x = t.prepare(batch)
             except Exception as exc:  # noqa: BLE001 - reported like a failing call
-                rows.append({**row, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:400]})
+                rows.append(_failed(row, exc))
                 continue
             r = timed_row(row, functools.partial(t.call, x),
                           functools.partial(measure, warmup=warmup, iters=iters, cuda=t.cuda),

@@ -349,10 +349,9 @@ def test_close_without_inference_leaves_the_cache_file_alone(runner, tmp_path):
     assert runner.fake_engine.cache.serialized == 0 and (tmp_path / "rtx.cache").read_bytes() == b"good"
 
 
-@pytest.mark.gpu
-def test_real_engine_runs_on_a_side_stream_and_matches_onnxruntime(tmp_path):
-    """A real engine on a GPU this machine's TensorRT can run (full TensorRT, or TensorRT-RTX off Hopper)."""
-    import onnxruntime as ort
+def _real_engine(tmp_path):
+    """A real engine of the small conv graph at tmp_path/m.engine (skips where this GPU cannot run the
+    flavour); returns (api, the fp32 ONNX path, comparable to ONNX Runtime's CPU result)."""
     from onnx import TensorProto
     from test_engine_build import SHAPES, conv_graph
 
@@ -366,10 +365,18 @@ def test_real_engine_runs_on_a_side_stream_and_matches_onnxruntime(tmp_path):
         ok, reason = api.runnable_here(targets)
         if not ok:
             pytest.skip(reason)
-    onnx_path = conv_graph(tmp_path / "m.onnx", dtype=TensorProto.FLOAT)  # comparable to ONNX Runtime's CPU result
+    onnx_path = conv_graph(tmp_path / "m.onnx", dtype=TensorProto.FLOAT)
     net = network_from_onnx(onnx_path, api)
-    engine = build_engine(net, profiles_from_shapes(net, SHAPES), workspace_gib=0.5, targets=targets)
-    engine.save(tmp_path / "m.engine")
+    build_engine(net, profiles_from_shapes(net, SHAPES), workspace_gib=0.5, targets=targets).save(tmp_path / "m.engine")
+    return api, onnx_path
+
+
+@pytest.mark.gpu
+def test_real_engine_runs_on_a_side_stream_and_matches_onnxruntime(tmp_path):
+    """A real engine on a GPU this machine's TensorRT can run (full TensorRT, or TensorRT-RTX off Hopper)."""
+    import onnxruntime as ort
+
+    api, onnx_path = _real_engine(tmp_path)
     runner = EngineRunner(tmp_path / "m.engine", api.flavor, api.version, runtime_cache=tmp_path / "rt.cache")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     side = torch.cuda.Stream()
@@ -388,21 +395,7 @@ def test_real_engine_runs_on_a_side_stream_and_matches_onnxruntime(tmp_path):
 def test_real_engine_cuda_graph_replay_equals_eager(tmp_path):
     """Graphs on vs off on the same engine, shapes alternating as the sliding window's full and last batches
     do: every call's outputs equal (replays read the new input), and each shape got a graph or a logged reason."""
-    from onnx import TensorProto
-    from test_engine_build import SHAPES, conv_graph
-
-    from dinov3_deploy.engines.build import build_engine, network_from_onnx, profiles_from_shapes
-
-    api = load_api("auto")
-    targets = None
-    if api.is_rtx:
-        major, minor = torch.cuda.get_device_capability()
-        targets = [f"SM{major}{minor}"]
-        ok, reason = api.runnable_here(targets)
-        if not ok:
-            pytest.skip(reason)
-    net = network_from_onnx(conv_graph(tmp_path / "m.onnx", dtype=TensorProto.FLOAT), api)
-    build_engine(net, profiles_from_shapes(net, SHAPES), workspace_gib=0.5, targets=targets).save(tmp_path / "m.engine")
+    api, _ = _real_engine(tmp_path)
     graphed = EngineRunner(tmp_path / "m.engine", api.flavor, api.version)
     eager = EngineRunner(tmp_path / "m.engine", api.flavor, api.version)
     eager.cuda_graphs = False
