@@ -18,19 +18,21 @@ def _rel(ref, out) -> list[float]:
     return [relative_frobenius(r.numpy(), o.float().numpy()) for r, o in zip(ref, out)]
 
 
-def test_fp32_residual_stream_brings_vits16_bf16_features_within_the_bound():
-    """Release-like vits16 (the released model's scales): plain bf16's class token misses the 2e-2
-    bound (measured 2.40e-2); the fp32 stream and patch embedding bring every output under it."""
+def test_fp32_residual_stream_cuts_vits16_bf16_error_on_every_output():
+    """Release-like vits16 (the released model's scales), 6 of the verifier's images at 224x224: the fp32
+    stream (tokens included) and patch embedding cut every output's bf16 error by a fifth (measured:
+    class token 1.40e-2 -> 1.09e-2, storage 1.36e-2 -> 1.07e-2, patch 1.29e-2 -> 9.9e-3)."""
+    from dinov3_deploy.manifest import DeployIO
+    from dinov3_deploy.verification.verify import Case, make_batch
+
     model = ModelSource.resolve("features", "vits16").build(attn_impl="math")
     folded, _ = fold_all(model)
-    torch.manual_seed(0)
-    x = torch.randn(1, 3, 224, 224)
+    x = torch.from_numpy(make_batch(Case("c", 6, 224, 224, 0), DeployIO()))
     with torch.no_grad():
         ref = DeployModule(model, "fp32")(x)
         plain = _rel(ref, DeployModule(folded, "bf16")(x))
         ours = _rel(ref, DeployModule(folded, "bf16", residual_fp32=True, fp32_islands=["backbone.patch_embed"])(x))
-    assert max(plain) > 2e-2  # the problem is real on these weights
-    assert max(ours) <= 2e-2 and all(o < p for o, p in zip(ours, plain)), (plain, ours)
+    assert max(ours) <= 2e-2 and all(o < 0.85 * p for o, p in zip(ours, plain)), (plain, ours)
 
 
 def test_the_fp32_stream_is_the_same_function_and_a_no_op_in_fp32():

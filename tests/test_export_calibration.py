@@ -177,10 +177,11 @@ def test_an_attention_island_exports(tmp_path):
     assert len([n for n in g.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & fp32_weights]) == 2
 
 
-def test_a_residual_stream_fp16_cannot_hold_is_a_clear_error():
+def test_a_residual_stream_fp16_cannot_hold_is_a_clear_error_or_an_fp32_stream():
     """Massive residual activations past fp16's range live between blocks, where no module output is
-    measured and no island helps (its output is cast back to fp16): the export must refuse fp16,
-    name the place and the measured value, and point at bf16."""
+    measured and no island helps (its output is cast back to fp16). Without an fp32 stream the export
+    must refuse fp16, name the place and the measured value, and point at bf16; a ViT holds the
+    stream (and the tokens it starts from) in fp32 instead, and its fp16 graph passes."""
     model, _ = fold_all(outliers_model())
     tokens = model.backbone.storage_tokens
     with torch.no_grad():
@@ -196,6 +197,15 @@ def test_a_residual_stream_fp16_cannot_hold_is_a_clear_error():
         fp16 = DeployModule(model, "fp16")(x[:1])
         bf16 = DeployModule(model, "bf16")(x[:1])
     assert not torch.isfinite(fp16[0]).all() and torch.isfinite(bf16[0]).all()
+    islands = choose_islands(model, ranges, "fp16", residual_fp32=True)
+    assert islands[0].module == "backbone.blocks" and islands[0].reason == "residual"
+    assert islands[0].absmax > FP16_MAX / 2
+    with torch.no_grad():
+        ref = DeployModule(model, "fp32")(x[:1])
+        held = DeployModule(model, "fp16", fp32_islands=[i.module for i in islands[1:]], residual_fp32=True)(x[:1])
+    for r, o in zip(ref, held):
+        assert torch.isfinite(o).all()
+        assert float((o - r).norm() / r.norm()) <= 2e-2
 
 
 def test_a_residual_stream_fp16_holds_is_accepted():

@@ -168,14 +168,19 @@ def _ancestors(name: str) -> list[str]:
 
 
 def choose_islands(model: nn.Module, ranges: Ranges, precision: str, limit: float = FP16_SAFE,
-                   hold: float = FP16_HOLD) -> list[Island]:
+                   hold: float = FP16_HOLD, residual_fp32: bool = False) -> list[Island]:
     """The modules to keep in fp32 in an fp16 export (module docstring: the two limits), outermost
     only. bf16 has fp32's exponent range: no range islands (its concern is precision, not overflow).
     Raises DeployError when fp16 cannot hold a value whatever is kept in fp32."""
     if precision != "fp16":
         return []
     over = {k: v for k, v in ranges.stream.items() if v > hold}
-    if over:
+    stream = []
+    if over and residual_fp32:
+        # a ViT can hold its residual stream (and the tokens it starts from) in fp32 while the blocks'
+        # branches stay fp16 (deploy_module.Fp32ResidualBlock): elementwise cost, no matmul in fp32
+        stream = [Island("backbone.blocks", "residual", round(max(over.values()), 1))]
+    elif over:
         where, v = max(over.items(), key=lambda kv: kv[1])
         raise DeployError(
             f"--precision fp16 cannot hold the residual stream at {where} (measured max |x| {v:.3g} > {hold:.0f}, "
@@ -200,7 +205,7 @@ def choose_islands(model: nn.Module, ranges: Ranges, precision: str, limit: floa
                 "--precision bf16 or fp32")
         wanted[island] = max(wanted.get(island, 0.0), v)
     outermost = [n for n in wanted if not any(n.startswith(o + ".") for o in wanted if o != n)]
-    return [Island(n, "range", round(wanted[n], 1)) for n in outermost]
+    return stream + [Island(n, "range", round(wanted[n], 1)) for n in outermost]
 
 
 def fp32_flop_share(flops: dict[str, int], islands: Iterable[str]) -> float:

@@ -248,7 +248,8 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
                                    centred_pixels=opts.uint8_input)
             if plugin:  # same function; the Triton op needs a GPU, calibration runs here on any device
                 export_model.backbone.set_attn_impl("math")
-            islands = choose_islands(export_model, record_maxima(export_model, x), opts.precision)
+            islands = choose_islands(export_model, record_maxima(export_model, x), opts.precision,
+                                     residual_fp32=cfg.family == "vit")
             if plugin:
                 export_model.backbone.set_attn_impl("triton")
     from dinov3_deploy.export.calibration import Island

@@ -75,7 +75,9 @@ class DinoVisionTransformer(IntermediateLayers, nn.Module):
     def prepare_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         x = self.patch_embed(x)
         B, H, W, _ = x.shape
-        x = x.flatten(1, 2)
+        # The tokens' dtype: a no-op normally; a deployment graph that holds the residual stream in fp32
+        # keeps these token parameters fp32 while the patch embedding runs in fp16/bf16.
+        x = x.flatten(1, 2).to(self.cls_token.dtype)
         # `+ 0 * mask_token` keeps the official graph (and gradient flow) identical.
         cls = self.cls_token + 0 * self.mask_token
         x = torch.cat([cls.expand(B, -1, -1), self.storage_tokens.expand(B, -1, -1), x], dim=1)
