@@ -179,12 +179,17 @@ def _check(ref: dict, t: Target, case: str, task: str, out: object) -> list[Outp
     return compare(ref, t.fetch(out), case, task, t.precision)
 
 
+def _reference(reference: Target, make_input, shape, log) -> tuple[object, dict]:
+    """The input batch of `shape` and the reference's outputs on it (what every target is checked against)."""
+    batch = make_input(shape)
+    log(f"reference {reference.name} on {shape.label}")
+    return batch, reference.fetch(reference.call(reference.prepare(batch)))
+
+
 def _run(targets, shapes, make_input, reference, task, warmup, iters, log) -> list[dict]:
     rows = []
     for shape in shapes:
-        batch = make_input(shape)
-        log(f"reference {reference.name} on {shape.label}")
-        ref = reference.fetch(reference.call(reference.prepare(batch)))
+        batch, ref = _reference(reference, make_input, shape, log)
         for t in targets:
             row = _row(t, shape)
             if t.skip_reason:
@@ -218,9 +223,7 @@ def _failed(row: dict, exc: Exception) -> dict:
 def _run_interleaved(targets, shapes, make_input, reference, task, warmup, iters, log) -> list[dict]:
     rows = []
     for shape in shapes:
-        batch = make_input(shape)
-        log(f"reference {reference.name} on {shape.label}")
-        ref = reference.fetch(reference.call(reference.prepare(batch)))
+        batch, ref = _reference(reference, make_input, shape, log)
         done: dict[str, dict] = {}
         live = []  # (target, row, call, first call seconds, parity)
         for t in targets:

@@ -30,11 +30,12 @@ def single_name(target_name: str, task: str) -> str:
 
 
 def _islands_for(manifest, task: str) -> list[str]:
-    """The artifact's range islands that exist in `task`'s single-head model: the backbone's keep
-    their names, the head's move from `heads.<task>.` (MultiTaskModel) to `head.` (TaskModel)."""
+    """The artifact's module islands (range, precision) that exist in `task`'s single-head model: the
+    backbone's keep their names, the head's move from `heads.<task>.` (MultiTaskModel) to `head.`
+    (TaskModel). The fp32 residual stream is not a module: DeployModule's residual_fp32 carries it."""
     names = []
     for island in manifest.fp32_islands:
-        if island.reason != "range":
+        if island.reason not in ("range", "precision"):
             continue
         if island.module.startswith("backbone."):
             names.append(island.module)
@@ -59,7 +60,8 @@ def single_module(part_model, task: str, manifest, precision: str, *, folded: bo
     return DeployModule(model, precision, seg_output=io.seg_output if task == "seg" else "logits",
                         uint8_input=io.uint8_input, mean=io.mean, std=io.std,
                         fp32_islands=_islands_for(manifest, task), opset=manifest.onnx.opset,
-                        normalization_folded=norm_folded)
+                        normalization_folded=norm_folded,
+                        residual_fp32=any(i.reason == "residual" for i in manifest.fp32_islands))
 
 
 def _prefixed(target: Target, task: str, outputs: list[str], multi_target: str) -> Target:

@@ -267,11 +267,18 @@ class Manifest:
         """The tasks the graph computes: the heads' for a multi-head artifact, else the one task."""
         return [h.task for h in self.heads] if self.task == MULTI_TASK else [self.task]
 
+    def head_for(self, task: str) -> HeadInfo | None:
+        """The head computing `task` (multi-head: that head; single-task: `head` when it is that task)."""
+        if self.task != MULTI_TASK:
+            return self.head if task == self.task else None
+        return next((h for h in self.heads if h.task == task), None)
+
     def classes_for(self, task: str) -> Classes | None:
         """Class names and palette of a seg/cls task (multi-head: that head's)."""
         if self.task != MULTI_TASK:
             return self.classes if task == self.task else None
-        return next((h.classes for h in self.heads if h.task == task), None)
+        head = self.head_for(task)
+        return head.classes if head else None
 
     def output_name(self, task: str, name: str) -> str:
         """The graph output `name` ("logits", "depth", ...) of `task`: "seg.logits" in a multi-head

@@ -305,7 +305,8 @@ def save_prediction(pred: Prediction, out_dir: Path, manifest: Manifest) -> dict
             from dinov3_deploy.reference.training.visualize import colorize
 
             classes = manifest.classes_for("seg")
-            palette = (classes.palette if classes else None) or _palette(_n_classes(manifest, "seg"))
+            head = manifest.head_for("seg")
+            palette = (classes.palette if classes else None) or _palette(head.n_classes if head else 0)
             names = classes.names if classes else []
             ids, counts = np.unique(pred.labels, return_counts=True)
             shares = {int(i): float(c) / pred.labels.size for i, c in zip(ids.tolist(), counts.tolist())}
@@ -336,12 +337,6 @@ def save_prediction(pred: Prediction, out_dir: Path, manifest: Manifest) -> dict
         return {"image": pred.name, "task": pred.task, **per_task[pred.tasks[0]]}
     return {"image": pred.name, "task": pred.task, "tasks": per_task}
 
-
-def _n_classes(manifest: Manifest, task: str) -> int:
-    """The class count of the seg/cls head of `task` (a multi-head artifact: that head's)."""
-    heads = manifest.heads if manifest.heads else [manifest.head] if manifest.head else []
-    head = next((h for h in heads if (h.task or manifest.task) == task), None)
-    return head.n_classes if head else 0
 
 
 def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
