@@ -66,9 +66,11 @@ def _row(variant: str, precision: str, ref: np.ndarray, out: np.ndarray, share: 
             "passed": p.passed, "fp32_flop_share": share, "fp32_islands": islands, "seconds": round(seconds, 1)}
 
 
-def run(model_name: str, init: str, size: int, n_images: int) -> dict:
+def run(model_name: str | None, init: str, size: int, n_images: int, head: str | None = None) -> dict:
     torch.manual_seed(0)
-    model = ModelSource("seg", model_name, init=init).build()
+    source = ModelSource.resolve("seg", model_name, head=head, init=init)
+    model = source.build()
+    model_name, init = source.backbone, source.init
     x = _images(size, n_images)
     ref = _logits(DeployModule(model, "fp32"), x)
     folded, folds = fold_all(model)
@@ -92,11 +94,21 @@ def run(model_name: str, init: str, size: int, n_images: int) -> dict:
             print(_fmt(rows[-1]), flush=True)
     return {
         "model": model_name, "init": init, "task": "seg", "input": f"{n_images} x 3 x {size} x {size}",
+        "head": "random (release-like)" if head is None else _trained_head(head),
         "folds": len(folds), "calibration_seconds": round(calib_s, 1),
         "max_stream": max(ranges.stream.values()), "max_linear_output": max(
             v for n, v in ranges.outputs.items() if n in flops),
         "thresholds": {k: vars(v) for k, v in THRESHOLDS.items() if k != "fp32"}, "rows": rows,
     }
+
+
+def _trained_head(head: str) -> dict:
+    """What the report needs to say about a trained head: where from, and how well it does."""
+    from dinov3_deploy.reference.head_checkpoint import read_head_config
+
+    extra = read_head_config(head).get("extra", {})
+    return {"path": str(head), "dataset": extra.get("dataset"), "mIoU": extra.get("mIoU"),
+            "iters": extra.get("train", {}).get("iters")}
 
 
 def _fmt(r: dict) -> str:
@@ -111,20 +123,29 @@ def _fmt(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="vit_tiny_test")
+    ap.add_argument("--model", default=None, help="backbone (default vit_tiny_test, or the --head's)")
     ap.add_argument("--init", default="outliers", choices=["outliers", "release-like"])
+    ap.add_argument("--head", default=None,
+                    help="a seg head checkpoint (`dinov3-deploy train --task seg [--random-init outliers]`) instead "
+                         "of a random head: labels with a trained head's margins; its backbone and init are used")
     ap.add_argument("--size", type=int, default=None, help="square input side (default 64 tiny, 224 otherwise)")
     ap.add_argument("--images", type=int, default=4)
     ap.add_argument("--out", type=Path, default=None, help="default bench/results/precision-<model>[-<init>].json")
     args = ap.parse_args(argv)
+    if args.head is None:
+        args.model = args.model or "vit_tiny_test"
+    else:
+        from dinov3_deploy.reference.head_checkpoint import read_head_spec
+
+        args.model = read_head_spec(args.head).backbone
     size = args.size or DEFAULT_SIZE.get(args.model, 224)
     t = time.perf_counter()
     print("| precision | graph | finite | rel Frobenius | min token cos | labels % | fp32 FLOPs % | fp16/bf16 bounds |")
     print("|---|---|---|---|---|---|---|---|")
-    report = run(args.model, args.init, size, args.images)
+    report = run(args.model, args.init if args.head is None else "release-like", size, args.images, args.head)
     report["machine"] = machine_info()
     report["total_seconds"] = round(time.perf_counter() - t, 1)
-    suffix = "" if args.init == "outliers" else f"-{args.init}"
+    suffix = ("" if report["init"] == "outliers" else f"-{report['init']}") + ("" if args.head is None else "-trained-head")
     out = args.out or RESULTS / f"precision-{args.model}{suffix}.json"
     write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"{report['total_seconds']} s; wrote {out}")

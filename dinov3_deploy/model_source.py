@@ -78,9 +78,10 @@ class ModelSource:
         if self.weights is not None:
             return ("weights", sha256_path(self.weights))
         if self.head is not None:
-            from dinov3_deploy.reference.head_checkpoint import read_head_config
+            from dinov3_deploy.reference.head_checkpoint import read_head_config, recorded_init
 
-            return ("random", int(read_head_config(self.head)["backbone_seed"]), "release-like")
+            config = read_head_config(self.head)
+            return ("random", int(config["backbone_seed"]), recorded_init(config))
         return ("random", self.seed, self.init)
 
     def build_backbone(self, attn_impl: str = "math"):
@@ -106,9 +107,15 @@ class ModelSource:
                 )
             backbone = spec.backbone
             head = str(Path(head).resolve())
-            from dinov3_deploy.reference.head_checkpoint import backbone_for_head
+            from dinov3_deploy.reference.head_checkpoint import backbone_for_head, read_head_config, recorded_init
 
-            weights, _ = backbone_for_head(head, weights)  # the head's own backbone, or a clear refusal
+            weights, seed_of_head = backbone_for_head(head, weights)  # the head's own backbone, or a clear refusal
+            if seed_of_head is not None:  # the manifest records the init the head's random backbone was drawn with
+                recorded = recorded_init(read_head_config(head))
+                if init not in ("release-like", recorded):
+                    raise DeployError(f"--random-init {init}: {head} was trained on a {recorded} random backbone; "
+                                      "drop --random-init")
+                init = recorded
         if backbone is None:
             raise DeployError("--model is required unless --head names a head checkpoint")
         if weights is not None:
@@ -117,8 +124,9 @@ class ModelSource:
             weights = str(Path(weights).resolve())
         if init not in RANDOM_INITS:
             raise DeployError(f"--random-init must be one of {', '.join(RANDOM_INITS)}, got '{init}'")
-        if init != "release-like" and (weights is not None or head is not None):
-            raise DeployError(f"--random-init {init} applies to a random backbone only; drop --weights / --head")
+        if init != "release-like" and weights is not None:
+            raise DeployError(f"--random-init {init} applies to a random backbone only, and {weights} are weights "
+                              "(--weights, or the ones the --head was trained on); drop --random-init")
         return cls(task, backbone, weights, head, n_classes, layers, seed, init)
 
     # -- manifest ------------------------------------------------------------------------------

@@ -54,6 +54,14 @@ def weights_option(help_text: str = "Backbone weights: Meta's .pth, a Hugging Fa
                         default=None, help=help_text)
 
 
+def random_init_option(help_text: str):
+    """--random-init: how a random backbone is drawn (export, train)."""
+    from dinov3_deploy.model_source import RANDOM_INITS  # imports no torch
+
+    return click.option("--random-init", type=click.Choice(RANDOM_INITS), default="release-like", show_default=True,
+                        help=help_text)
+
+
 def resolve_model(model: str | None, weights: str | None, default: str | None = None) -> str | None:
     """The backbone name: from the weights whenever they say which model they hold (our safetensors
     metadata, an HF config.json, Meta's file name), checked against --model when both are given;

@@ -21,6 +21,7 @@ from dinov3_deploy.atomic import atomic_dir
 from dinov3_deploy.errors import CheckpointError
 from dinov3_deploy.hashing import sha256_path
 
+from .factory import RANDOM_INIT
 from .models.task_model import HeadSpec, TaskModel
 
 FORMAT = "dinov3-deploy-head"
@@ -31,12 +32,13 @@ WEIGHTS_NAME = "head.safetensors"
 
 def save_head_checkpoint(
     path: str | os.PathLike, task_model: TaskModel, extra: dict | None = None, *, backbone_seed: int | None = None,
-    backbone_weights: str | os.PathLike | None = None,
+    backbone_weights: str | os.PathLike | None = None, backbone_init: str | None = None,
 ) -> Path:
     """Write task_model's head and spec to directory `path` atomically (replacing an old head
     checkpoint, never anything else). The backbone the head was trained on is recorded:
     `backbone_weights` (path and sha256) or `backbone_seed` (it was
-    `factory.random_backbone(spec.backbone, backbone_seed)`); with neither, loading needs --weights."""
+    `factory.random_backbone(spec.backbone, backbone_seed, init=backbone_init)`, None: the policy's
+    RANDOM_INIT); with neither, loading needs --weights."""
     if backbone_seed is not None and backbone_weights is not None:
         raise ValueError("a head is trained on weights or on a random backbone, not both")
     from safetensors.torch import save_file
@@ -52,6 +54,7 @@ def save_head_checkpoint(
         "patch_size": int(getattr(task_model.backbone, "patch_size", 16)),
         "input_multiple": int(task_model.backbone.cfg.input_multiple),
         "backbone_seed": backbone_seed,
+        "backbone_init": None if backbone_seed is None else (backbone_init or RANDOM_INIT),
         "backbone_weights": None if backbone_weights is None else {
             "path": str(Path(backbone_weights).resolve()), "sha256": sha256_path(backbone_weights)},
         "extra": dict(extra or {}),
@@ -112,6 +115,12 @@ def read_head_config(path: str | os.PathLike) -> dict:
 
 def read_head_spec(path: str | os.PathLike) -> HeadSpec:
     return HeadSpec.from_dict(read_head_config(path)["spec"])
+
+
+def recorded_init(config: dict) -> str:
+    """The initialisation of the random backbone a head was trained on (heads that predate the
+    record were trained on the policy's RANDOM_INIT)."""
+    return config.get("backbone_init") or RANDOM_INIT
 
 
 def backbone_for_head(ckpt_dir: str | os.PathLike, weights: str | os.PathLike | None = None
@@ -188,7 +197,7 @@ def load_task_model(
     else:
         weights, seed = backbone_for_head(p, backbone_weights)
         if weights is None:
-            backbone = random_backbone(spec.backbone, seed, attn_impl=attn_impl)
+            backbone = random_backbone(spec.backbone, seed, attn_impl=attn_impl, init=recorded_init(config))
         else:
             backbone = create_backbone(spec.backbone, weights, attn_impl=attn_impl)
     with torch.random.fork_rng(devices=[]):  # the head's init is overwritten: leave the caller's RNG alone

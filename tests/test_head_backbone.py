@@ -105,3 +105,36 @@ def test_export_of_a_head_trained_on_weights_uses_them(tmp_path):
     res = runner.invoke(cli, ["export", "--head", str(tmp_path / "run"), "--out", str(tmp_path / "art2")])
     assert res.exit_code == 2 and "w.safetensors" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "art2").exists()
+
+
+def test_a_head_trained_on_the_outliers_backbone_exports_on_it(tmp_path):
+    """`train --random-init outliers` records the init; export and the head loader rebuild that
+    backbone (not the release-like one of the same seed), and the manifest says which it is."""
+    runner = CliRunner()
+    res = runner.invoke(cli, ["train", "--random-init", "outliers", "--iters", "2", "--train-size", "8",
+                               "--val-size", "2", "--seed", "3", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    head = tmp_path / "run" / "head"
+    assert json.loads((head / "config.json").read_text())["backbone_init"] == "outliers"
+    stress, plain = random_backbone("vit_tiny_test", 3, init="outliers"), random_backbone("vit_tiny_test", 3)
+    loaded = load_task_model(head).backbone
+    for (k, a), b in zip(loaded.state_dict().items(), stress.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert not all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), plain.state_dict().values()))
+    res = runner.invoke(cli, ["export", "--head", str(head), "--static", "64x64", "--batch", "1", "--no-verify",
+                               "--out", str(tmp_path / "art")])
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["source"]["init"] == "outliers" and "outliers" in " ".join(manifest["notes"])
+    res = runner.invoke(cli, ["export", "--head", str(head), "--random-init", "release-like", "--static", "64x64",
+                               "--no-verify", "--out", str(tmp_path / "art2")])
+    assert res.exit_code == 0, res.output  # the default value: the head's own init is used
+    assert json.loads((tmp_path / "art2" / "manifest.json").read_text())["source"]["init"] == "outliers"
+
+
+def test_random_init_is_refused_with_weights_in_train(tmp_path):
+    w = _weights(tmp_path / "w.safetensors", 2)
+    res = CliRunner().invoke(cli, ["train", "--weights", str(w), "--random-init", "outliers",
+                                   "--out", str(tmp_path / "run")])
+    assert res.exit_code == 2 and "--random-init" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "run").exists()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from dinov3_deploy.export.pipeline import DEFAULT_MODEL, ExportOptions
-from dinov3_deploy.options import out_option, overwrite_option, weights_option
+from dinov3_deploy.options import out_option, overwrite_option, random_init_option, weights_option
 
 
 @click.command("export")
@@ -58,9 +58,8 @@ from dinov3_deploy.options import out_option, overwrite_option, weights_option
               help="ViT attention as standard ONNX ops, or as dinov3_deploy::attention TensorRT plugin nodes "
                    "(Triton kernels; full TensorRT, --precision fp16/bf16 only).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of random weights.")
-@click.option("--random-init", type=click.Choice(["release-like", "outliers"]), default="release-like",
-              show_default=True, help="Random backbone initialisation: outliers adds trained-like tiny LayerScale "
-                                      "gammas and massive activations, to stress-test a low-precision export.")
+@random_init_option("Random backbone initialisation: outliers adds trained-like tiny LayerScale gammas and massive "
+                    "activations, to stress-test a low-precision export.")
 @click.option("--no-verify", is_flag=True, help="Skip the parity check (not recommended).")
 @overwrite_option("Replace an existing artifact at --out (only an artifact of this tool holding nothing else).")
 @out_option(None, "Artifact directory (default: artifacts/<model>-<task>-<precision>).")

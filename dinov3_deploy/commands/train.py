@@ -11,6 +11,7 @@ from dinov3_deploy.options import (
     out_option,
     overwrite_option,
     positive,
+    random_init_option,
     task_data_option,
     weights_option,
 )
@@ -29,6 +30,9 @@ from dinov3_deploy.options import (
                    "vit_tiny_test.")
 @weights_option("Backbone weights (.pth, .safetensors, HF folder); without it a random backbone from --seed, "
                 "recorded in the head so export rebuilds the same one.")
+@random_init_option("Random backbone initialisation (without --weights; recorded in the head): outliers adds "
+                    "trained-like tiny LayerScale gammas and massive activations, to train a head for a "
+                    "low-precision stress test.")
 @click.option("--layers", type=click.Choice(["last", "four_last", "four_even"]), default=None,
               help="Backbone blocks the head reads: the last, the four last, or four evenly spaced. Default: last; "
                    "four_even for DPT.")
@@ -102,6 +106,9 @@ def command(**kw) -> None:
     resume, overwrite = kw.pop("resume"), kw.pop("overwrite")
     kw["progress"] = not kw.pop("no_progress")
     kw["backbone_weights"] = kw.pop("weights")
+    kw["init"] = kw.pop("random_init")
+    if kw["backbone_weights"] is not None and kw["init"] != "release-like":
+        raise click.BadParameter(f"{kw['init']} draws a random backbone; drop --weights", param_hint="'--random-init'")
     kw["backbone"] = resolve_model(kw["backbone"], kw["backbone_weights"], default="vit_tiny_test")
     multiple = get_config(kw["backbone"]).input_multiple
     for opt in ("crop", "base_size"):

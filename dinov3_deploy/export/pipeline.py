@@ -321,12 +321,10 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
         )
         trained = [p for p in getattr(source, "parts", [source]) if p.head is not None]
         if trained and source.random_backbone:
-            from dinov3_deploy.reference.head_checkpoint import read_head_config
-
-            seed = read_head_config(trained[0].head).get("backbone_seed")
+            _, seed, init = trained[0].backbone_identity()
             manifest.notes.append(
-                f"RANDOM BACKBONE (seed {seed}, as the head was trained on): the head's predictions are only as good "
-                "as features of a random network. Pass --weights for real ones.")
+                f"RANDOM BACKBONE (seed {seed}, {init}, as the head was trained on): the head's predictions are only "
+                "as good as features of a random network. Pass --weights for real ones.")
         elif source.random_backbone or source.random_head:
             what = " and ".join(w for w, r in (("backbone", source.random_backbone), ("head", source.random_head)) if r)
             manifest.notes.append(f"RANDOM WEIGHTS ({what}, seed {source.seed}): this artifact demonstrates the "

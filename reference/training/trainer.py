@@ -49,6 +49,7 @@ class TrainConfig:
     task: str = "seg"
     backbone: str = "vit_tiny_test"
     backbone_weights: str | None = None
+    init: str | None = None  # a random backbone's initialisation (None: the policy's, factory.RANDOM_INIT)
     layers: str = "last"
     head_type: str = "linear"  # depth: linear (bins) | dpt (needs four layers)
     data: str = "synthetic"
@@ -164,7 +165,7 @@ def build_model(cfg: TrainConfig, class_names: list[str], palette: list[list[int
     from ..factory import build_task_model, create_backbone, random_backbone
 
     if cfg.backbone_weights is None:  # the policy's random backbone: `export --head` rebuilds it from the seed
-        backbone = random_backbone(cfg.backbone, cfg.seed, attn_impl=cfg.attn_impl)
+        backbone = random_backbone(cfg.backbone, cfg.seed, attn_impl=cfg.attn_impl, init=cfg.init)
     else:
         backbone = create_backbone(cfg.backbone, cfg.backbone_weights, attn_impl=cfg.attn_impl)
     mean, std = normalization_for_weights(cfg.backbone_weights)  # SAT-493M weights have their own
@@ -239,7 +240,7 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict:
     defaults = TrainConfig().to_dict()  # a state saved before a field existed had its default
     # These must match for the resumed run to be the same run.
     # The process count may change: N processes compute what one does.
-    for key in ("task", "backbone", "backbone_weights", "layers", "head_type", "data", "n_classes", "train_size",
+    for key in ("task", "backbone", "backbone_weights", "init", "layers", "head_type", "data", "n_classes", "train_size",
                 "batch_size", "crop", "base_size", "seed", "cache_features", "iters", "lr", "weight_decay", "warmup",
                 "min_depth", "max_depth", "n_bins", "dpt_features"):
         if saved.get(key, defaults[key]) != getattr(cfg, key):
@@ -422,7 +423,8 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
                  "dataset": getattr(train_set, "name", cfg.data)}
         seed = cfg.seed if cfg.backbone_weights is None else None
         result["checkpoint"] = str(save_head_checkpoint(out / "head", model, extra=extra, backbone_seed=seed,
-                                                        backbone_weights=cfg.backbone_weights))
+                                                        backbone_weights=cfg.backbone_weights,
+                                                        backbone_init=cfg.init))
         if kept:
             fig = out / "predictions.png"
             recipe.figure(fig, kept, model, f"{cfg.backbone} + {head_name(cfg.task, cfg.head_type)} head, "
