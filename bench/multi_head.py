@@ -29,26 +29,24 @@ def single_name(target_name: str, task: str) -> str:
     return f"{target_name} [{task} only]"
 
 
-def _islands_for(manifest, task: str) -> list[str]:
-    """The artifact's module islands (range, precision) that exist in `task`'s single-head model: the
-    backbone's keep their names, the head's move from `heads.<task>.` (MultiTaskModel) to `head.`
-    (TaskModel). The fp32 residual stream is not a module: DeployModule's residual_fp32 carries it."""
-    names = []
+def _islands_for(manifest, task: str) -> list:
+    """The artifact's islands that exist in `task`'s single-head model: the backbone's (and the
+    residual stream) keep their names, the head's move from `heads.<task>.` (MultiTaskModel) to
+    `head.` (TaskModel); other heads' islands are dropped."""
+    kept = []
     for island in manifest.fp32_islands:
-        if island.reason not in ("range", "precision"):
-            continue
-        if island.module.startswith("backbone."):
-            names.append(island.module)
-        elif island.module.startswith(f"heads.{task}."):
-            names.append("head." + island.module.removeprefix(f"heads.{task}."))
-    return names
+        if island.module.startswith(f"heads.{task}."):
+            kept.append(dataclasses.replace(island, module="head." + island.module.removeprefix(f"heads.{task}.")))
+        elif not island.module.startswith("heads."):
+            kept.append(island)
+    return kept
 
 
 def single_module(part_model, task: str, manifest, precision: str, *, folded: bool):
     """The single-head DeployModule of one head of a multi-head artifact: its I/O contract, islands and
     opset; `folded`: the exact folds export applies (the graph export writes), else the model as is
     (the PyTorch rows, like bench's multi-head ones)."""
-    from dinov3_deploy.deploy_module import DeployModule
+    from dinov3_deploy.deploy_module import DeployModule, island_args
 
     io = manifest.io
     norm_folded = folded and any(f.kind == "normalization" for f in manifest.folds)
@@ -59,9 +57,8 @@ def single_module(part_model, task: str, manifest, precision: str, *, folded: bo
         model, _ = fold_all(part_model, normalization=(io.mean, io.std) if norm_folded else None)
     return DeployModule(model, precision, seg_output=io.seg_output if task == "seg" else "logits",
                         uint8_input=io.uint8_input, mean=io.mean, std=io.std,
-                        fp32_islands=_islands_for(manifest, task), opset=manifest.onnx.opset,
-                        normalization_folded=norm_folded,
-                        residual_fp32=any(i.reason == "residual" for i in manifest.fp32_islands))
+                        opset=manifest.onnx.opset, normalization_folded=norm_folded,
+                        **island_args(_islands_for(manifest, task)))
 
 
 def _prefixed(target: Target, task: str, outputs: list[str], multi_target: str) -> Target:

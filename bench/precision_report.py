@@ -30,8 +30,9 @@ import torch
 
 from dinov3_deploy.atomic import write_text
 from dinov3_deploy.bench.machine import machine_info
-from dinov3_deploy.deploy_module import DeployModule
+from dinov3_deploy.deploy_module import DeployModule, island_args
 from dinov3_deploy.export.calibration import (
+    Island,
     calibration_images,
     choose_islands,
     fp32_flop_share,
@@ -80,17 +81,17 @@ def run(model_name: str | None, init: str, size: int, n_images: int, head: str |
     calib_s = time.perf_counter() - t
     rows = []
     for precision in ("fp16", "bf16"):
-        islands = [i.module for i in choose_islands(folded, ranges, precision)]
-        variants = [("naive", model, [], False), ("folded", folded, [], False),
-                    ("folded+islands", folded, islands, False)]
+        islands = choose_islands(folded, ranges, precision)
+        variants = [("naive", model, []), ("folded", folded, []), ("folded+islands", folded, islands)]
         if precision == "bf16" and model.backbone.cfg.family == "vit":
             # what export writes for bf16 ViTs: fp32 residual stream and patch embedding (export/pipeline.py)
-            variants.append(("exported", folded, islands + ["backbone.patch_embed"], True))
-        for variant, task_model, isl, residual in variants:
+            variants.append(("exported", folded, islands + [Island("backbone.patch_embed", "precision"),
+                                                            Island("backbone.blocks", "residual")]))
+        for variant, task_model, isl in variants:
             t = time.perf_counter()
-            out = _logits(DeployModule(task_model, precision, fp32_islands=isl, residual_fp32=residual), x)
-            rows.append(_row(variant, precision, ref, out, fp32_flop_share(flops, isl), isl,
-                             time.perf_counter() - t))
+            out = _logits(DeployModule(task_model, precision, **island_args(isl)), x)
+            rows.append(_row(variant, precision, ref, out, fp32_flop_share(flops, isl),
+                             [f"{i.module} ({i.reason})" for i in isl], time.perf_counter() - t))
             print(_fmt(rows[-1]), flush=True)
     return {
         "model": model_name, "init": init, "task": "seg", "input": f"{n_images} x 3 x {size} x {size}",
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     report = run(args.model, args.init if args.head is None else "release-like", size, args.images, args.head)
     report["machine"] = machine_info()
     report["total_seconds"] = round(time.perf_counter() - t, 1)
-    suffix = ("" if report["init"] == "outliers" else f"-{report['init']}") + ("" if args.head is None else "-trained-head")
+    suffix = "" if report["init"] == "outliers" else f"-{report['init']}"
+    suffix += "" if args.head is None else "-trained-head"
     out = args.out or RESULTS / f"precision-{args.model}{suffix}.json"
     write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"{report['total_seconds']} s; wrote {out}")

@@ -83,6 +83,16 @@ def _layer_norm_fp32(norm: nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) ->
     return F.layer_norm(x.float(), norm.normalized_shape, w, b, norm.eps).to(dtype)
 
 
+def island_args(islands) -> dict:
+    """DeployModule's arguments for islands (export/calibration.Island or the manifest's IslandInfo),
+    by reason: "range" / "precision" modules computed in fp32, "scores" attentions whose score matmul
+    is fp32, "residual" the fp32 residual stream. "opset" convs follow from the opset, not from here."""
+    islands = list(islands)
+    return {"fp32_islands": [i.module for i in islands if i.reason in ("range", "precision")],
+            "fp32_scores": [i.module for i in islands if i.reason == "scores"],
+            "residual_fp32": any(i.reason == "residual" for i in islands)}
+
+
 class Fp32ResidualBlock(nn.Module):
     """A ViT block whose residual stream stays fp32 in a low-precision graph: the branches (attention,
     MLP) compute in the graph's precision, their outputs are added to an fp32 stream, and each
@@ -165,6 +175,7 @@ class DeployModule(nn.Module):
         opset: int | None = None,
         normalization_folded: bool = False,
         residual_fp32: bool = False,
+        fp32_scores: tuple[str, ...] | list[str] = (),
     ) -> None:
         super().__init__()
         if precision not in PRECISIONS:
@@ -192,6 +203,7 @@ class DeployModule(nn.Module):
         self.model = cast_copy(task_model, self.dtype).eval()
         # islands (export/calibration.py): these modules of task_model stay fp32, wrapped in casts
         self.fp32_islands = list(fp32_islands) if self.dtype != torch.float32 else []
+        self._island_ops = 0  # MatMul / Conv inside the fp32 islands (fp32_compute_ops)
         for name in self.fp32_islands:
             try:
                 original = task_model.get_submodule(name)
@@ -200,6 +212,22 @@ class DeployModule(nn.Module):
             parent_name, _, child = name.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
             setattr(parent, child, Fp32Island(copy.deepcopy(original).float(), self.dtype))
+            # counted now: below, an opset may write a patchify conv inside the island as a MatMul (one op still)
+            self._island_ops += sum(isinstance(m, nn.Linear | nn.modules.conv._ConvNd) for m in original.modules())
+            self._island_ops += 2 * sum(hasattr(m, "scores_fp32") for m in original.modules())  # q.k, softmax @ v
+        # attentions whose score matmul alone computes in fp32 (calibration's "scores" islands); one inside
+        # an fp32 island is fp32 already. Before the residual wrapping below, which renames the blocks.
+        self.fp32_scores = [n for n in (fp32_scores if self.dtype != torch.float32 else [])
+                            if not any(n == i or n.startswith(i + ".") for i in self.fp32_islands)]
+        for name in self.fp32_scores:
+            try:
+                attn = self.model.get_submodule(name)
+            except AttributeError:
+                attn = None
+            if not hasattr(attn, "scores_fp32"):
+                raise DeployError(f"fp32 scores island '{name}' is not an attention module of "
+                                  f"{task_model.backbone.cfg.name}")
+            attn.scores_fp32 = True
         self.opset_islands = self._convs_for_opset(task_model)
         self.residual_fp32 = residual_fp32 and self.dtype != torch.float32
         if self.residual_fp32:
@@ -253,22 +281,24 @@ class DeployModule(nn.Module):
         return islands
 
     @classmethod
-    def from_io(cls, task_model: nn.Module, precision: str, io: DeployIO,
-                fp32_islands: tuple[str, ...] | list[str] = (), opset: int | None = None,
-                residual_fp32: bool = False) -> DeployModule:
-        """The module an artifact with this I/O contract (fp32 islands, opset, residual stream) was exported from."""
+    def from_io(cls, task_model: nn.Module, precision: str, io: DeployIO, islands=(),
+                opset: int | None = None) -> DeployModule:
+        """The module an artifact with this I/O contract, these islands (island_args) and this opset
+        was exported from."""
         return cls(task_model, precision, seg_output=io.seg_output, uint8_input=io.uint8_input,
-                   feature_layers=io.feature_layers, mean=io.mean, std=io.std, fp32_islands=fp32_islands,
-                   opset=opset, residual_fp32=residual_fp32)
+                   feature_layers=io.feature_layers, mean=io.mean, std=io.std, opset=opset, **island_args(islands))
 
     @classmethod
     def for_artifact(cls, task_model: nn.Module, precision: str, manifest) -> DeployModule:
-        """The artifact's own graph in PyTorch: its I/O contract, its fp32 range islands and its
-        opset (which decides how bf16 convs are written), at `precision`."""
-        islands = [i.module for i in manifest.fp32_islands if i.reason in ("range", "precision")]
-        residual = any(i.reason == "residual" for i in manifest.fp32_islands)
-        return cls.from_io(task_model, precision, manifest.io, fp32_islands=islands, opset=manifest.onnx.opset,
-                           residual_fp32=residual)
+        """The artifact's own graph in PyTorch: its I/O contract, its islands (range / precision modules,
+        fp32 scores, residual stream) and its opset (which decides how bf16 convs are written), at `precision`."""
+        return cls.from_io(task_model, precision, manifest.io, manifest.fp32_islands, opset=manifest.onnx.opset)
+
+    def fp32_compute_ops(self) -> int:
+        """The MatMul / Conv ops the exported graph keeps in fp32 on purpose (the graph check allows
+        exactly these): every Linear / Conv inside an fp32 island and its attentions' two activation
+        matmuls, each fp32 score matmul, each opset conv. An attention plugin has no MatMul: an upper bound."""
+        return self._island_ops + len(self.fp32_scores) + len(self.opset_islands)
 
     @property
     def input_name(self) -> str:

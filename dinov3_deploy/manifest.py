@@ -230,7 +230,8 @@ class FoldInfo:
 @dataclass(kw_only=True)
 class IslandInfo:
     """A module kept in fp32 in a low-precision graph (export/calibration.py), the reason, and the
-    max |output| measured on the calibration images (None when the reason is not a range)."""
+    max |output| measured on the calibration images (None when the reason is not a range; for
+    "scores", where only an attention's score matmul is fp32, the max |q*scale @ k^T|)."""
 
     module: str
     reason: str

@@ -14,7 +14,7 @@ from PIL import Image
 from dinov3_deploy.artifact import load_artifact
 from dinov3_deploy.cli import cli
 from dinov3_deploy.deploy_module import DeployModule, Fp32Island
-from dinov3_deploy.errors import DeployError
+from dinov3_deploy.errors import ArtifactError, DeployError
 from dinov3_deploy.export.calibration import (
     FP16_MAX,
     calibration_images,
@@ -23,7 +23,7 @@ from dinov3_deploy.export.calibration import (
     matmul_flops,
     record_maxima,
 )
-from dinov3_deploy.export.onnx_graph import export_onnx
+from dinov3_deploy.export.onnx_graph import ensure_clean, export_onnx
 from dinov3_deploy.model_source import ModelSource
 from dinov3_deploy.reference.models.fold import fold_all
 from dinov3_deploy.shapes import DimRange, ShapeSpec
@@ -175,6 +175,11 @@ def test_an_attention_island_exports(tmp_path):
     g = onnx.load(str(tmp_path / "m.onnx")).graph
     fp32_weights = {i.name for i in g.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
     assert len([n for n in g.node if n.op_type in ("MatMul", "Gemm") and set(n.input) & fp32_weights]) == 2
+    # the export's graph check allows exactly the island's fp32 ops: qkv, q.k, softmax @ v, proj
+    assert module.fp32_compute_ops() == 4
+    ensure_clean(tmp_path / "m.onnx", "fp16", shapes, fp32_ops=module.fp32_compute_ops())
+    with pytest.raises(ArtifactError, match="4 MatMul/Conv still run in float32"):
+        ensure_clean(tmp_path / "m.onnx", "fp16", shapes, fp32_ops=3)
 
 
 def test_a_residual_stream_fp16_cannot_hold_is_a_clear_error_or_an_fp32_stream():

@@ -21,7 +21,8 @@ def test_report_on_a_trained_head_of_the_stress_backbone(tmp_path, capsys):
     rows = {(r["precision"], r["variant"]): r for r in report["rows"]}
     assert not rows["fp16", "naive"]["finite"]  # the stress is real: an unfolded fp16 graph overflows
     assert rows["fp16", "folded+islands"]["passed"] and rows["bf16", "exported"]["passed"]
-    assert rows["bf16", "exported"]["fp32_islands"] == ["backbone.patch_embed"]
+    assert rows["bf16", "exported"]["fp32_islands"] == ["backbone.patch_embed (precision)",
+                                                         "backbone.blocks (residual)"]
     assert rows["bf16", "exported"]["rel_fro"] < rows["bf16", "naive"]["rel_fro"]
     printed = capsys.readouterr().out
     assert "| fp16 | naive | no |" in printed and str(out) in printed

@@ -68,7 +68,8 @@ def command(artifact, as_json, show_log) -> None:
         t.add_row("folded", ", ".join(f"{n} {k}" for k, n in kinds.items()) + " (exact; into the layers before them)")
     if m.precision != "fp32":
         t.add_row("fp32 islands", "; ".join(
-            f"{i.module} ({i.reason}" + (f", max |out| {i.absmax:g})" if i.absmax is not None else ")")
+            f"{i.module} ({i.reason}" + (f", max |{'q.k' if i.reason == 'scores' else 'out'}| {i.absmax:g})"
+                                         if i.absmax is not None else ")")
             for i in m.fp32_islands) or f"none (every op's calibrated range fits {m.precision})")
     if m.triton:
         t.add_row("triton", ", ".join(f"{x.name} ({x.backend})" for x in m.triton.models))

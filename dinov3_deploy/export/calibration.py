@@ -4,7 +4,7 @@ to keep in fp32 ("islands") because their output, or the accumulation that produ
 leave fp16's safe range.
 
     x = calibration_images(None, 64, 64, mean, std)      # built-in synthetic images (or --calib DIR)
-    ranges = record_maxima(model, x)                      # module outputs, linear inputs, residual stream
+    ranges = record_maxima(model, x)                      # module outputs, linear inputs, residual stream, scores
     islands = choose_islands(model, ranges, "fp16")       # [Island("backbone.blocks.0.mlp.fc2", "range", 9e4)]
 
 Hooks on modules, not maxima of the ONNX graph's intermediate tensors: an island is applied by
@@ -21,6 +21,11 @@ Two limits, because an fp16 graph fails in two ways:
     x + attn, each block's output) is held in fp16 between blocks and no island can change that
     short of making every block fp32: past FP16_HOLD the export fails with a DeployError that says
     where, how large, and to use bf16 or fp32.
+
+The attention scores q*scale @ k^T are the one matmul that is not a module: calibration computes them
+in fp32 from each attention's inputs (SelfAttention.heads) and, where they pass FP16_SAFE, keeps only
+that matmul in fp32 (reason "scores": SelfAttention.scores_fp32; the softmax is fp32 anyway), not the
+whole attention, whose qkv and proj are most of its FLOPs.
 """
 
 from __future__ import annotations
@@ -48,7 +53,9 @@ ISLAND_TYPES = (nn.Linear, nn.Conv2d)  # what an island can be: ops with an accu
 @dataclass(frozen=True)
 class Island:
     """A module kept in fp32 in a low-precision graph, and why ("range": its measured output
-    `absmax` would leave fp16's safe range; "opset": no low-precision kernel at this opset)."""
+    `absmax` would leave fp16's safe range; "opset": no low-precision kernel at this opset; "scores":
+    an attention module whose q*scale @ k^T, max |scores| `absmax`, computes in fp32, the rest not;
+    "residual", "precision": pipeline.py)."""
 
     module: str
     reason: str
@@ -99,12 +106,14 @@ def calibration_images(calib: str | Path | None, height: int, width: int, mean, 
 @dataclass
 class Ranges:
     """max |value| on the calibration images of what a low-precision graph holds: each module's
-    output, each linear / conv's input, and the residual stream (keys "<block> input",
-    "<block> mid" for ViT's x + attn, "<block> output")."""
+    output, each linear / conv's input, the residual stream (keys "<block> input", "<block> mid"
+    for ViT's x + attn, "<block> output"), and each attention's scores q*scale @ k^T (key: the
+    attention module)."""
 
     outputs: dict[str, float] = field(default_factory=dict)
     inputs: dict[str, float] = field(default_factory=dict)
     stream: dict[str, float] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
 
 
 def _absmax(value) -> float | None:
@@ -126,7 +135,7 @@ def _residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
 @torch.no_grad()
 def record_maxima(model: nn.Module, x: torch.Tensor, batch: int = 2) -> Ranges:
     """Ranges of the fp32 model over the images `x`."""
-    from dinov3_deploy.reference.models.layers import SelfAttentionBlock
+    from dinov3_deploy.reference.models.layers import SelfAttention, SelfAttentionBlock
 
     ranges = Ranges()
 
@@ -149,6 +158,16 @@ def record_maxima(model: nn.Module, x: torch.Tensor, batch: int = 2) -> Ranges:
         hooks.append(block.register_forward_hook(lambda _m, _i, out, n=name: keep(ranges.stream, f"{n} output", out)))
         if isinstance(block, SelfAttentionBlock):  # norm2 reads x + ls1(attn(norm1(x))), the mid-block sum
             hooks.append(block.norm2.register_forward_pre_hook(stream_in(f"{name} mid")))
+
+    def scores(name: str):
+        def measure(attn, args, kwargs) -> None:
+            # the scores again, in fp32 (the model is), whatever impl it runs: sdpa never materialises them
+            q, k, _ = attn.heads(*args, **kwargs)
+            keep(ranges.scores, name, (q.float() * attn.scale) @ k.float().transpose(-2, -1))
+        return measure
+
+    hooks += [m.register_forward_pre_hook(scores(n), with_kwargs=True)
+              for n, m in model.named_modules() if isinstance(m, SelfAttention)]
     try:
         for i in range(0, len(x), batch):
             model(x[i:i + batch])
@@ -205,30 +224,52 @@ def choose_islands(model: nn.Module, ranges: Ranges, precision: str, limit: floa
                 "--precision bf16 or fp32")
         wanted[island] = max(wanted.get(island, 0.0), v)
     outermost = [n for n in wanted if not any(n.startswith(o + ".") for o in wanted if o != n)]
-    return stream + [Island(n, "range", round(wanted[n], 1)) for n in outermost]
+    ranged = [Island(n, "range", round(wanted[n], 1)) for n in outermost]
+    # scores past the limit: only their matmul in fp32, unless a range island already holds the attention
+    scores = [Island(n, "scores", round(v, 1)) for n, v in ranges.scores.items()
+              if v > limit and not any(n == o or n.startswith(o + ".") for o in outermost)]
+    return stream + ranged + scores
 
 
-def fp32_flop_share(flops: dict[str, int], islands: Iterable[str]) -> float:
-    """The share of matmul_flops inside the given fp32 islands (a module and everything under it)."""
-    islands = list(islands)
-    inside = sum(f for n, f in flops.items() if any(n == i or n.startswith(i + ".") for i in islands))
+def fp32_flop_share(flops: dict[str, int], islands: Iterable[str | Island]) -> float:
+    """The share of matmul_flops inside the given fp32 islands: a name, or an Island of reason "range",
+    "opset" or "precision", counts the module and everything under it; a "scores" Island counts only
+    its attention's score matmul ("<attn>.scores"); a "residual" one nothing (its cost is elementwise)."""
+    prefixes = []
+    for i in islands:
+        if not isinstance(i, Island):
+            prefixes.append(i)
+        elif i.reason == "scores":
+            prefixes.append(f"{i.module}.scores")
+        elif i.reason != "residual":
+            prefixes.append(i.module)
+    inside = sum(f for n, f in flops.items() if any(n == p or n.startswith(p + ".") for p in prefixes))
     return inside / max(sum(flops.values()), 1)
 
 
 def matmul_flops(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
-    """Multiply-accumulates of every Linear / Conv2d on input x (for the share kept in fp32)."""
+    """Multiply-accumulates on input x of every Linear / Conv2d (keyed by module) and of each attention's
+    two activation matmuls, which are no module: q @ k^T ("<attn>.scores") and softmax @ v
+    ("<attn>.weighted_v"), B*N*N*dim each. Elementwise ops, norms and the softmax are not counted."""
+    from dinov3_deploy.reference.models.layers import SelfAttention
+
     flops: dict[str, int] = {}
 
     def hook(name):
         def count(m, _inputs, out):
-            if isinstance(m, nn.Linear):
+            if isinstance(m, SelfAttention):
+                b, n, c = out.shape
+                for key in (f"{name}.scores", f"{name}.weighted_v"):
+                    flops[key] = flops.get(key, 0) + b * n * n * c
+            elif isinstance(m, nn.Linear):
                 flops[name] = flops.get(name, 0) + out.numel() * m.in_features
             else:
                 k = m.weight.shape[1] * m.weight.shape[2] * m.weight.shape[3]
                 flops[name] = flops.get(name, 0) + out.numel() * k
         return count
 
-    hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules() if isinstance(m, ISLAND_TYPES)]
+    hooks = [m.register_forward_hook(hook(n)) for n, m in model.named_modules()
+             if isinstance(m, ISLAND_TYPES + (SelfAttention,))]
     try:
         with torch.no_grad():
             model(x)

@@ -197,7 +197,7 @@ def _head_info(source: ModelSource, spec, outputs: list[str], multi: bool) -> He
 def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tuple[Path, dict]:
     """Write the artifact; returns (path, parity report or None). Raises DeployError subclasses
     (ParityError when verification fails: no artifact is left behind then)."""
-    from dinov3_deploy.deploy_module import PRECISIONS, DeployModule
+    from dinov3_deploy.deploy_module import PRECISIONS, DeployModule, island_args
     from dinov3_deploy.export.onnx_graph import ensure_clean, export_onnx
     from dinov3_deploy.reference.configs import get_config
 
@@ -256,13 +256,11 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
 
     if opts.precision == "bf16" and cfg.family == "vit":
         # bf16's 8-bit mantissa: the residual stream (deploy_module.Fp32ResidualBlock says what it measured)
-        # and the patch embedding, which projects raw pixels, stay fp32; ~1.4 % of vits16's matmul FLOPs
+        # and the patch embedding, which projects raw pixels, stay fp32; 1.2 % of vits16's matmul FLOPs at 224
         islands += [Island("backbone.patch_embed", "precision"), Island("backbone.blocks", "residual")]
     module = DeployModule(export_model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input,
                           feature_layers=opts.feature_layers,
-                          fp32_islands=[i.module for i in islands if i.reason != "residual"], opset=opts.opset,
-                          residual_fp32=any(i.reason == "residual" for i in islands),
-                          normalization_folded=opts.uint8_input)
+                          opset=opts.opset, normalization_folded=opts.uint8_input, **island_args(islands))
     islands += [Island(name, "opset") for name in module.opset_islands]
 
     with ArtifactWriter(opts.out, overwrite=opts.overwrite) as writer:
@@ -273,7 +271,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
                                  attention_plugin=plugin)
         with progress.step("checking the graph (onnx.checker, shape inference, hygiene)"):
             facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes,
-                                 fp32_ops=sum(i.reason != "residual" for i in islands))
+                                 fp32_ops=module.fp32_compute_ops())
         graph = facts.to_info()
         del module  # the low-precision copy is in the ONNX now
 

@@ -240,9 +240,9 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict:
     defaults = TrainConfig().to_dict()  # a state saved before a field existed had its default
     # These must match for the resumed run to be the same run.
     # The process count may change: N processes compute what one does.
-    for key in ("task", "backbone", "backbone_weights", "init", "layers", "head_type", "data", "n_classes", "train_size",
-                "batch_size", "crop", "base_size", "seed", "cache_features", "iters", "lr", "weight_decay", "warmup",
-                "min_depth", "max_depth", "n_bins", "dpt_features"):
+    for key in ("task", "backbone", "backbone_weights", "init", "layers", "head_type", "data", "n_classes",
+                "train_size", "batch_size", "crop", "base_size", "seed", "cache_features", "iters", "lr",
+                "weight_decay", "warmup", "min_depth", "max_depth", "n_bins", "dpt_features"):
         if saved.get(key, defaults[key]) != getattr(cfg, key):
             raise CheckpointError(
                 f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, this run has "
