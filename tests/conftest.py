@@ -6,8 +6,15 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: kernels run on the CPU
 
-# Two cores on CI: one intra-op thread per test process keeps timings predictable.
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Two cores on CI: at most two intra-op threads per test process, and the cores shared among
+# pytest-xdist's workers when the suite runs on several (so they do not oversubscribe the CPU).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+if "PYTEST_XDIST_WORKER" in os.environ:
+    # xdist's workers start with COLUMNS=80 / LINES=24; a plain run has neither, and the CLI's tables
+    # are written wide when output is not a terminal (commands/_progress.make_console): keep that.
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
 
 
 @pytest.fixture(autouse=True)
