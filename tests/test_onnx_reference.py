@@ -118,3 +118,39 @@ def test_per_block_runs_bf16_graphs_on_the_reference_evaluator(vit_bf16):
     errs = [r["rel_fro"] for r in report["blocks"]]
     # a real bf16 error at every block (bf16 block tensors widened, not an fp32 rerun), within the bound
     assert len(errs) == 4 and all(1e-3 < e < 2e-2 for e in errs) and errs[-1] > errs[0]
+
+
+def test_fp16_overflow_that_onnxruntime_cpu_hides_fails_verify_on_the_reference_evaluator(tmp_path):
+    """The unfolded stress model in fp16 overflows (PyTorch: non-finite). ONNX Runtime's CPU provider
+    computes its fp16 nodes through fp32 casts and returns finite logits, so a CPU verify that ran it
+    alone would pass a graph that gives NaN on a GPU; onnx-reference computes the graph as written,
+    and verify's automatic backends for an fp16 artifact include it."""
+    import torch
+
+    from dinov3_deploy.deploy_module import DeployModule
+    from dinov3_deploy.export.calibration import calibration_images
+    from dinov3_deploy.export.onnx_graph import export_onnx
+    from dinov3_deploy.model_source import ModelSource
+    from dinov3_deploy.runtime.runners import OrtRunner
+
+    model = ModelSource("seg", "vit_tiny_test", init="outliers").build()
+    naive = DeployModule(model, "fp16")  # no folds: raw branch outputs past 65504
+    shapes = ShapeSpec(DimRange(1, 1, 1), DimRange(64, 64, 64), DimRange(64, 64, 64), 16)
+    export_onnx(naive, tmp_path / "naive.onnx", shapes)
+    x = calibration_images(None, 64, 64, model.spec.mean, model.spec.std)[:1]
+    with torch.no_grad():
+        assert not torch.isfinite(naive(x)[0]).all()
+    assert np.isfinite(OrtRunner(tmp_path / "naive.onnx", "cpu", "ort").run(x.numpy())["logits"]).all()
+    assert not np.isfinite(OnnxReferenceRunner(tmp_path / "naive.onnx").run(x.numpy())["logits"]).all()
+
+
+def test_verify_runs_fp16_artifacts_on_the_reference_evaluator_too(tmp_path):
+    art = tmp_path / "seg-fp16"
+    res = CliRunner().invoke(cli, ["export", "--model", "vit_tiny_test", "--precision", "fp16", "--static", "32x32",
+                                   "--batch", "1", "--random-init", "outliers", "--out", str(art)])
+    assert res.exit_code == 0, res.output
+    assert "onnx-reference" in res.output and "parity PASSED on onnxruntime-cpu, onnx-reference" in res.output
+    report = verify_artifact(load_artifact(art))
+    ref = next(b for b in report["backends"] if b["name"] == "onnx-reference")
+    # fp16 as written (an fp32 run would be ~1e-6 off); the folds keep the stress model finite and in bounds
+    assert ref["status"] == "passed" and all(1e-4 < o["rel_fro"] < 2e-2 for o in ref["outputs"])

@@ -195,7 +195,7 @@ def select_backends(artifact, spec: str | None, option: str = "--backend") -> li
     named: a named backend that cannot run here is reported skipped with why, never dropped."""
     names = parse_backend_names(spec, option)
     if names is None:
-        return artifact_backends(artifact, reference="bf16")
+        return artifact_backends(artifact, reference="low-precision")
     available = {b.name: b for b in artifact_backends(artifact, reference="always")}
     chosen = []
     for name in names:
@@ -209,7 +209,7 @@ def select_backends(artifact, spec: str | None, option: str = "--backend") -> li
 
 
 def reference_backend(artifact) -> Backend:
-    """onnx-reference: runs any precision (bf16 included) on the CPU, at small shapes."""
+    """onnx-reference: runs any precision as written (fp16 overflow, bf16) on the CPU, at small shapes."""
     reason = ""
     if artifact.manifest.onnx.plugins:
         reason = f"the graph holds TensorRT plugin nodes ({', '.join(artifact.manifest.onnx.plugins)})"
@@ -224,10 +224,12 @@ def reference_backend(artifact) -> Backend:
 
 def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt"),
                       reference: str = "never") -> list[Backend]:
-    """The ONNX Runtime providers, the engine of an artifact and (`reference`: "bf16" for bf16
-    artifacts only, which nothing else runs on a CPU, as verify asks; "always"; "never", for
-    callers that time or serve: it is numpy) the ONNX reference evaluator, each runnable or
-    skipped with why."""
+    """The ONNX Runtime providers, the engine of an artifact and (`reference`: "low-precision" for
+    fp16 and bf16 artifacts, as verify asks; "always"; "never", for callers that time or serve: it
+    is numpy) the ONNX reference evaluator, each runnable or skipped with why. On a CPU it is the
+    one backend that computes a low-precision graph as written: ONNX Runtime's CPU provider has no
+    bf16 kernels and runs most fp16 nodes through fp32 casts, so an fp16 graph that overflows to
+    inf on a GPU stays finite there (tests/test_onnx_reference.py shows one)."""
     backends = []
     manifest = artifact.manifest
     plugins = manifest.onnx.plugins
@@ -254,6 +256,6 @@ def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "te
         except DeployError as exc:
             runner, reason = None, str(exc)
         backends.append(Backend(name, runner, reason))
-    if reference == "always" or (reference == "bf16" and artifact.precision == "bf16"):
+    if reference == "always" or (reference == "low-precision" and artifact.precision in ("fp16", "bf16")):
         backends.append(reference_backend(artifact))
     return backends

@@ -117,7 +117,7 @@ def verify_artifact(
     precision, task = manifest.precision, manifest.task
     shapes = artifact.shapes()
     cases = cases or default_cases(shapes)
-    backends = backends if backends is not None else artifact_backends(artifact, reference="bf16")
+    backends = backends if backends is not None else artifact_backends(artifact, reference="low-precision")
     log("building the fp32 PyTorch reference")
     if model is None:
         model = reference_model(manifest, weights, head)
