@@ -158,3 +158,27 @@ def test_an_fp16_export_records_the_score_island_and_keeps_only_its_matmul_fp32(
     assert f"{ATTN} (scores, max |q.k|" in runner.invoke(cli, ["inspect", str(out)]).output
     module = DeployModule.for_artifact(planted("features"), "fp16", manifest)
     assert module.fp32_scores == [ATTN]
+
+
+def test_scores_are_measured_in_chunks_to_the_same_maximum(stress, monkeypatch):
+    """Calibration never holds a whole [B, heads, N, N] score tensor (gigabytes at seg resolutions):
+    it walks heads and query chunks, and the maximum is the same as the whole tensor's."""
+    import dinov3_deploy.export.calibration as calibration
+
+    _, folded, x, ranges = stress
+    monkeypatch.setattr(calibration, "SCORE_ROWS", 5)  # 16 tokens + class/storage: several uneven chunks
+    chunked = record_maxima(folded, x)
+    assert chunked.scores == ranges.scores
+    attn = folded.backbone.blocks[BLOCK].attn
+    seen = {}
+
+    def grab(m, args, kwargs) -> None:  # a pre-hook returning something would replace the arguments
+        seen.setdefault("qk", m.heads(*args, **kwargs)[:2])
+
+    hook = attn.register_forward_pre_hook(grab, with_kwargs=True)
+    with torch.no_grad():
+        folded(x[:2])
+    hook.remove()
+    q, k = seen["qk"]
+    whole = float(((q * attn.scale) @ k.transpose(-2, -1)).abs().max())
+    assert ranges.scores[ATTN] >= whole and ranges.scores[ATTN] > FP16_MAX

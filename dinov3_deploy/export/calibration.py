@@ -46,6 +46,7 @@ FP16_SAFE = FP16_MAX / 8
 # Margin for a value held, not accumulated: other images may go further (trained massive residual
 # activations reach thousands, fp16 holds them; the outliers init carries 1e4..3e4, below this).
 FP16_HOLD = FP16_MAX / 2
+SCORE_ROWS = 1024  # queries per chunk when calibration measures attention scores
 CALIB_IMAGES = 4  # built-in synthetic images when no --calib folder is given
 ISLAND_TYPES = (nn.Linear, nn.Conv2d)  # what an island can be: ops with an accumulation over a fan-in
 
@@ -163,7 +164,12 @@ def record_maxima(model: nn.Module, x: torch.Tensor, batch: int = 2) -> Ranges:
         def measure(attn, args, kwargs) -> None:
             # the scores again, in fp32 (the model is), whatever impl it runs: sdpa never materialises them
             q, k, _ = attn.heads(*args, **kwargs)
-            keep(ranges.scores, name, (q.float() * attn.scale) @ k.float().transpose(-2, -1))
+            q, kt = q.float() * attn.scale, k.float().transpose(-2, -1)
+            # per head and 1024 queries at a time: the whole [B, heads, N, N] would be gigabytes at the
+            # resolutions seg deploys at (2048x1024 with ViT-L: 8197 tokens, 16 heads)
+            for h in range(q.shape[1]):
+                for i in range(0, q.shape[2], SCORE_ROWS):
+                    keep(ranges.scores, name, q[:, h, i:i + SCORE_ROWS] @ kt[:, h])
         return measure
 
     hooks += [m.register_forward_pre_hook(scores(n), with_kwargs=True)
