@@ -154,3 +154,18 @@ def test_verify_runs_fp16_artifacts_on_the_reference_evaluator_too(tmp_path):
     ref = next(b for b in report["backends"] if b["name"] == "onnx-reference")
     # fp16 as written (an fp32 run would be ~1e-6 off); the folds keep the stress model finite and in bounds
     assert ref["status"] == "passed" and all(1e-4 < o["rel_fro"] < 2e-2 for o in ref["outputs"])
+
+
+def test_automatic_verify_skips_the_reference_evaluator_for_large_graphs(vit_bf16, monkeypatch):
+    """numpy runs low-precision matmuls without BLAS: past AUTO_REFERENCE_BYTES of weights the automatic
+    backends skip it and say how to run it; named, it runs whatever the size."""
+    import dinov3_deploy.runtime.runners as runners
+
+    monkeypatch.setattr(runners, "AUTO_REFERENCE_BYTES", runners.onnx_bytes(vit_bf16) - 1)
+    auto = {b.name: b for b in select_backends(vit_bf16, "auto")}
+    assert auto["onnx-reference"].runner is None
+    assert "verify --backend onnx-reference runs it anyway" in auto["onnx-reference"].skip_reason
+    (named,) = select_backends(vit_bf16, "onnx-reference")
+    assert named.runner is not None and not named.skip_reason
+    monkeypatch.setattr(runners, "AUTO_REFERENCE_BYTES", runners.onnx_bytes(vit_bf16))
+    assert {b.name: b for b in select_backends(vit_bf16, "auto")}["onnx-reference"].runner is not None

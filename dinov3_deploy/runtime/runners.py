@@ -208,10 +208,27 @@ def select_backends(artifact, spec: str | None, option: str = "--backend") -> li
     return chosen
 
 
-def reference_backend(artifact) -> Backend:
-    """onnx-reference: runs any precision as written (fp16 overflow, bf16) on the CPU, at small shapes."""
+# The reference evaluator is numpy: fp16 / bf16 matmuls without BLAS. Measured on 2 CPU cores, vits16
+# fp16 (44 MB of ONNX) at 1x256x256 took 29 s; time grows with the weights. verify's automatic
+# backends take it up to this size (vits16plus, ConvNeXt-S in fp16); `--backend onnx-reference` runs any.
+AUTO_REFERENCE_BYTES = 128 * 2**20
+
+
+def onnx_bytes(artifact) -> int:
+    """Bytes of the artifact's ONNX graph and its external weights on disk."""
+    paths = (artifact.onnx_path, artifact.onnx_path.with_name(artifact.onnx_path.name + ".data"))
+    return sum(p.stat().st_size for p in paths if p.is_file())
+
+
+def reference_backend(artifact, max_bytes: int | None = None) -> Backend:
+    """onnx-reference: runs any precision as written (fp16 overflow, bf16) on the CPU, at small shapes;
+    skipped (saying how to run it anyway) when the graph's weights exceed `max_bytes`."""
     reason = ""
-    if artifact.manifest.onnx.plugins:
+    size = onnx_bytes(artifact)
+    if max_bytes is not None and size > max_bytes:
+        reason = (f"{size / 2**20:.0f} MiB of weights is slow for the numpy evaluator (the automatic limit is "
+                  f"{max_bytes / 2**20:.0f} MiB); verify --backend onnx-reference runs it anyway")
+    elif artifact.manifest.onnx.plugins:
         reason = f"the graph holds TensorRT plugin nodes ({', '.join(artifact.manifest.onnx.plugins)})"
     else:
         try:
@@ -256,6 +273,8 @@ def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "te
         except DeployError as exc:
             runner, reason = None, str(exc)
         backends.append(Backend(name, runner, reason))
-    if reference == "always" or (reference == "low-precision" and artifact.precision in ("fp16", "bf16")):
+    if reference == "always":
         backends.append(reference_backend(artifact))
+    elif reference == "low-precision" and artifact.precision in ("fp16", "bf16"):
+        backends.append(reference_backend(artifact, max_bytes=AUTO_REFERENCE_BYTES))
     return backends
