@@ -156,16 +156,24 @@ def test_verify_runs_fp16_artifacts_on_the_reference_evaluator_too(tmp_path):
     assert ref["status"] == "passed" and all(1e-4 < o["rel_fro"] < 2e-2 for o in ref["outputs"])
 
 
-def test_automatic_verify_skips_the_reference_evaluator_for_large_graphs(vit_bf16, monkeypatch):
+def test_automatic_verify_skips_the_reference_evaluator_for_large_fp16_graphs(vit_bf16, tmp_path, monkeypatch):
     """numpy runs low-precision matmuls without BLAS: past AUTO_REFERENCE_BYTES of weights the automatic
-    backends skip it and say how to run it; named, it runs whatever the size."""
+    backends of an fp16 artifact (which ONNX Runtime's CPU provider verifies too) skip it and say how
+    to run it; named, it runs whatever the size; for bf16 it is the only CPU backend and always runs."""
     import dinov3_deploy.runtime.runners as runners
 
-    monkeypatch.setattr(runners, "AUTO_REFERENCE_BYTES", runners.onnx_bytes(vit_bf16) - 1)
-    auto = {b.name: b for b in select_backends(vit_bf16, "auto")}
-    assert auto["onnx-reference"].runner is None
+    art = tmp_path / "fp16"
+    res = CliRunner().invoke(cli, ["export", "--model", "vit_tiny_test", "--precision", "fp16", "--static", "32x32",
+                                   "--batch", "1", "--no-verify", "--out", str(art)])
+    assert res.exit_code == 0, res.output
+    fp16 = load_artifact(art)
+    monkeypatch.setattr(runners, "AUTO_REFERENCE_BYTES", runners.onnx_bytes(fp16) - 1)
+    auto = {b.name: b for b in select_backends(fp16, "auto")}
+    assert auto["onnx-reference"].runner is None and auto["onnxruntime-cpu"].runner is not None
     assert "verify --backend onnx-reference runs it anyway" in auto["onnx-reference"].skip_reason
-    (named,) = select_backends(vit_bf16, "onnx-reference")
+    (named,) = select_backends(fp16, "onnx-reference")
     assert named.runner is not None and not named.skip_reason
-    monkeypatch.setattr(runners, "AUTO_REFERENCE_BYTES", runners.onnx_bytes(vit_bf16))
+    monkeypatch.setattr(runners, "AUTO_REFERENCE_BYTES", runners.onnx_bytes(fp16))
+    assert {b.name: b for b in select_backends(fp16, "auto")}["onnx-reference"].runner is not None
+    monkeypatch.setattr(runners, "AUTO_REFERENCE_BYTES", 0)
     assert {b.name: b for b in select_backends(vit_bf16, "auto")}["onnx-reference"].runner is not None
