@@ -99,8 +99,8 @@ def stitch_share(predictor, item, stitch: str, window, stride, batch_windows, re
 
     import torch
 
-    from dinov3_deploy.reference.training.images import read_rgb
-    from dinov3_deploy.reference.training.sliding_window import window_geometry
+    from dinov3_deploy.reference.protocol.images import read_rgb
+    from dinov3_deploy.reference.protocol.sliding_window import window_geometry
     from dinov3_deploy.runtime.inference import (
         _resize_short_side,
         batch_windows_of,
@@ -130,10 +130,10 @@ def stitch_share(predictor, item, stitch: str, window, stride, batch_windows, re
 
 
 def synthetic_images(folder: Path, n: int, height: int, width: int) -> None:
-    """n synthetic street-like PNGs (reference/training/synthetic.py) to time a pass on."""
+    """n synthetic street-like PNGs (reference/protocol/synthetic.py) to time a pass on."""
     from PIL import Image
 
-    from dinov3_deploy.reference.training.synthetic import make_sample
+    from dinov3_deploy.reference.protocol.synthetic import make_sample
 
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):

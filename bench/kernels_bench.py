@@ -229,7 +229,7 @@ def _fused_case(run: Run, B: int, H: int, g: int, hd: int, sdpa) -> None:
 def _stitch_problem(run: Run):
     """Image size, classes, crop, stride and low-resolution window logits (one per window of the
     reference's window_grid, the one definition of window placement)."""
-    from dinov3_deploy.reference.training.sliding_window import window_grid
+    from dinov3_deploy.reference.protocol.sliding_window import window_grid
 
     H, W, C, crop, stride, low = (12, 20, 4, 10, 6, 3) if run.smoke else (1024, 2048, 150, 512, 341, 32)
     windows = window_grid(H, W, crop, stride)
@@ -251,7 +251,7 @@ def naive_pad_and_add(logits, H, W, windows, n_classes):
 def reference_labels(logits, H, W, crop, stride):
     """The reference's own accumulation (slide_inference, all windows in one chunk) fed the
     precomputed window logits; the 1-channel zero image only gives it the crops' sizes."""
-    from dinov3_deploy.reference.training.sliding_window import slide_inference
+    from dinov3_deploy.reference.protocol.sliding_window import slide_inference
 
     image = logits.new_zeros((1, 1, H, W))
     out = slide_inference(lambda crops: logits, image, logits.shape[1], crop, stride, batch_size=logits.shape[0])

@@ -41,7 +41,7 @@ from dinov3_deploy.export.calibration import (
 )
 from dinov3_deploy.model_source import ModelSource
 from dinov3_deploy.reference.models.fold import fold_all
-from dinov3_deploy.reference.training.synthetic import make_sample
+from dinov3_deploy.reference.protocol.synthetic import make_sample
 from dinov3_deploy.reference.training.transforms import normalize
 from dinov3_deploy.verification.parity import THRESHOLDS, compare
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from dinov3_deploy.errors import ArtifactError, CheckpointError, DeployError
 from dinov3_deploy.hashing import sha256_file, sha256_path
 
-DEFAULT_N_CLASSES = 6  # the synthetic dataset's default (reference/training/synthetic.py)
+DEFAULT_N_CLASSES = 6  # the synthetic dataset's default (reference/protocol/synthetic.py)
 RANDOM_INITS = ("release-like", "outliers")  # --random-init choices (reference/models/random_init.py)
 
 
@@ -58,7 +58,7 @@ class ModelSource:
         n_classes = self.n_classes
         if self.task in ("seg", "cls") and n_classes <= 0:
             n_classes = DEFAULT_N_CLASSES
-        from dinov3_deploy.reference.training.synthetic import MAX_CLASSES, class_names, palette
+        from dinov3_deploy.reference.protocol.synthetic import MAX_CLASSES, class_names, palette
 
         mean, std = normalization_for_weights(self.weights)
         extra = {"mean": mean, "std": std}

@@ -267,7 +267,7 @@ def _register_stitch(trt, trtp, arch: int | None) -> None:
     @trtp.aot_impl(STITCH_PLUGIN)
     def stitch_aot(logits: trtp.TensorDesc, image_h: int, image_w: int, crop_h: int, crop_w: int, stride_h: int,
                    stride_w: int, out_h: int, out_w: int, outputs: tuple[trtp.TensorDesc], tactic: int) -> aot_return:
-        from dinov3_deploy.reference.training.sliding_window import window_geometry
+        from dinov3_deploy.reference.protocol.sliding_window import window_geometry
 
         g = window_geometry(image_h, image_w, (crop_h, crop_w), (stride_h, stride_w))
         cfg = stitch_engine_config()

@@ -1,6 +1,6 @@
 """Sliding-window stitching in Triton: per-window low-res logits -> full-image labels in one pass.
 
-The official DINOv3 / mmseg semantics (reference/training/sliding_window.py is the truth): each window's
+The official DINOv3 / mmseg semantics (reference/protocol/sliding_window.py is the truth): each window's
 logits [C, h', w'] are upsampled bilinearly (align_corners=False) to the window size, summed into
 an image-size canvas with a per-pixel count, averaged, optionally resized (bilinear,
 align_corners=False) to the label size, then argmax (and softmax, if asked).
@@ -11,7 +11,7 @@ low-res tensor (4 taps each), averages them, and for the final resize blends fou
 samples. Classes stream through in chunks of BLOCK_C with a running max / argmax (and an online
 sum of exponentials for the probabilities, written in a second sweep over the classes).
 
-Window geometry comes from `window_geometry` (reference/training/sliding_window.py, the one
+Window geometry comes from `window_geometry` (reference/protocol/sliding_window.py, the one
 definition of the placement): the launcher passes its scalars (effective crop, clamped stride,
 window counts and size) and the kernel derives each window's start from them, on each axis
 max(min(i*stride + crop, size) - crop, 0). Windows are row-major: logits[i * n_cols + j] is row i,
@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from dinov3_deploy.reference.training.sliding_window import window_geometry
+from dinov3_deploy.reference.protocol.sliding_window import window_geometry
 
 from .attention import check_device, interpreting, on_device
 

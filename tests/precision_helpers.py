@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from dinov3_deploy.reference.models.fold import scaled_branches
-from dinov3_deploy.reference.training.synthetic import make_sample
+from dinov3_deploy.reference.protocol.synthetic import make_sample
 from dinov3_deploy.reference.training.transforms import normalize
 from dinov3_deploy.verification import parity
 

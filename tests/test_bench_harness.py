@@ -17,7 +17,7 @@ from dinov3_deploy.bench import timing
 from dinov3_deploy.bench.harness import timed_row
 from dinov3_deploy.bench.kernels_bench import dot_precision
 from dinov3_deploy.cli import cli
-from dinov3_deploy.reference.training.sliding_window import window_grid
+from dinov3_deploy.reference.protocol.sliding_window import window_grid
 from dinov3_deploy.verification.parity import OutputParity
 
 ROW_KEYS = {"target", "shape", "status", "median_ms", "p10_ms", "p90_ms", "min_ms", "iters", "clock",

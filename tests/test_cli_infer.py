@@ -21,8 +21,8 @@ def seg_artifact(tmp_path_factory):
 def test_infer_seg_matches_reference_sliding_window(seg_artifact, tmp_path):
     from dinov3_deploy.artifact import load_artifact
     from dinov3_deploy.model_source import ModelSource
-    from dinov3_deploy.reference.training.sliding_window import slide_predict
-    from dinov3_deploy.reference.training.synthetic import make_sample
+    from dinov3_deploy.reference.protocol.sliding_window import slide_predict
+    from dinov3_deploy.reference.protocol.synthetic import make_sample
 
     image = make_sample(7, 80, 150)[0]  # not a multiple of 16, wider than the window
     (tmp_path / "imgs").mkdir()

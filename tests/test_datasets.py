@@ -6,8 +6,8 @@ import torch
 from PIL import Image
 
 from dinov3_deploy.errors import DeployError
+from dinov3_deploy.reference.protocol.images import read_rgb
 from dinov3_deploy.reference.training.datasets import ADE20K_CLASSES, ade20k, folder, open_dataset
-from dinov3_deploy.reference.training.images import read_rgb
 from dinov3_deploy.reference.training.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -195,7 +195,7 @@ def test_train_transform_geometry_pads_with_ignore_and_is_seeded():
 
 
 def test_train_transform_scales_and_crops():
-    from dinov3_deploy.reference.training.synthetic import make_sample
+    from dinov3_deploy.reference.protocol.synthetic import make_sample
 
     image, mask = make_sample(1, 120, 160)
     tf = SegTrainTransform(crop=96, base_size=120)
@@ -209,7 +209,7 @@ def test_train_transform_scales_and_crops():
 
 
 def test_photometric_distortion_changes_colours_not_shape():
-    from dinov3_deploy.reference.training.synthetic import make_sample
+    from dinov3_deploy.reference.protocol.synthetic import make_sample
 
     image, _ = make_sample(2, 32, 32)
     outs = [photometric_distortion(image, np.random.default_rng(s)) for s in range(8)]

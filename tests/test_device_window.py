@@ -13,8 +13,8 @@ from PIL import Image
 
 from dinov3_deploy.artifact import load_artifact
 from dinov3_deploy.cli import cli
-from dinov3_deploy.reference.training.sliding_window import window_geometry
-from dinov3_deploy.reference.training.synthetic import make_sample
+from dinov3_deploy.reference.protocol.sliding_window import window_geometry
+from dinov3_deploy.reference.protocol.synthetic import make_sample
 from dinov3_deploy.runtime.inference import resolve_stitch, stitch_labels, window_logits
 from dinov3_deploy.runtime.predictor import Predictor
 
@@ -71,7 +71,7 @@ def test_window_loop_batches_at_most_batch_windows_and_matches_the_reference_sti
     """predict_image's window loop calls the predictor with at most --batch-windows windows (a full batch
     and a remainder), and its labels equal the reference slide_inference running the same model one
     window at a time (the Triton stitch's equality with the reference is the tests above)."""
-    from dinov3_deploy.reference.training.sliding_window import slide_inference
+    from dinov3_deploy.reference.protocol.sliding_window import slide_inference
     from dinov3_deploy.runtime.inference import _resize_short_side, predict_image
 
     art = load_artifact(seg_artifact)

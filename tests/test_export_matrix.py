@@ -20,7 +20,7 @@ from dinov3_deploy.deploy_module import DeployModule
 from dinov3_deploy.export.onnx_graph import ensure_clean, export_onnx
 from dinov3_deploy.reference.configs import get_config
 from dinov3_deploy.reference.factory import build_backbone, build_task_model
-from dinov3_deploy.reference.training.synthetic import make_sample
+from dinov3_deploy.reference.protocol.synthetic import make_sample
 from dinov3_deploy.runtime.runners import OrtRunner, TorchRunner
 from dinov3_deploy.shapes import DimRange, ShapeSpec
 from dinov3_deploy.verification.parity import compare

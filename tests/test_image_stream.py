@@ -13,8 +13,8 @@ from cli_helpers import export_tiny as _export
 from PIL import Image
 
 from dinov3_deploy.artifact import load_artifact
-from dinov3_deploy.reference.training.images import read_rgb
-from dinov3_deploy.reference.training.synthetic import make_sample
+from dinov3_deploy.reference.protocol.images import read_rgb
+from dinov3_deploy.reference.protocol.synthetic import make_sample
 from dinov3_deploy.runtime import inference
 from dinov3_deploy.runtime.inference import ImageInput, image_stream, list_images, on_device, predict_image
 from dinov3_deploy.runtime.predictor import Predictor

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dinov3_deploy.cli import cli
-from dinov3_deploy.reference.training.synthetic import make_sample
+from dinov3_deploy.reference.protocol.synthetic import make_sample
 
 
 @pytest.fixture(scope="module")

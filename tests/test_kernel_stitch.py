@@ -9,7 +9,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
 
 from dinov3_deploy.kernels.stitch import stitch, stitch_into  # noqa: E402
-from dinov3_deploy.reference.training.sliding_window import slide_inference, window_grid  # noqa: E402
+from dinov3_deploy.reference.protocol.sliding_window import slide_inference, window_grid  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dinov3_deploy.reference.models.layers.rope import RopePositionEmbedding, rope_apply
-from dinov3_deploy.reference.training.sliding_window import count_map, window_geometry, window_grid
+from dinov3_deploy.reference.protocol.sliding_window import count_map, window_geometry, window_grid
 
 sizes = st.integers(min_value=1, max_value=300)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dinov3_deploy.reference.training.sliding_window import (
+from dinov3_deploy.reference.protocol.sliding_window import (
     count_map,
     slide_inference,
     slide_predict,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dinov3_deploy.reference.training.synthetic import MAX_CLASSES, class_names, make_sample, palette
+from dinov3_deploy.reference.protocol.synthetic import MAX_CLASSES, class_names, make_sample, palette
 
 
 def test_deterministic_by_seed():

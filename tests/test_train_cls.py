@@ -10,9 +10,9 @@ from train_helpers import small_config
 
 from dinov3_deploy.errors import DeployError
 from dinov3_deploy.reference.head_checkpoint import load_task_model
+from dinov3_deploy.reference.protocol.synthetic import make_cls_sample
 from dinov3_deploy.reference.training.datasets import image_folder, open_dataset
 from dinov3_deploy.reference.training.metrics import ClsMetrics
-from dinov3_deploy.reference.training.synthetic import make_cls_sample
 from dinov3_deploy.reference.training.trainer import TrainConfig, train
 
 

@@ -102,7 +102,7 @@ def command(artifact, images, out, overwrite, backend, demo, window, stride, bat
     used_stitch = resolve_stitch(stitch, predictor.device) if "seg" in tasks else None
     inputs: list[ImageInput] = list_images(images, exclude=out_dir) if images else []
     if demo:
-        from dinov3_deploy.reference.training.synthetic import make_sample
+        from dinov3_deploy.reference.protocol.synthetic import make_sample
 
         taken = {i.name for i in inputs}
         for i in range(demo):

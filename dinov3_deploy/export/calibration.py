@@ -75,11 +75,11 @@ def calibration_images(calib: str | Path | None, height: int, width: int, mean, 
     import numpy as np
 
     if calib is None:
-        from dinov3_deploy.reference.training.synthetic import make_sample
+        from dinov3_deploy.reference.protocol.synthetic import make_sample
 
         pixels = [make_sample(1000 + i, height, width)[0] for i in range(n)]  # not the verifier's seeds
     else:
-        from dinov3_deploy.reference.training.images import IMAGE_EXTS, is_image, read_rgb
+        from dinov3_deploy.reference.protocol.images import IMAGE_EXTS, is_image, read_rgb
 
         folder = Path(calib)
         if not folder.is_dir():

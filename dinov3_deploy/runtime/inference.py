@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from dinov3_deploy.atomic import atomic_write, write_bytes
 from dinov3_deploy.errors import DeployError
 from dinov3_deploy.manifest import Manifest
-from dinov3_deploy.reference.training.images import IMAGE_EXTS, is_image
+from dinov3_deploy.reference.protocol.images import IMAGE_EXTS, is_image
 
 #: The files each task writes per image, as suffixes of the image's output name.
 OUTPUT_SUFFIXES = {
@@ -202,7 +202,7 @@ def stitch_labels(logits: torch.Tensor, pixels: torch.Tensor, geometry, out_size
         labels = torch.empty(out_size, dtype=torch.int64, device=logits.device)
         stitch_into(logits, (H, W), crop, stride, labels)
         return labels
-    from dinov3_deploy.reference.training.sliding_window import slide_inference
+    from dinov3_deploy.reference.protocol.sliding_window import slide_inference
 
     if stitch == "torch-cpu":
         logits, pixels = logits.cpu(), pixels.cpu()
@@ -229,7 +229,7 @@ def predict_image(predictor, name: str, image: np.ndarray, *, crop: int | None =
     A multi-head artifact does both: its seg output from the windows, every other task's from one
     whole-image pass (so each task's result equals its single-head artifact's).
     `device_image`: the image already on the predictor's device (from `on_device`), else copied here."""
-    from dinov3_deploy.reference.training.sliding_window import window_geometry
+    from dinov3_deploy.reference.protocol.sliding_window import window_geometry
 
     art = predictor.artifact
     manifest = art.manifest
@@ -404,7 +404,7 @@ def save_depth_picture(path: str | os.PathLike, image: np.ndarray, depth: np.nda
 
 
 def _palette(n: int) -> list[list[int]]:
-    from dinov3_deploy.reference.training.synthetic import palette
+    from dinov3_deploy.reference.protocol.synthetic import palette
 
     try:
         return palette(n)
@@ -424,7 +424,7 @@ def decoded(inputs: list[ImageInput], workers: int = 2, ahead: int = 4, pin: boo
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
 
-    from dinov3_deploy.reference.training.images import read_rgb
+    from dinov3_deploy.reference.protocol.images import read_rgb
 
     def read(item: ImageInput):
         try:

@@ -53,7 +53,7 @@ def default_cases(shapes) -> list[Case]:
 
 def make_batch(case: Case, io: DeployIO) -> np.ndarray:
     """`case.batch` synthetic images in the artifact's input format (uint8 NHWC or normalised fp32 NCHW)."""
-    from dinov3_deploy.reference.training.synthetic import make_sample
+    from dinov3_deploy.reference.protocol.synthetic import make_sample
 
     images = np.stack([make_sample(case.seed + i, case.height, case.width)[0] for i in range(case.batch)])
     if io.uint8_input:

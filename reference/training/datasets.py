@@ -23,7 +23,7 @@ from pathlib import Path
 
 from dinov3_deploy.errors import DeployError
 
-from .images import IMAGE_EXTS, read_rgb
+from ..protocol.images import IMAGE_EXTS, read_rgb
 
 ADE20K_CLASSES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass", "cabinet",
@@ -132,7 +132,7 @@ class _Synthetic(_Classes):
 
 def synthetic_seg(size: int, height: int, width: int, n_classes: int = 6, seed_offset: int = 0) -> _Synthetic:
     """The procedural segmentation data: sample i is make_sample(seed_offset + i) with n_classes."""
-    from . import synthetic
+    from ..protocol import synthetic
 
     return _Synthetic(partial(synthetic.make_sample, n_classes=n_classes), size, height, width, seed_offset,
                       class_names=synthetic.class_names(n_classes), palette=synthetic.palette(n_classes))
@@ -146,7 +146,7 @@ def synthetic_depth(size: int, height: int, width: int, seed_offset: int = 0) ->
 
 def synthetic_cls(size: int, height: int, width: int, n_classes: int = 6, seed_offset: int = 0) -> _Synthetic:
 
-    from . import synthetic
+    from ..protocol import synthetic
 
     return _Synthetic(partial(_cls_sample, n_classes=n_classes), size, height, width, seed_offset,
                       name="synthetic-cls", class_names=synthetic.class_names(n_classes),
@@ -154,7 +154,7 @@ def synthetic_cls(size: int, height: int, width: int, n_classes: int = 6, seed_o
 
 
 def _cls_sample(seed: int, height: int, width: int, n_classes: int):
-    from .synthetic import make_cls_sample
+    from ..protocol.synthetic import make_cls_sample
 
     return make_cls_sample(seed, height, width, n_classes)
 

@@ -119,7 +119,7 @@ def evaluate_seg(model: TaskModel, dataset, *, size: int, crop: int, stride: int
                  ) -> tuple[dict, list]:
     """Sliding-window mIoU/aAcc over `dataset` (images resized to short side `size`, logits resized
     back to the label size). Returns (metrics, up to `keep` (image, gt, pred) triples of rank 0)."""
-    from .sliding_window import slide_inference
+    from ..protocol.sliding_window import slide_inference
     from .transforms import SegEvalTransform
 
     stride = stride or max(1, (crop * 2) // 3)
