@@ -19,8 +19,8 @@ from pathlib import Path
 
 from dinov3_deploy.atomic import atomic_dir, write_json
 from dinov3_deploy.errors import ArtifactError
+from dinov3_deploy.hashing import sha256_file
 from dinov3_deploy.manifest import MANIFEST, SCHEMA, SCHEMA_VERSION, FileEntry, Manifest, read_manifest
-from dinov3_deploy.model_source import sha256_file
 
 __all__ = ["MANIFEST", "SCHEMA", "SCHEMA_VERSION", "Artifact", "ArtifactWriter", "load_artifact"]
 

@@ -43,6 +43,12 @@ SCHEMA_FILE = Path(__file__).with_name("manifest.schema.json")
 INPUT_NAMES = {"float32": "pixel_values", "uint8": "image"}
 
 
+def _imagenet() -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    from dinov3_deploy.reference.configs import IMAGENET_MEAN, IMAGENET_STD
+
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
 @dataclass(frozen=True)
 class DeployIO:
     """The I/O contract of the deployed graph: what verify, bench and infer must feed it and what
@@ -51,8 +57,10 @@ class DeployIO:
     uint8_input: bool = False  # uint8 NHWC RGB normalised in the graph; else normalised fp32 NCHW
     seg_output: str = "logits"  # seg: "probs" / "labels" outputs added after the logits
     feature_layers: int = 0  # features on ViT: patch tokens of the last N blocks (N-1 extra outputs)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    # default: the ImageNet statistics (reference/configs.py), imported only when used: the manifest
+    # module stays free of torch, which the reference package imports
+    mean: tuple[float, float, float] = field(default_factory=lambda: _imagenet()[0])
+    std: tuple[float, float, float] = field(default_factory=lambda: _imagenet()[1])
 
 
 @dataclass(kw_only=True)

@@ -114,8 +114,10 @@ def get_config(name: str) -> BackboneConfig:
 
 # Pre-processing of the released weights: RGB input; the web-image weights (LVD-1689M) use ImageNet
 # statistics, the satellite weights (SAT-493M) statistics of their own training set.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
-    "lvd1689m": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "lvd1689m": (IMAGENET_MEAN, IMAGENET_STD),
     "sat493m": ((0.430, 0.411, 0.296), (0.213, 0.156, 0.143)),
 }
 

@@ -20,9 +20,6 @@ from torch import nn
 
 from .task_model import HeadSpec, TaskModel
 
-# each task's outputs in TaskModel.forward order; a multi-head model names them "<task>.<output>"
-TASK_OUTPUTS = {"features": ("cls", "storage", "patch"), "seg": ("logits",), "depth": ("depth",), "cls": ("logits",)}
-
 
 class MultiTaskModel(nn.Module):
     """forward(x) -> {"<task>.<output>": tensor} for each task in `tasks` order (see TaskModel for

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..configs import IMAGENET_MEAN, IMAGENET_STD
 from .heads import BinsDepthHead, LinearClsHead, LinearSegHead, select_layers
 
 TASKS = ("features", "seg", "depth", "cls")
@@ -25,8 +26,8 @@ class HeadSpec:
     head_type: str = "linear"  # seg/cls: linear; depth: bins (linear) | dpt
     class_names: list[str] = field(default_factory=list)
     palette: list[list[int]] = field(default_factory=list)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
     input_size: int = 512
     min_depth: float = 0.001
     max_depth: float = 10.0

@@ -26,7 +26,6 @@ import torch
 SILOG_LAMBDA = 0.85
 DELTA_BASE = 1.25
 METRIC_NAMES = ("AbsRel", "RMSE", "log10", "delta1", "delta2", "delta3")
-LOWER_IS_BETTER = ("AbsRel", "RMSE", "log10")
 
 
 def valid_mask(target: torch.Tensor) -> torch.Tensor:

@@ -34,7 +34,7 @@ from dinov3_deploy.atomic import atomic_write
 from dinov3_deploy.errors import CheckpointError, DeployError
 
 from ..models.task_model import TaskModel
-from .tasks import HEAD_TYPES, RECIPES, backbone_maps, evaluate_seg, seg_logits_fn  # noqa: F401 (public here too)
+from .tasks import HEAD_TYPES, RECIPES
 
 STATE_NAME = "train_state.pt"
 # Peak AdamW learning rates. The depth bins read-out needs large logits (every one of its 256 bins
