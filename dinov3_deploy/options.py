@@ -174,3 +174,47 @@ def overwrite_option(help_text: str):
 def out_option(default: str | None, help_text: str, **kw):
     return click.option("-o", "--out", "out", type=click.Path(), default=default, show_default=default is not None,
                         help=help_text, **kw)
+
+
+# Compute capabilities TensorRT-RTX does not build for, and why (checked at the option, before the
+# export's minutes of work). Hopper (9.0) is a data-centre GPU: full TensorRT is what runs there.
+RTX_UNSUPPORTED = {"SM90": "TensorRT-RTX does not support compute capability 9.0 (Hopper); full TensorRT runs "
+                           "there: --trt-flavor tensorrt (pip install 'dinov3-deploy[trt]') on that GPU"}
+
+
+def rtx_targets() -> tuple[str, ...]:
+    """The targets the installed TensorRT-RTX names (its ComputeCapability members); without it, the
+    defaults and CURRENT (the build then fails on the missing TensorRT-RTX, with its own message)."""
+    from dinov3_deploy.engines.trt_api import DEFAULT_RTX_TARGETS
+
+    try:
+        import tensorrt_rtx
+    except ImportError:
+        return (*DEFAULT_RTX_TARGETS, "CURRENT")
+    return tuple(k for k in tensorrt_rtx.ComputeCapability.__members__ if k != "NONE")
+
+
+def parse_trt_targets(ctx, param, value: str | None) -> list[str] | None:
+    """--trt-targets "SM86,sm89" -> ["SM86", "SM89"]; an unknown target fails here, naming the known ones."""
+    if value is None:
+        return None
+    names = [t.strip().upper() for t in value.split(",") if t.strip()]
+    if not names:
+        raise click.BadParameter("give comma-separated compute capabilities, e.g. SM86,SM89")
+    for name in names:
+        if name in RTX_UNSUPPORTED:
+            raise click.BadParameter(f"{name}: {RTX_UNSUPPORTED[name]}")
+    known = rtx_targets()
+    bad = [t for t in names if t not in known]
+    if bad:
+        raise click.BadParameter(f"unknown TensorRT-RTX target(s) {', '.join(bad)}; known: {', '.join(known)}")
+    return names
+
+
+def trt_targets_option():
+    from dinov3_deploy.engines.trt_api import DEFAULT_RTX_TARGETS
+
+    return click.option(
+        "--trt-targets", default=None, callback=parse_trt_targets, metavar="SM86,SM89,...",
+        help=f"TensorRT-RTX compute capabilities to build for. Default: {','.join(DEFAULT_RTX_TARGETS)}. "
+             "Not SM90: TensorRT-RTX does not run on Hopper; use --trt-flavor tensorrt there.")

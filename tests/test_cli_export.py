@@ -120,6 +120,24 @@ def test_user_errors_exit_2_with_a_message(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_trt_targets_are_checked_at_the_option_before_any_work(tmp_path, monkeypatch):
+    from dinov3_deploy.export import pipeline
+
+    def no_export(*a, **k):
+        raise AssertionError("the export started before --trt-targets was checked")
+
+    monkeypatch.setattr(pipeline, "export_artifact", no_export)
+    base = ("export", "--model", "vit_tiny_test", "--format", "onnx,trt", "--out", str(tmp_path / "x"))
+    r = invoke(*base, "--trt-targets", "SM86,SM90")
+    assert r.exit_code == 2 and "Hopper" in r.output and "--trt-flavor tensorrt" in r.output
+    assert "Traceback" not in r.output
+    r = invoke(*base, "--trt-targets", "SM42")
+    assert r.exit_code == 2 and "unknown TensorRT-RTX target(s) SM42" in r.output and "SM86" in r.output
+    r = invoke("export", "--help")
+    assert r.exit_code == 0 and "SM80,SM86,SM89,SM120" in r.output
+    assert not (tmp_path / "x").exists()
+
+
 def test_export_from_a_head_checkpoint_with_uint8_input(tmp_path):
     """--head: backbone and classes come from the trainer's checkpoint; verify rebuilds the same
     reference later and refuses when the checkpoint changed under it."""

@@ -5,7 +5,13 @@ from __future__ import annotations
 import click
 
 from dinov3_deploy.export.pipeline import DEFAULT_MODEL, ExportOptions
-from dinov3_deploy.options import out_option, overwrite_option, random_init_option, weights_option
+from dinov3_deploy.options import (
+    out_option,
+    overwrite_option,
+    random_init_option,
+    trt_targets_option,
+    weights_option,
+)
 
 
 @click.command("export")
@@ -47,7 +53,7 @@ from dinov3_deploy.options import out_option, overwrite_option, random_init_opti
 @click.option("--trt-flavor", type=click.Choice(["auto", "tensorrt", "tensorrt-rtx"]), default="auto",
               show_default=True, help="auto: full TensorRT on a GPU machine that has it, else TensorRT-RTX (builds "
                                       "without a GPU; its engines do not run on Hopper).")
-@click.option("--trt-targets", default=None, help="TensorRT-RTX compute capabilities, e.g. SM86,SM89.")
+@trt_targets_option()
 @click.option("--trt-workspace-gib", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Builder workspace limit in GiB. Default: no limit (the GPU's memory), which the largest "
                    "shapes need (vits16 at 8x1024x1024 asks for over 4 GiB).")
@@ -92,7 +98,7 @@ def command(task, model, weights, heads, n_classes, layers, precision, opset, ca
         height=height, width=width, static=static,
         seg_output=seg_output, uint8_input=uint8_input, feature_layers=feature_layers,
         trt_flavor=trt_flavor,
-        trt_targets=[t.strip() for t in trt_targets.split(",")] if trt_targets else None,
+        trt_targets=trt_targets,
         trt_workspace_gib=trt_workspace_gib, trt_opt_level=trt_opt_level, timing_cache=timing_cache,
         verify=not no_verify, overwrite=overwrite, attention=attention,
     )
