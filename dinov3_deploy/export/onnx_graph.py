@@ -13,8 +13,10 @@ backbone's input multiple), and keeps the reference's fp32 islands as explicit `
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,7 +103,7 @@ def export_onnx(module: DeployModule, path: str | os.PathLike, shapes: ShapeSpec
         from dinov3_deploy.engines.plugins import onnx_translation_table
 
         extra["custom_translation_table"] = onnx_translation_table(plugin=True)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet_torchvision_probe():
         program = torch.onnx.export(
             module, (x,), dynamo=True, dynamic_shapes=_dynamic_shapes(module, shapes),
             input_names=[module.input_name], output_names=module.output_names,
@@ -111,6 +113,29 @@ def export_onnx(module: DeployModule, path: str | os.PathLike, shapes: ShapeSpec
     _name_grid_dims(path)
     files = [path.name] + ([path.name + ".data"] if external_data and Path(str(path) + ".data").exists() else [])
     return ExportResult(path, files, opset, external_data, list(x.shape))
+
+
+# torch.onnx's op registry looks up the torchvision ops it has ONNX functions for (nms, roi_align,
+# ...) on every export and logs a warning for each when torchvision is absent. No DINOv3 graph uses
+# them, and torchvision is no dependency of ours, so the four lines only read like a broken install.
+_REGISTRY_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+class _TorchvisionProbeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("torchvision is not installed")
+
+
+@contextmanager
+def _quiet_torchvision_probe():
+    """Drop only the registry's "torchvision is not installed. Skipping torchvision::..." records
+    while the export runs; every other exporter message still shows."""
+    logger, probe_filter = logging.getLogger(_REGISTRY_LOGGER), _TorchvisionProbeFilter()
+    logger.addFilter(probe_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(probe_filter)
 
 
 def _name_grid_dims(path: Path) -> None:
