@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dinov3_deploy.errors import DeployError
+from dinov3_deploy.head_outputs import graph_output_names, output_name, output_names  # noqa: F401 (importable here)
 from dinov3_deploy.manifest import INPUT_NAMES, MULTI_TASK, DeployIO
 
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -29,17 +30,6 @@ DEFAULT_OPSET = {"fp32": 18, "fp16": 18, "bf16": 18}
 OPSETS = range(18, 23)  # torch.onnx's dynamo exporter starts at 18; ONNX 1.17 defines up to 22 here
 BF16_CONV_OPSET = 22  # ONNX Conv (and ConvTranspose, pooling) accept bfloat16 from opset 22 only
 SEG_OUTPUTS = ("logits", "probs", "labels")
-
-
-def output_names(task: str, family: str, seg_output: str = "logits") -> list[str]:
-    """The graph's outputs, in order."""
-    if task == "features":
-        return ["cls", "patch"] if family == "convnext" else ["cls", "storage", "patch"]
-    if task == "seg":
-        return ["logits"] + ([seg_output] if seg_output != "logits" else [])
-    if task == "depth":
-        return ["depth"]
-    return ["logits"]
 
 
 def cast_copy(module: nn.Module, dtype: torch.dtype) -> nn.Module:
@@ -182,8 +172,8 @@ class DeployModule(nn.Module):
             raise DeployError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
         if seg_output not in SEG_OUTPUTS:
             raise DeployError(f"--seg-output must be one of {', '.join(SEG_OUTPUTS)}, got '{seg_output}'")
-        multi = getattr(task_model, "tasks", None)  # a MultiTaskModel: several heads on one backbone pass
-        tasks = list(multi) if multi else [task_model.spec.task]
+        tasks = list(task_model.tasks)  # a TaskModel is the one-head case of a MultiTaskModel
+        multi = len(tasks) > 1
         if "seg" not in tasks and seg_output != "logits":
             raise DeployError(f"--seg-output {seg_output} only applies to --task seg")
         self.precision = precision
@@ -242,15 +232,12 @@ class DeployModule(nn.Module):
             for name in ("cls_token", "storage_tokens", "mask_token"):
                 original = getattr(task_model.backbone, name)
                 setattr(backbone, name, nn.Parameter(original.detach().float(), requires_grad=False))
-        mean = mean if mean is not None else tuple(task_model.mean if multi else task_model.spec.mean)
-        std = std if std is not None else tuple(task_model.std if multi else task_model.spec.std)
+        mean = mean if mean is not None else tuple(task_model.mean)
+        std = std if std is not None else tuple(task_model.std)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        if multi:  # "<task>.<output>", each task's outputs in its single-task order
-            self.output_names = [f"{t}.{n}" for t in tasks
-                                 for n in output_names(t, self.family, seg_output if t == "seg" else "logits")]
-        else:
-            self.output_names = output_names(self.task, self.family, seg_output)
+        self.output_names = graph_output_names(tasks, self.family, seg_output,
+                                               {t: s.head_type for t, s in task_model.specs.items()})
         self.layer_ids: list[int] = []
         if feature_layers:
             n_blocks = task_model.backbone.n_blocks
@@ -327,13 +314,14 @@ class DeployModule(nn.Module):
             out = self.model(self.preprocess(x))
         result = {name: out[name].float() for name in self.output_names if name in out}
         if "seg" in self.tasks and self.seg_output != "logits":
-            prefix = "seg." if self.task == MULTI_TASK else ""
+            multi = self.task == MULTI_TASK
             size = x.shape[1:3] if self.uint8_input else x.shape[-2:]
-            up = F.interpolate(result[prefix + "logits"], size=size, mode="bilinear", align_corners=False)
+            up = F.interpolate(result[output_name("seg", "logits", multi)], size=size, mode="bilinear",
+                               align_corners=False)
             if self.seg_output == "probs":
-                result[prefix + "probs"] = up.softmax(dim=1)
+                result[output_name("seg", "probs", multi)] = up.softmax(dim=1)
             else:
-                result[prefix + "labels"] = up.argmax(dim=1).to(torch.int32)
+                result[output_name("seg", "labels", multi)] = up.argmax(dim=1).to(torch.int32)
         return tuple(result[name] for name in self.output_names)
 
     def example_input(self, batch: int, height: int, width: int) -> torch.Tensor:

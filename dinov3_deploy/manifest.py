@@ -31,6 +31,7 @@ from typing import Any
 
 from dinov3_deploy.atomic import write_json
 from dinov3_deploy.errors import ArtifactError
+from dinov3_deploy.head_outputs import output_name
 from dinov3_deploy.shapes import ShapeSpec
 
 SCHEMA = "dinov3-deploy-artifact"
@@ -272,27 +273,34 @@ class Manifest:
     files: dict[str, FileEntry] = field(default_factory=dict)
 
     @property
+    def multi(self) -> bool:
+        """Several heads: outputs named "<task>.<output>", heads and classes under `heads`."""
+        return self.task == MULTI_TASK
+
+    def _parts(self) -> list[tuple[str, HeadInfo | None, Classes | None]]:
+        """(task, head, classes) of each head: the general (multi-head) view, of which a single-task
+        artifact is the one-part case (the file keeps its head and classes at the top level)."""
+        if self.multi:
+            return [(h.task, h, h.classes) for h in self.heads]
+        return [(self.task, self.head, self.classes)]
+
+    @property
     def tasks(self) -> list[str]:
         """The tasks the graph computes: the heads' for a multi-head artifact, else the one task."""
-        return [h.task for h in self.heads] if self.task == MULTI_TASK else [self.task]
+        return [task for task, _, _ in self._parts()]
 
     def head_for(self, task: str) -> HeadInfo | None:
-        """The head computing `task` (multi-head: that head; single-task: `head` when it is that task)."""
-        if self.task != MULTI_TASK:
-            return self.head if task == self.task else None
-        return next((h for h in self.heads if h.task == task), None)
+        """The head computing `task` (None for features and for a task the graph does not compute)."""
+        return next((head for t, head, _ in self._parts() if t == task), None)
 
     def classes_for(self, task: str) -> Classes | None:
-        """Class names and palette of a seg/cls task (multi-head: that head's)."""
-        if self.task != MULTI_TASK:
-            return self.classes if task == self.task else None
-        head = self.head_for(task)
-        return head.classes if head else None
+        """Class names and palette of a seg/cls task."""
+        return next((classes for t, _, classes in self._parts() if t == task), None)
 
     def output_name(self, task: str, name: str) -> str:
         """The graph output `name` ("logits", "depth", ...) of `task`: "seg.logits" in a multi-head
         graph, "logits" in a single-task one."""
-        return f"{task}.{name}" if self.task == MULTI_TASK else name
+        return output_name(task, name, self.multi)
 
     @property
     def io(self) -> DeployIO:
@@ -326,6 +334,18 @@ class Manifest:
         path = Path(root) / MANIFEST
         write_json(path, self.to_dict())
         return path
+
+
+def head_fields(heads: list[HeadInfo], multi: bool) -> dict[str, Any]:
+    """The Manifest fields that hold `heads` (one per task, features included, each with its
+    classes): a multi-head artifact lists them under `heads`; a single-task one, the one-part case,
+    keeps its head under `head` (none for features) and its classes at the top level (schema 2's
+    layout, which schema 3 kept)."""
+    if multi:
+        return {"head": None, "heads": heads, "classes": None}
+    (one,) = heads
+    head = None if one.task == "features" else dataclasses.replace(one, classes=None)
+    return {"head": head, "heads": [], "classes": one.classes}
 
 
 def read_manifest(root: str | os.PathLike) -> Manifest:

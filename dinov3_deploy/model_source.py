@@ -8,6 +8,7 @@ from pathlib import Path
 
 from dinov3_deploy.errors import ArtifactError, CheckpointError, DeployError
 from dinov3_deploy.hashing import sha256_file, sha256_path
+from dinov3_deploy.manifest import MULTI_TASK
 
 DEFAULT_N_CLASSES = 6  # the synthetic dataset's default (reference/protocol/synthetic.py)
 RANDOM_INITS = ("release-like", "outliers")  # --random-init choices (reference/models/random_init.py)
@@ -173,17 +174,23 @@ class ModelSource:
                    int(d.get("seed", 0)), d.get("init", "release-like"))
 
 
-MULTI_TASK = "multi"  # the manifest's task of a multi-head artifact; its tasks are in `heads`
-
-
 @dataclass(frozen=True)
 class MultiSource:
-    """Several heads on one backbone (`export --head A --head B`, or `--task seg,depth,cls` for
-    random heads): one ModelSource per head, all on the same backbone, which is built once."""
+    """What an export builds: one or more heads on one backbone (`export --head A --head B`, or
+    `--task seg,depth,cls` for random heads), one ModelSource per head, the backbone built once.
+    A single head (or none: features) is the one-part case; only `multi` (two parts or more)
+    changes anything, and only how the outputs and the manifest's source are laid out."""
 
     parts: tuple[ModelSource, ...]
 
-    task = MULTI_TASK
+    @property
+    def multi(self) -> bool:
+        return len(self.parts) > 1
+
+    @property
+    def task(self) -> str:
+        """The manifest's task: the one part's, or MULTI_TASK."""
+        return MULTI_TASK if self.multi else self.parts[0].task
 
     @property
     def tasks(self) -> list[str]:
@@ -195,7 +202,6 @@ class MultiSource:
     seed = property(lambda self: self.parts[0].seed)
     init = property(lambda self: self.parts[0].init)
     random_backbone = property(lambda self: self.parts[0].random_backbone)
-    head = None  # no single head checkpoint: each part has its own
 
     @property
     def random_head(self) -> bool:
@@ -212,7 +218,8 @@ class MultiSource:
             for h in heads:
                 from dinov3_deploy.reference.head_checkpoint import read_head_spec
 
-                parts.append(ModelSource.resolve(read_head_spec(h).task, backbone, weights, h, 0, layers, seed, init))
+                parts.append(ModelSource.resolve(read_head_spec(h).task, backbone, weights, h, n_classes, layers, seed,
+                                                init))
         else:
             parts = [ModelSource.resolve(t, backbone, weights, None, n_classes, layers, seed, init) for t in tasks]
         seen: dict[str, str] = {}
@@ -221,23 +228,15 @@ class MultiSource:
                 raise DeployError(f"two heads for task '{p.task}' ({seen[p.task]} and {p.head or 'random'}): "
                                   "a multi-head artifact has one head per task")
             seen[p.task] = p.head or "random"
-        names = {p.backbone for p in parts}
-        if len(names) > 1:
-            raise CheckpointError("the heads were trained on different backbones: " + ", ".join(
-                f"{p.head} on {p.backbone}" for p in parts) + "; a multi-head artifact shares one backbone")
-        idents = [p.backbone_identity() for p in parts]
-        if len(set(idents)) > 1:
-            def what(ident: tuple) -> str:
-                kind = "weights sha256" if ident[0] == "weights" else "random backbone seed"
-                return f"{kind} {str(ident[1])[:12]}"
-
-            raise CheckpointError("the heads were trained on different backbones: " + "; ".join(
-                f"{p.head or p.task + ' (random head)'} on {what(i)}" for p, i in zip(parts, idents))
-                + ". Retrain them on one backbone (same --weights, or the same --seed)")
+        if len(parts) > 1:
+            _check_one_backbone(parts)
         return cls(tuple(parts))
 
     def build(self, attn_impl: str = "math"):
-        """The fp32 MultiTaskModel: the shared backbone built once, each head on it."""
+        """The fp32 reference: the one part's TaskModel, or a MultiTaskModel (the shared backbone
+        built once, each head on it)."""
+        if not self.multi:
+            return self.parts[0].build(attn_impl)
         from dinov3_deploy.reference.models.multi_task import MultiTaskModel
 
         backbone = self.parts[0].build_backbone(attn_impl)
@@ -248,6 +247,9 @@ class MultiSource:
             raise DeployError(str(exc)) from exc
 
     def to_manifest(self) -> dict:
+        """The manifest's `source`: the one part's record, or the shared backbone's and one per head."""
+        if not self.multi:
+            return self.parts[0].to_manifest()
         first = self.parts[0].to_manifest()
         return {"task": MULTI_TASK, "backbone": first["backbone"], "weights": first["weights"],
                 "weights_sha256": first["weights_sha256"], "seed": first["seed"], "init": first["init"],
@@ -257,6 +259,24 @@ class MultiSource:
     @classmethod
     def from_manifest(cls, d: dict, weights: str | None = None) -> MultiSource:
         return cls(tuple(ModelSource.from_manifest(p, weights=weights) for p in d["heads"]))
+
+
+def _check_one_backbone(parts: list[ModelSource]) -> None:
+    """Heads of one artifact share one backbone: the same name and the same weights (or random seed).
+    Hashes the weights: checked only when there are two heads or more."""
+    names = {p.backbone for p in parts}
+    if len(names) > 1:
+        raise CheckpointError("the heads were trained on different backbones: " + ", ".join(
+            f"{p.head} on {p.backbone}" for p in parts) + "; a multi-head artifact shares one backbone")
+    idents = [p.backbone_identity() for p in parts]
+    if len(set(idents)) > 1:
+        def what(ident: tuple) -> str:
+            kind = "weights sha256" if ident[0] == "weights" else "random backbone seed"
+            return f"{kind} {str(ident[1])[:12]}"
+
+        raise CheckpointError("the heads were trained on different backbones: " + "; ".join(
+            f"{p.head or p.task + ' (random head)'} on {what(i)}" for p, i in zip(parts, idents))
+            + ". Retrain them on one backbone (same --weights, or the same --seed)")
 
 
 def source_from_manifest(d: dict, weights: str | None = None, head: str | None = None) -> ModelSource | MultiSource:

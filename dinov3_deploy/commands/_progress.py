@@ -11,7 +11,6 @@ class RichProgress:
         self.console = console
         self._status = None
         self._step = ""
-        self.report = None
 
     @contextmanager
     def step(self, text: str):

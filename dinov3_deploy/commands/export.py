@@ -76,7 +76,7 @@ def command(task, model, weights, heads, n_classes, layers, precision, opset, ca
     from rich.markup import escape
 
     from dinov3_deploy.commands._progress import RichProgress, make_console
-    from dinov3_deploy.export.pipeline import export_artifact
+    from dinov3_deploy.export.pipeline import ExportParityError, export_artifact
     from dinov3_deploy.verification.verify import render_report
 
     console = make_console()
@@ -102,12 +102,10 @@ def command(task, model, weights, heads, n_classes, layers, precision, opset, ca
         trt_workspace_gib=trt_workspace_gib, trt_opt_level=trt_opt_level, timing_cache=timing_cache,
         verify=not no_verify, overwrite=overwrite, attention=attention,
     )
-    progress = RichProgress(console)
     try:
-        path, report = export_artifact(opts, progress)
-    except Exception:
-        if progress.report is not None:
-            render_report(progress.report, console)
+        path, report = export_artifact(opts, RichProgress(console))
+    except ExportParityError as exc:
+        render_report(exc.report, console)  # the table first, then the one-line error (exit 2)
         raise
     from dinov3_deploy.artifact import load_artifact
 

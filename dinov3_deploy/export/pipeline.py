@@ -11,9 +11,13 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dinov3_deploy.artifact import ENGINE_NAME, ONNX_NAME, PARITY_NAME, Artifact, ArtifactWriter, toolchain_versions
+from dinov3_deploy.atomic import write_json
+from dinov3_deploy.engines.plugins import ATTENTION_PLUGIN
 from dinov3_deploy.errors import DeployError
+from dinov3_deploy.head_outputs import output_doc
 from dinov3_deploy.manifest import (
     INPUT_NAMES,
     BackboneInfo,
@@ -28,25 +32,14 @@ from dinov3_deploy.manifest import (
     OutputsConfig,
     OutputSpec,
     TensorRTInfo,
+    head_fields,
 )
 from dinov3_deploy.model_source import ModelSource, MultiSource
 from dinov3_deploy.shapes import DimRange, ShapeSpec, parse_static
+from dinov3_deploy.verification.parity import ParityError
 
 FORMATS = ("onnx", "trt", "triton-repo")
 DEFAULT_MODEL = "vits16"  # the smallest released ViT: the embedded default
-
-OUTPUT_DOC = {
-    ("features", "cls"): "normalised class token [B, D]",
-    ("features", "storage"): "normalised storage (register) tokens [B, 4, D]",
-    ("features", "patch"): "normalised patch tokens [B, h*w, D], row-major over the patch grid",
-    ("features", "patch_block"): "normalised patch tokens of that block [B, h*w, D] (final norm applied)",
-    ("seg", "logits"): "class scores at patch resolution [B, C, h, w] (upsample bilinearly, align_corners=False)",
-    ("seg", "probs"): "softmax of the bilinearly upsampled logits [B, C, H, W]",
-    ("seg", "labels"): "argmax class per pixel of the upsampled logits [B, H, W] int32",
-    ("depth", "depth"): "depth in metres at patch resolution [B, 1, h, w]",
-    ("cls", "logits"): "class scores [B, C]",
-}
-
 
 class Progress:
     """No-op progress; the CLI passes a rich one. `step` wraps a phase, `log` updates its detail."""
@@ -112,9 +105,6 @@ def shape_spec(opts: ExportOptions, multiple: int) -> ShapeSpec:
     return ShapeSpec(batch, height, width, multiple)
 
 
-ATTENTION_PLUGIN = "dinov3_deploy::attention"
-
-
 def check_attention_option(opts: ExportOptions, family: str, formats: tuple[str, ...]) -> bool:
     """Whether to export plugin nodes; refuses combinations that cannot work, before any work."""
     if opts.attention not in ("onnx", "plugin"):
@@ -141,13 +131,13 @@ def check_attention_option(opts: ExportOptions, family: str, formats: tuple[str,
     return True
 
 
-def _model_name(source: ModelSource | MultiSource) -> str:
-    return f"dinov3_{source.backbone}_{'_'.join(getattr(source, 'tasks', [source.task]))}"
+def _model_name(source: MultiSource) -> str:
+    return f"dinov3_{source.backbone}_{'_'.join(source.tasks)}"
 
 
-def resolve_source(opts: ExportOptions, model_name: str | None) -> ModelSource | MultiSource:
-    """The model to export: one head (or none), or several heads on one backbone. The task comes from
-    the head checkpoints when --task is not given; several tasks or heads make a MultiSource."""
+def resolve_source(opts: ExportOptions, model_name: str | None) -> MultiSource:
+    """The model to export: its heads (one, several, or none for features) on one backbone. The tasks
+    come from the head checkpoints when --task is not given; one head is the one-part case."""
     from dinov3_deploy.reference.models.task_model import TASKS
 
     heads = [opts.head] if isinstance(opts.head, str) else list(opts.head or [])
@@ -165,53 +155,78 @@ def resolve_source(opts: ExportOptions, model_name: str | None) -> ModelSource |
         if sorted(head_tasks) != sorted(tasks):
             raise DeployError(f"--task {opts.task} does not match the heads' tasks ({', '.join(head_tasks)}); "
                               "drop --task: the heads say what they compute")
-        tasks = head_tasks
-    args = dict(n_classes=opts.n_classes, layers=opts.layers, seed=opts.seed, init=opts.random_init)
-    if len(heads) > 1 or len(tasks) > 1:
-        if opts.feature_layers:
-            raise DeployError("--feature-layers applies to a single --task features export, not a multi-head one")
-        return MultiSource.resolve(tasks, model_name, opts.weights, heads, **args)
-    if heads:
-        from dinov3_deploy.reference.head_checkpoint import read_head_spec
-
-        task = read_head_spec(heads[0]).task
-        return ModelSource.resolve(task, model_name, opts.weights, heads[0], **args)
-    return ModelSource.resolve(tasks[0] if tasks else "seg", model_name, opts.weights, None, **args)
+    if opts.feature_layers and (len(heads) > 1 or len(tasks) > 1):
+        raise DeployError("--feature-layers applies to a single --task features export, not a multi-head one")
+    return MultiSource.resolve(tasks or ["seg"], model_name, opts.weights, heads, n_classes=opts.n_classes,
+                               layers=opts.layers, seed=opts.seed, init=opts.random_init)
 
 
-def _output_doc(task: str, name: str) -> str:
-    if "." in name:  # a multi-head graph: "<task>.<output>"
-        task, name = name.split(".", 1)
-    return OUTPUT_DOC.get((task, name.rstrip("0123456789")), "")
+class ExportParityError(ParityError):
+    """Verification failed, so no artifact was written; carries the parity report (the CLI prints its
+    table before the one-line error)."""
+
+    def __init__(self, message: str, report: dict) -> None:
+        super().__init__(message)
+        self.report = report
 
 
-def _head_info(source: ModelSource, spec, outputs: list[str], multi: bool) -> HeadInfo:
-    classes = None
-    if multi and source.task in ("seg", "cls"):
-        classes = Classes(names=list(spec.class_names), palette=[list(p) for p in spec.palette])
-    return HeadInfo(task=source.task, outputs=outputs, classes=classes, head_type=spec.head_type, layers=spec.layers,
-                    n_classes=spec.n_classes, checkpoint=source.head, random_weights=source.random_head,
-                    spec=spec.to_dict())
+@dataclass
+class ExportPlan:
+    """What the checks decided before any model is built: a bad option fails here, in seconds."""
+
+    formats: tuple[str, ...]
+    source: MultiSource
+    cfg: Any  # the backbone's reference config
+    shapes: ShapeSpec
+    plugin: bool  # attention as dinov3_deploy::attention plugin nodes
+    api: Any  # the TensorRT flavour's API when an engine is built, else None
 
 
-def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tuple[Path, dict]:
+@dataclass
+class Prepared:
+    """The fp32 reference, and the folded low-precision module the graph is exported from."""
+
+    model: Any  # the fp32 reference: verification compares with it
+    module: Any  # DeployModule
+    folds: list
+    islands: list
+
+
+def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tuple[Path, dict | None]:
     """Write the artifact; returns (path, parity report or None). Raises DeployError subclasses
-    (ParityError when verification fails: no artifact is left behind then)."""
-    from dinov3_deploy.deploy_module import PRECISIONS, DeployModule, island_args
-    from dinov3_deploy.export.onnx_graph import ensure_clean, export_onnx
-    from dinov3_deploy.reference.configs import get_config
-
+    (ExportParityError, carrying the report, when verification fails: no artifact is left behind then)."""
     progress = progress or Progress()
     t_start = time.perf_counter()
+    plan = plan_export(opts)
+    prepared = prepare_module(opts, plan, progress)
+    with ArtifactWriter(opts.out, overwrite=opts.overwrite) as writer:
+        root = writer.path
+        result, graph = export_graph(prepared.module, root, opts, plan, progress)
+        prepared.module = None  # the low-precision copy is in the ONNX now
+        manifest = build_manifest(opts, plan, prepared, result, graph)
+        if plan.api is not None:
+            manifest.tensorrt = build_engine_step(root, opts, plan, progress)
+        if "triton-repo" in plan.formats:
+            manifest.triton = triton_step(root, manifest, plan, result, graph, progress)
+        report = verify_step(root, manifest, prepared.model, opts, progress)
+        manifest.export_seconds = round(time.perf_counter() - t_start, 1)
+        path = writer.finish(manifest)
+    return path, report
+
+
+def plan_export(opts: ExportOptions) -> ExportPlan:
+    """Every check that needs no model: formats, precision, the model and its heads, shapes, the
+    attention option, and the TensorRT flavour (a missing TensorRT fails now, not after the export)."""
+    from dinov3_deploy.deploy_module import PRECISIONS
+    from dinov3_deploy.options import resolve_model
+    from dinov3_deploy.reference.configs import get_config
+
     formats = parse_formats(opts.formats)
     if opts.precision not in PRECISIONS:
         raise DeployError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{opts.precision}'")
-    from dinov3_deploy.options import resolve_model
-
     # the checkpoint names its model whenever it can (metadata, config.json, Meta's file name)
     model_name = resolve_model(opts.model, opts.weights, default=None if opts.head else DEFAULT_MODEL)
     source = resolve_source(opts, model_name)
-    multi = isinstance(source, MultiSource)
     cfg = get_config(source.backbone)
     shapes = shape_spec(opts, cfg.input_multiple)  # bad shapes fail before anything is built
     plugin = check_attention_option(opts, cfg.family, formats)
@@ -219,42 +234,33 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
     if "trt" in formats:
         from dinov3_deploy.engines.trt_api import load_api
 
-        api = load_api(opts.trt_flavor)  # a missing TensorRT fails now, not after the export
+        api = load_api(opts.trt_flavor)
+    return ExportPlan(formats, source, cfg, shapes, plugin, api)
 
-    what = "+".join(source.tasks) if multi else source.task
-    with progress.step(f"building {what} model on {source.backbone}"):
+
+def prepare_module(opts: ExportOptions, plan: ExportPlan, progress: Progress) -> Prepared:
+    """Build the fp32 reference, fold it, calibrate the low-precision islands, and wrap the folded
+    copy in the DeployModule the graph is traced from."""
+    from dinov3_deploy.deploy_module import DeployModule, island_args
+    from dinov3_deploy.export.calibration import Island
+    from dinov3_deploy.reference.models.fold import fold_all
+
+    source = plan.source
+    with progress.step(f"building {'+'.join(source.tasks)} model on {source.backbone}"):
         # explicit-softmax attention: fp32 scores in the graph; or the Triton op, exported as plugin nodes
-        model = source.build(attn_impl="triton" if plugin else "math")
-    spec = None if multi else model.spec  # a multi-head model has one spec per head (model.specs)
-    mean, std = (model.mean, model.std) if multi else (tuple(spec.mean), tuple(spec.std))
+        model = source.build(attn_impl="triton" if plan.plugin else "math")
+    mean, std = tuple(model.mean), tuple(model.std)
     # DeployModule casts a copy, so `model` stays the fp32 reference verification compares with.
     # Exact folds (LayerScale, ConvNeXt gamma, head BatchNorm) go into the exported weights so no op
     # materialises a raw branch output far larger than its contribution (trained gammas reach 1e-5:
     # unfolded fp16 overflows). `model` stays unfolded: verification compares against it.
-    from dinov3_deploy.reference.models.fold import fold_all
-
     fold_what = "LayerScale / gamma / BatchNorm" + (" / input normalisation" if opts.uint8_input else "")
     with progress.step(f"folding {fold_what} into the layers before them"):
         # --uint8-input: the graph's (x/255 - mean)/std goes into the first conv, which then takes
-        # pixels - 127.5 (fold.PIXEL_CENTRE); calibration below feeds the folded model that input
-        export_model, folds = fold_all(model, normalization=(tuple(mean), tuple(std)) if opts.uint8_input else None)
-    islands = []
-    if opts.precision != "fp32" or opts.calib is not None:
-        from dinov3_deploy.export.calibration import calibration_images, choose_islands, record_maxima
-
-        with progress.step(f"calibrating ({opts.calib or 'built-in synthetic images'}): ranges of every op in fp32"):
-            # at the tuned (opt) resolution: the one the deployment is expected to see most
-            x = calibration_images(opts.calib, shapes.height.opt, shapes.width.opt, mean, std,
-                                   centred_pixels=opts.uint8_input)
-            if plugin:  # same function; the Triton op needs a GPU, calibration runs here on any device
-                export_model.backbone.set_attn_impl("math")
-            islands = choose_islands(export_model, record_maxima(export_model, x), opts.precision,
-                                     residual_fp32=cfg.family == "vit")
-            if plugin:
-                export_model.backbone.set_attn_impl("triton")
-    from dinov3_deploy.export.calibration import Island
-
-    if opts.precision == "bf16" and cfg.family == "vit":
+        # pixels - 127.5 (fold.PIXEL_CENTRE); calibration feeds the folded model that input
+        export_model, folds = fold_all(model, normalization=(mean, std) if opts.uint8_input else None)
+    islands = calibrate(export_model, opts, plan, mean, std, progress)
+    if opts.precision == "bf16" and plan.cfg.family == "vit":
         # bf16's 8-bit mantissa: the residual stream (deploy_module.Fp32ResidualBlock says what it measured)
         # and the patch embedding, which projects raw pixels, stay fp32; 1.2 % of vits16's matmul FLOPs at 224
         islands += [Island("backbone.patch_embed", "precision"), Island("backbone.blocks", "residual")]
@@ -262,122 +268,149 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
                           feature_layers=opts.feature_layers,
                           opset=opts.opset, normalization_folded=opts.uint8_input, **island_args(islands))
     islands += [Island(name, "opset") for name in module.opset_islands]
-
-    with ArtifactWriter(opts.out, overwrite=opts.overwrite) as writer:
-        root = writer.path
-        with progress.step(f"exporting ONNX ({opts.precision}, batch {shapes.batch}, "
-                           f"{shapes.height}x{shapes.width})"):
-            result = export_onnx(module, root / ONNX_NAME, shapes, external_data=opts.external_data,
-                                 attention_plugin=plugin)
-        with progress.step("checking the graph (onnx.checker, shape inference, hygiene)"):
-            facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes,
-                                 fp32_ops=module.fp32_compute_ops())
-        graph = facts.to_info()
-        del module  # the low-precision copy is in the ONNX now
-
-        names = [o.name for o in graph.outputs]
-        if multi:
-            heads = [_head_info(p, model.specs[p.task], [n for n in names if n.startswith(p.task + ".")], True)
-                     for p in source.parts]
-            head = None
-        else:
-            heads = []
-            head = None if source.task == "features" else _head_info(source, spec, names, False)
-        manifest = Manifest(
-            created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            task=source.task,
-            precision=opts.precision,
-            backbone=BackboneInfo(name=source.backbone, family=cfg.family, embed_dim=cfg.embed_dim,
-                                  patch_size=cfg.patch_size, input_multiple=cfg.input_multiple,
-                                  weights=source.weights, random_weights=source.random_backbone),
-            head=head,
-            heads=heads,
-            source=source.to_manifest(),
-            input=InputSpec(
-                name=INPUT_NAMES["uint8" if opts.uint8_input else "float32"],
-                dtype="uint8" if opts.uint8_input else "float32",
-                layout="NHWC" if opts.uint8_input else "NCHW",
-                color="RGB",
-                normalize=Normalization(mean=mean, std=std, in_graph=opts.uint8_input),
-                value_range="0..255 (normalised in the graph)" if opts.uint8_input
-                else "(x/255 - mean) / std, done by the caller",
-                resize=f"none: the caller resizes or pads to a multiple of {cfg.input_multiple} within the ranges",
-                shapes=shapes,
-            ),
-            outputs=[OutputSpec(name=o.name, dtype=o.dtype, shape=o.shape, doc=_output_doc(source.task, o.name))
-                     for o in graph.outputs],
-            outputs_config=OutputsConfig(seg_output=opts.seg_output, feature_layers=opts.feature_layers),
-            classes=Classes(names=list(spec.class_names), palette=[list(p) for p in spec.palette])
-            if source.task in ("seg", "cls") else None,  # multi: per head
-            onnx=OnnxInfo(file=ONNX_NAME, files=result.files, opset=result.opset,
-                          plugins=[ATTENTION_PLUGIN] if plugin else [], external_data=result.external_data,
-                          exporter="torch.onnx (dynamo, torch.export)", export_example_shape=result.example_shape,
-                          graph=graph),
-            toolchain=toolchain_versions(),
-            folds=[FoldInfo(**f.to_dict()) for f in folds],
-            fp32_islands=[IslandInfo(**i.to_dict()) for i in islands],
-        )
-        trained = [p for p in getattr(source, "parts", [source]) if p.head is not None]
-        if trained and source.random_backbone:
-            _, seed, init = trained[0].backbone_identity()
-            manifest.notes.append(
-                f"RANDOM BACKBONE (seed {seed}, {init}, as the head was trained on): the head's predictions are only "
-                "as good as features of a random network. Pass --weights for real ones.")
-        elif source.random_backbone or source.random_head:
-            what = " and ".join(w for w, r in (("backbone", source.random_backbone), ("head", source.random_head)) if r)
-            manifest.notes.append(f"RANDOM WEIGHTS ({what}, seed {source.seed}): this artifact demonstrates the "
-                                  "pipeline; its predictions mean nothing. Pass --weights / --head for real ones.")
-
-        if api is not None:
-            from dinov3_deploy.engines.build import (
-                build_engine,
-                network_from_onnx,
-                profiles_from_shapes,
-            )
-
-            with progress.step(f"building a strongly typed {api.flavor} {api.version} engine"):
-                if plugin:
-                    from dinov3_deploy.engines.plugins import register_plugins
-
-                    register_plugins()
-                net = network_from_onnx(root / ONNX_NAME, api)
-                built = build_engine(net, profiles_from_shapes(net, shapes), workspace_gib=opts.trt_workspace_gib,
-                                     opt_level=opts.trt_opt_level, targets=opts.trt_targets,
-                                     timing_cache=Path(opts.timing_cache) if opts.timing_cache else None)
-                built.save(root / ENGINE_NAME)
-                manifest.tensorrt = TensorRTInfo.from_facts(ENGINE_NAME, built.facts)
-                del net
-
-        if "triton-repo" in formats:
-            from dinov3_deploy.export.triton_repo import write_triton_repo
-
-            with progress.step("writing the Triton model repository"):
-                trt = manifest.tensorrt
-                manifest.triton = write_triton_repo(root, _model_name(source), graph, shapes, result.files,
-                                                    engine_file=trt.file if trt else None,
-                                                    engine_flavor=trt.flavor if trt else None)
-
-        report = None
-        if opts.verify:
-            from dinov3_deploy.verification.verify import verify_artifact
-
-            with progress.step("verifying parity against the fp32 PyTorch reference"):
-                report = verify_artifact(Artifact(root, manifest), model=model, log=progress.log)
-            (root / PARITY_NAME).write_text(_dumps(report))
-        else:
-            (root / PARITY_NAME).write_text(_dumps({"schema": "dinov3-deploy-parity", "skipped": "--no-verify",
-                                                    "passed": None}))
-        if report is not None and not report["passed"]:
-            from dinov3_deploy.verification.verify import raise_if_failed
-
-            progress.report = report  # the CLI prints the table before the error
-            raise_if_failed(report, hint="no artifact was written; pass --no-verify to write it anyway")
-        manifest.export_seconds = round(time.perf_counter() - t_start, 1)
-        path = writer.finish(manifest)
-    return path, report
+    return Prepared(model, module, folds, islands)
 
 
-def _dumps(d: dict) -> str:
-    import json
+def calibrate(export_model, opts: ExportOptions, plan: ExportPlan, mean, std, progress: Progress) -> list:
+    """fp16/bf16 (or --calib): the ops whose fp32 ranges on the calibration images need fp32 islands."""
+    if opts.precision == "fp32" and opts.calib is None:
+        return []
+    from dinov3_deploy.export.calibration import calibration_images, choose_islands, record_maxima
 
-    return json.dumps(d, indent=2) + "\n"
+    with progress.step(f"calibrating ({opts.calib or 'built-in synthetic images'}): ranges of every op in fp32"):
+        # at the tuned (opt) resolution: the one the deployment is expected to see most
+        x = calibration_images(opts.calib, plan.shapes.height.opt, plan.shapes.width.opt, mean, std,
+                               centred_pixels=opts.uint8_input)
+        if plan.plugin:  # same function; the Triton op needs a GPU, calibration runs here on any device
+            export_model.backbone.set_attn_impl("math")
+        islands = choose_islands(export_model, record_maxima(export_model, x), opts.precision,
+                                 residual_fp32=plan.cfg.family == "vit")
+        if plan.plugin:
+            export_model.backbone.set_attn_impl("triton")
+    return islands
+
+
+def export_graph(module, root: Path, opts: ExportOptions, plan: ExportPlan, progress: Progress):
+    """ONNX export and the graph check; returns (ExportResult, the manifest's GraphInfo)."""
+    from dinov3_deploy.export.onnx_graph import ensure_clean, export_onnx
+
+    shapes = plan.shapes
+    with progress.step(f"exporting ONNX ({opts.precision}, batch {shapes.batch}, {shapes.height}x{shapes.width})"):
+        result = export_onnx(module, root / ONNX_NAME, shapes, external_data=opts.external_data,
+                             attention_plugin=plan.plugin)
+    with progress.step("checking the graph (onnx.checker, shape inference, hygiene)"):
+        facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes, fp32_ops=module.fp32_compute_ops())
+    return result, facts.to_info()
+
+
+def _head_info(source: ModelSource, spec, outputs: list[str]) -> HeadInfo:
+    classes = None
+    if source.task in ("seg", "cls"):
+        classes = Classes(names=list(spec.class_names), palette=[list(p) for p in spec.palette])
+    return HeadInfo(task=source.task, outputs=outputs, classes=classes, head_type=spec.head_type, layers=spec.layers,
+                    n_classes=spec.n_classes, checkpoint=source.head, random_weights=source.random_head,
+                    spec=spec.to_dict())
+
+
+def head_infos(source: MultiSource, model, names: list[str]) -> list[HeadInfo]:
+    """One HeadInfo per head (features included), with the graph outputs each produces."""
+    multi = source.multi
+    return [_head_info(p, model.specs[p.task],
+                       [n for n in names if not multi or n.startswith(p.task + ".")])
+            for p in source.parts]
+
+
+def input_spec(opts: ExportOptions, plan: ExportPlan, mean, std) -> InputSpec:
+    u8 = opts.uint8_input
+    return InputSpec(
+        name=INPUT_NAMES["uint8" if u8 else "float32"], dtype="uint8" if u8 else "float32",
+        layout="NHWC" if u8 else "NCHW", color="RGB", normalize=Normalization(mean=mean, std=std, in_graph=u8),
+        value_range="0..255 (normalised in the graph)" if u8 else "(x/255 - mean) / std, done by the caller",
+        resize=f"none: the caller resizes or pads to a multiple of {plan.cfg.input_multiple} within the ranges",
+        shapes=plan.shapes)
+
+
+def build_manifest(opts: ExportOptions, plan: ExportPlan, prepared: Prepared, result, graph) -> Manifest:
+    """The manifest of the exported graph (engine, Triton repository and parity come later)."""
+    source, cfg, model = plan.source, plan.cfg, prepared.model
+    names = [o.name for o in graph.outputs]
+    manifest = Manifest(
+        created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        task=source.task,
+        precision=opts.precision,
+        backbone=BackboneInfo(name=source.backbone, family=cfg.family, embed_dim=cfg.embed_dim,
+                              patch_size=cfg.patch_size, input_multiple=cfg.input_multiple,
+                              weights=source.weights, random_weights=source.random_backbone),
+        **head_fields(head_infos(source, model, names), source.multi),
+        source=source.to_manifest(),
+        input=input_spec(opts, plan, tuple(model.mean), tuple(model.std)),
+        outputs=[OutputSpec(name=o.name, dtype=o.dtype, shape=o.shape, doc=output_doc(o.name, source.task))
+                 for o in graph.outputs],
+        outputs_config=OutputsConfig(seg_output=opts.seg_output, feature_layers=opts.feature_layers),
+        onnx=OnnxInfo(file=ONNX_NAME, files=result.files, opset=result.opset,
+                      plugins=[ATTENTION_PLUGIN] if plan.plugin else [], external_data=result.external_data,
+                      exporter="torch.onnx (dynamo, torch.export)", export_example_shape=result.example_shape,
+                      graph=graph),
+        toolchain=toolchain_versions(),
+        folds=[FoldInfo(**f.to_dict()) for f in prepared.folds],
+        fp32_islands=[IslandInfo(**i.to_dict()) for i in prepared.islands],
+    )
+    manifest.notes += random_weight_notes(source)
+    return manifest
+
+
+def random_weight_notes(source: MultiSource) -> list[str]:
+    """What a user must know about random weights in the artifact."""
+    trained = [p for p in source.parts if p.head is not None]
+    if trained and source.random_backbone:
+        _, seed, init = trained[0].backbone_identity()
+        return [f"RANDOM BACKBONE (seed {seed}, {init}, as the head was trained on): the head's predictions are only "
+                "as good as features of a random network. Pass --weights for real ones."]
+    if source.random_backbone or source.random_head:
+        what = " and ".join(w for w, r in (("backbone", source.random_backbone), ("head", source.random_head)) if r)
+        return [f"RANDOM WEIGHTS ({what}, seed {source.seed}): this artifact demonstrates the "
+                "pipeline; its predictions mean nothing. Pass --weights / --head for real ones."]
+    return []
+
+
+def build_engine_step(root: Path, opts: ExportOptions, plan: ExportPlan, progress: Progress) -> TensorRTInfo:
+    from dinov3_deploy.engines.build import build_engine, network_from_onnx, profiles_from_shapes
+
+    api = plan.api
+    with progress.step(f"building a strongly typed {api.flavor} {api.version} engine"):
+        if plan.plugin:
+            from dinov3_deploy.engines.plugins import register_plugins
+
+            register_plugins()
+        net = network_from_onnx(root / ONNX_NAME, api)
+        built = build_engine(net, profiles_from_shapes(net, plan.shapes), workspace_gib=opts.trt_workspace_gib,
+                             opt_level=opts.trt_opt_level, targets=opts.trt_targets,
+                             timing_cache=Path(opts.timing_cache) if opts.timing_cache else None)
+        built.save(root / ENGINE_NAME)
+        return TensorRTInfo.from_facts(ENGINE_NAME, built.facts)
+
+
+def triton_step(root: Path, manifest: Manifest, plan: ExportPlan, result, graph, progress: Progress):
+    from dinov3_deploy.export.triton_repo import write_triton_repo
+
+    with progress.step("writing the Triton model repository"):
+        trt = manifest.tensorrt
+        return write_triton_repo(root, _model_name(plan.source), graph, plan.shapes, result.files,
+                                 engine_file=trt.file if trt else None, engine_flavor=trt.flavor if trt else None)
+
+
+def verify_step(root: Path, manifest: Manifest, model, opts: ExportOptions, progress: Progress) -> dict | None:
+    """Parity against the fp32 reference, written to parity.json; a failure raises ExportParityError
+    (carrying the report) and the writer then leaves nothing behind."""
+    if not opts.verify:
+        write_json(root / PARITY_NAME, {"schema": "dinov3-deploy-parity", "skipped": "--no-verify", "passed": None})
+        return None
+    from dinov3_deploy.verification.verify import failure_message, verify_artifact
+
+    with progress.step("verifying parity against the fp32 PyTorch reference"):
+        report = verify_artifact(Artifact(root, manifest), model=model, log=progress.log)
+    write_json(root / PARITY_NAME, report)
+    if not report["passed"]:
+        raise ExportParityError(failure_message(report) + ". no artifact was written; pass --no-verify to write "
+                                "it anyway", report)
+    return report

@@ -63,6 +63,24 @@ class TaskModel(nn.Module):
         self.layer_ids = select_layers(spec.layers, backbone.n_blocks)
         self.head = head if head is not None else build_head(spec, backbone, self.layer_ids)
 
+    # The one-head case of MultiTaskModel's interface (tasks, specs, mean, std), so a caller reads
+    # either model the same way.
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return (self.spec.task,)
+
+    @property
+    def specs(self) -> dict[str, HeadSpec]:
+        return {self.spec.task: self.spec}
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.spec.mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.spec.std)
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         task = self.spec.task
         if task == "features":
