@@ -191,7 +191,31 @@ class DeployModule(nn.Module):
         self.normalization_folded = normalization_folded  # task_model takes x - PIXEL_CENTRE (reference/models/fold.py)
         self.feature_layers = feature_layers
         self.model = cast_copy(task_model, self.dtype).eval()
-        # islands (export/calibration.py): these modules of task_model stay fp32, wrapped in casts
+        self._wrap_islands(task_model, fp32_islands, fp32_scores)
+        self.opset_islands = self._convs_for_opset(task_model)
+        self.residual_fp32 = residual_fp32 and self.dtype != torch.float32
+        if self.residual_fp32:
+            self._fp32_residual_stream(task_model)
+        mean = mean if mean is not None else tuple(task_model.mean)
+        std = std if std is not None else tuple(task_model.std)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.output_names = graph_output_names(tasks, self.family, seg_output,
+                                               {t: s.head_type for t, s in task_model.specs.items()})
+        self.layer_ids: list[int] = []
+        if feature_layers:
+            n_blocks = task_model.backbone.n_blocks
+            if self.task != "features" or self.family != "vit":
+                raise DeployError("--feature-layers applies to --task features on ViT backbones")
+            if not 1 <= feature_layers <= n_blocks:
+                raise DeployError(f"--feature-layers must be 1..{n_blocks} for {task_model.backbone.cfg.name}")
+            self.layer_ids = list(range(n_blocks - feature_layers, n_blocks))
+            self.output_names += [f"patch_block{i}" for i in self.layer_ids[:-1]]  # the last is `patch`
+        self.eval()
+
+    def _wrap_islands(self, task_model: nn.Module, fp32_islands, fp32_scores) -> None:
+        """Islands (export/calibration.py): these modules of task_model stay fp32, wrapped in casts;
+        and the attentions whose score matmul alone computes in fp32."""
         self.fp32_islands = list(fp32_islands) if self.dtype != torch.float32 else []
         self._island_ops = 0  # MatMul / Conv inside the fp32 islands (fp32_compute_ops)
         for name in self.fp32_islands:
@@ -218,36 +242,20 @@ class DeployModule(nn.Module):
                 raise DeployError(f"fp32 scores island '{name}' is not an attention module of "
                                   f"{task_model.backbone.cfg.name}")
             attn.scores_fp32 = True
-        self.opset_islands = self._convs_for_opset(task_model)
-        self.residual_fp32 = residual_fp32 and self.dtype != torch.float32
-        if self.residual_fp32:
-            if self.family != "vit":
-                raise DeployError("an fp32 residual stream applies to ViT backbones")
-            backbone = self.model.backbone
-            for i, block in enumerate(backbone.blocks):
-                backbone.blocks[i] = Fp32ResidualBlock(block, self.dtype)
-            backbone.norm = Fp32InputNorm(backbone.norm, self.dtype)
-            # the stream starts at the class / storage tokens: fp32 too (trained storage tokens carry the
-            # massive activations), so prepare_tokens concatenates in fp32
-            for name in ("cls_token", "storage_tokens", "mask_token"):
-                original = getattr(task_model.backbone, name)
-                setattr(backbone, name, nn.Parameter(original.detach().float(), requires_grad=False))
-        mean = mean if mean is not None else tuple(task_model.mean)
-        std = std if std is not None else tuple(task_model.std)
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.output_names = graph_output_names(tasks, self.family, seg_output,
-                                               {t: s.head_type for t, s in task_model.specs.items()})
-        self.layer_ids: list[int] = []
-        if feature_layers:
-            n_blocks = task_model.backbone.n_blocks
-            if self.task != "features" or self.family != "vit":
-                raise DeployError("--feature-layers applies to --task features on ViT backbones")
-            if not 1 <= feature_layers <= n_blocks:
-                raise DeployError(f"--feature-layers must be 1..{n_blocks} for {task_model.backbone.cfg.name}")
-            self.layer_ids = list(range(n_blocks - feature_layers, n_blocks))
-            self.output_names += [f"patch_block{i}" for i in self.layer_ids[:-1]]  # the last is `patch`
-        self.eval()
+
+    def _fp32_residual_stream(self, task_model: nn.Module) -> None:
+        """A low-precision ViT whose residual stream between the blocks (and the tokens it starts at) stays fp32."""
+        if self.family != "vit":
+            raise DeployError("an fp32 residual stream applies to ViT backbones")
+        backbone = self.model.backbone
+        for i, block in enumerate(backbone.blocks):
+            backbone.blocks[i] = Fp32ResidualBlock(block, self.dtype)
+        backbone.norm = Fp32InputNorm(backbone.norm, self.dtype)
+        # the stream starts at the class / storage tokens: fp32 too (trained storage tokens carry the
+        # massive activations), so prepare_tokens concatenates in fp32
+        for name in ("cls_token", "storage_tokens", "mask_token"):
+            original = getattr(task_model.backbone, name)
+            setattr(backbone, name, nn.Parameter(original.detach().float(), requires_grad=False))
 
     def _convs_for_opset(self, task_model: nn.Module) -> list[str]:
         """bf16 below BF16_CONV_OPSET: patchify convs become reshape + MatMul (bf16), other convs stay
