@@ -176,6 +176,14 @@ def test_export_that_fails_parity_leaves_no_artifact(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "parity failed" in r.output and "no artifact was written" in r.output
     assert "rel fro" in r.output  # the table is shown before the error
     assert list(tmp_path.iterdir()) == []  # neither the artifact nor its temporary directory
+    # below the CLI: a typed error that carries the report the table was drawn from
+    from dinov3_deploy.export.pipeline import ExportOptions, ExportParityError, export_artifact
+
+    with pytest.raises(ExportParityError) as exc:
+        export_artifact(ExportOptions(out=tmp_path / "art", task="cls", model="vit_tiny_test", static="32x32",
+                                      batch="1"))
+    assert isinstance(exc.value, parity.ParityError) and exc.value.report["passed"] is False
+    assert exc.value.report["backends"] and not (tmp_path / "art").exists()
 
 
 def test_satellite_weights_get_their_normalisation(tmp_path):
