@@ -102,8 +102,8 @@ def stitch_share(predictor, item, stitch: str, window, stride, batch_windows, re
     from dinov3_deploy.reference.protocol.images import read_rgb
     from dinov3_deploy.reference.protocol.sliding_window import window_geometry
     from dinov3_deploy.runtime.inference import (
-        _resize_short_side,
         batch_windows_of,
+        resize_short_side,
         stitch_labels,
         window_logits,
         window_size,
@@ -113,7 +113,7 @@ def stitch_share(predictor, item, stitch: str, window, stride, batch_windows, re
     size = window_size(shapes, window)
     image = read_rgb(item.source) if isinstance(item.source, Path) else item.source
     pixels = torch.from_numpy(np.array(image)).to(predictor.device).permute(2, 0, 1)[None].float()
-    scaled = _resize_short_side(pixels, size)
+    scaled = resize_short_side(pixels, size)
     g = window_geometry(scaled.shape[-2], scaled.shape[-1], size, stride or max(shapes.multiple, size * 2 // 3))
     sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
     shares = []

@@ -78,11 +78,15 @@ class TorchFace:
         self._graphs = GraphCache(self._capture)  # input shape -> (graph, static input, static outputs)
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor, fixed_shape: bool = True) -> dict[str, torch.Tensor]:
-        """fixed_shape=False: a call whose shape follows the image (whole-image tasks) runs eagerly: a
-        graph per image size would be captured once and rarely replayed."""
-        if not (self.cuda_graphs and fixed_shape):
-            return dict(zip(self.names, self.fn(x)))
+    def eager(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """A call whose shape follows the image (whole-image tasks): a graph per image size would be
+        captured once and rarely replayed, so it runs without one."""
+        return dict(zip(self.names, self.fn(x)))
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if not self.cuda_graphs:
+            return self.eager(x)
         graph, static_in, static_out = self._graphs.get((tuple(x.shape), x.dtype), x)
         static_in.copy_(x)
         graph.replay()
@@ -132,7 +136,7 @@ class OrtFace:
         (self.input,) = self.session.get_inputs()
         self.outputs = self.session.get_outputs()
 
-    def __call__(self, x: torch.Tensor, fixed_shape: bool = True) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         x = x.contiguous()
         if self.device.type == "cpu":  # a CPU tensor's numpy view shares its memory: no copy either way
             outs = self.session.run(None, {self.input.name: x.numpy()})
@@ -162,7 +166,7 @@ class EngineFace:
         self.runner.cuda_graphs = cuda_graphs
         self.name, self.device = self.runner.name, torch.device("cuda")
 
-    def __call__(self, x: torch.Tensor, fixed_shape: bool = True) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.runner.infer(x)  # the runner keeps its own least-recently-used shapes
 
     def close(self) -> None:

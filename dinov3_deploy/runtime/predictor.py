@@ -69,7 +69,9 @@ class Predictor:
         b, h, w = (x.shape[0], *x.shape[1:3]) if self.io.uint8_input else (x.shape[0], *x.shape[-2:])
         self._shapes.check(int(b), int(h), int(w))
         self.windows += int(b)
-        return self._impl(x, fixed_shape=fixed_shape)
+        if not fixed_shape and hasattr(self._impl, "eager"):
+            return self._impl.eager(x)
+        return self._impl(x)
 
     def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """Float [b,3,h,w] holding 0..255 RGB values (on any device) -> the artifact's input on self.device."""
