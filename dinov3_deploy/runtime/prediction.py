@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from dinov3_deploy.errors import DeployError
 
 from .prefetch import to_device
+from .stitches import STITCHES
 
 
 @dataclass
@@ -58,8 +59,6 @@ def resize_short_side(pixels: torch.Tensor, short: int) -> torch.Tensor:
     return F.interpolate(pixels, size=(nh, nw), mode="bilinear", align_corners=False)
 
 
-
-STITCHES = ("auto", "triton", "torch")
 
 
 
