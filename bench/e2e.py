@@ -33,7 +33,7 @@ def e2e_rows(artifact, images: list, combos: list[tuple], *, window: int | None 
     from dinov3_deploy.runtime.prediction import predict_image, resolve_stitch
     from dinov3_deploy.runtime.predictor import Predictor
     from dinov3_deploy.runtime.prefetch import image_stream
-    from dinov3_deploy.verification.parity import THRESHOLDS, OutputParity, label_agreement
+    from dinov3_deploy.verification.parity import THRESHOLDS
 
     failed = unreadable if unreadable is not None else []
 
@@ -61,14 +61,8 @@ def e2e_rows(artifact, images: list, combos: list[tuple], *, window: int | None 
 
     min_agree = THRESHOLDS[artifact.precision].min_label_agreement
 
-    def check(labels: dict[str, np.ndarray]) -> list[OutputParity]:
-        rows = []
-        for name, ref in reference.items():
-            agree = label_agreement(ref, labels[name])
-            ok = agree >= min_agree
-            rows.append(OutputParity("labels", name, list(ref.shape), label_agreement=agree, passed=ok,
-                                     failures=[] if ok else [f"label_agreement {agree:.4%} < {min_agree:.2%}"]))
-        return rows
+    def check(labels: dict[str, np.ndarray]) -> list:
+        return label_rows(reference, labels, min_agree)
 
     rows = []
     n_pixels = sum(int(np.prod(v.shape)) for v in reference.values())
@@ -102,6 +96,19 @@ def e2e_rows(artifact, images: list, combos: list[tuple], *, window: int | None 
                                                repeats=iters)
         predictor.close()
         rows.append(row)
+    return rows
+
+
+def label_rows(reference: dict[str, np.ndarray], labels: dict[str, np.ndarray], min_agree: float) -> list:
+    """One parity row per image: its labels against the reference path's, as label agreement."""
+    from dinov3_deploy.verification.parity import OutputParity, label_agreement
+
+    rows = []
+    for name, ref in reference.items():
+        agree = label_agreement(ref, labels[name])
+        ok = agree >= min_agree
+        rows.append(OutputParity("labels", name, list(ref.shape), label_agreement=agree, passed=ok,
+                                 failures=[] if ok else [f"label_agreement {agree:.4%} < {min_agree:.2%}"]))
     return rows
 
 
