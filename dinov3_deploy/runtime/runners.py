@@ -6,9 +6,10 @@
     OnnxReferenceRunner(onnx)            onnx.reference.ReferenceEvaluator: slow numpy, but it runs bf16
                                          graphs on the CPU (ONNX Runtime's CPU provider has no bf16 kernels)
 
-`artifact_backends(artifact)` lists the deployment backends of an artifact with, for those that
-cannot run on this machine, the reason (reported as skipped, never silently dropped);
-`select_backends(artifact, "onnxruntime,onnx-reference")` keeps those a user named (verify --backend).
+These are the numpy faces of the backends (verification, the model bench); their names, whether
+each runs here, and which a command selects are backends.py's. `artifact_backends(artifact)` lists the
+deployment backends of an artifact with, for those that cannot run on this machine, the reason
+(reported as skipped, never silently dropped).
 """
 
 from __future__ import annotations
