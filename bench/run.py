@@ -219,10 +219,11 @@ def run_e2e(opts: BenchOptions, console) -> None:
                         unreadable=unreadable)
     for failure in unreadable:  # the same rule as infer: report it, time the others
         console.print(f"[red]failed:[/] {failure['image']}: {failure['reason']}")
+    timed = len(inputs) - len(unreadable)
     report = {
-        "config": {"title": f"{art.manifest.backbone.name} seg end-to-end ({len(inputs)} images)", "task": "seg",
+        "config": {"title": f"{art.manifest.backbone.name} seg end-to-end ({timed} images)", "task": "seg",
                    "mode": "e2e", "artifact": str(Path(opts.artifact).resolve()),
-                   "images": len(inputs) - len(unreadable), "unreadable": unreadable,
+                   "images": timed, "unreadable": unreadable,
                    "backends": names, "stitches": opts.stitches, "torch_options": torch_options,
                    "window": opts.window, "batch_windows": opts.batch_windows,
                    "warmup": opts.warmup, "iters": opts.iters},

@@ -94,6 +94,7 @@ def test_bench_e2e_reports_images_per_second_per_backend_and_stitch(tmp_path):
     assert res.exit_code == 0, res.output
     report = validate(json.loads((tmp_path / "r.json").read_text()))
     assert report["config"]["mode"] == "e2e" and report["config"]["images"] == 2
+    assert "(2 images)" in report["config"]["title"]
     assert [f["image"] for f in report["config"]["unreadable"]] == ["broken.png"]
     assert "broken.png" in res.output
     rows = {r["backend"]: r for r in report["rows"]}
@@ -106,7 +107,8 @@ def test_bench_e2e_reports_images_per_second_per_backend_and_stitch(tmp_path):
     assert rows["onnxruntime"]["target"] == "e2e onnxruntime-cpu + stitch torch"
     table = (tmp_path / "r.md").read_text()
     assert "e2e onnxruntime-cpu + stitch torch" in table
-    assert "labels 100.00% ok" in table and "rel " not in table  # only labels were compared: no relative error
+    # only labels were compared: the parity cell gives no relative error
+    assert "| labels 100.00% ok |" in table and "| rel " not in table
     # --e2e needs a seg artifact, and says so.
     res = _bench(tmp_path, "--e2e", str(tmp_path / "imgs"))
     assert res.exit_code == 2 and "--e2e needs an ARTIFACT" in res.output
