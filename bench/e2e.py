@@ -2,7 +2,7 @@
 
 The model bench times one forward on a ready batch; users wait for more: decoding, resizing, the
 sliding window's many forwards, the stitch and the copy back. One row here is one pass over the
-image files through exactly `infer`'s path (runtime/inference.py: `image_stream` + `predict_image`),
+image files through exactly `infer`'s path (runtime/prefetch.py `image_stream` + runtime/prediction.py `predict_image`),
 without writing the outputs, timed with the harness's `timed_row` so the report keeps the one
 envelope. Parity: each row's labels against the reference path (the fp32 torch backend, reference
 stitch) on the same files, as label agreement.
@@ -22,21 +22,27 @@ from .timing import measure
 
 def e2e_rows(artifact, images: list, combos: list[tuple], *, window: int | None = None,
              stride: int | None = None, batch_windows: int | None = None, warmup: int = 1, iters: int = 3,
-             log: Callable[[str], None] = lambda msg: None) -> list[dict]:
-    """One row per (backend, stitch[, Predictor options]): a pass over `images` (runtime.inference.ImageInput)
+             log: Callable[[str], None] = lambda msg: None, unreadable: list | None = None) -> list[dict]:
+    """One row per (backend, stitch[, Predictor options]): a pass over `images` (runtime.discovery.ImageInput)
     timed `iters` times after `warmup`; images_per_s = images / median pass time; stitch_share = the part of
-    one image's window work spent stitching."""
+    one image's window work spent stitching. An image that cannot be read is appended to `unreadable`
+    ({"image", "reason"}) and left out of every pass, as infer reports it and goes on."""
     import torch
 
-    from dinov3_deploy.runtime.inference import image_stream, predict_image, resolve_stitch
+    from dinov3_deploy.runtime.batch import failure_reason
+    from dinov3_deploy.runtime.prediction import predict_image, resolve_stitch
     from dinov3_deploy.runtime.predictor import Predictor
-    from dinov3_deploy.verification.parity import THRESHOLDS, OutputParity, label_agreement
+    from dinov3_deploy.runtime.prefetch import image_stream
+    from dinov3_deploy.verification.parity import THRESHOLDS
+
+    failed = unreadable if unreadable is not None else []
 
     def run_all(predictor, stitch: str) -> dict[str, np.ndarray]:
         out = {}
         for item, image, device_image in image_stream(images, predictor.device):
             if isinstance(image, Exception):
-                raise image
+                failed.append({"image": item.name, "reason": failure_reason(image)})
+                continue
             pred = predict_image(predictor, item.name, image, crop=window, stride=stride,
                                  batch_windows=batch_windows, stitch=stitch, device_image=device_image)
             out[item.name] = pred.labels
@@ -46,17 +52,17 @@ def e2e_rows(artifact, images: list, combos: list[tuple], *, window: int | None 
     ref_predictor = Predictor(artifact, "torch", precision="fp32", attn_impl="sdpa", cuda_graphs=False)
     reference = run_all(ref_predictor, "torch")
     ref_predictor.close()
+    images = [i for i in images if i.name in reference]  # the unreadable ones are reported once, by the caller
+    if not images:
+        from dinov3_deploy.errors import DeployError
+
+        raise DeployError("--e2e: no image could be read: " + "; ".join(f"{f['image']}: {f['reason']}"
+                                                                       for f in failed))
 
     min_agree = THRESHOLDS[artifact.precision].min_label_agreement
 
-    def check(labels: dict[str, np.ndarray]) -> list[OutputParity]:
-        rows = []
-        for name, ref in reference.items():
-            agree = label_agreement(ref, labels[name])
-            ok = agree >= min_agree
-            rows.append(OutputParity("labels", name, list(ref.shape), label_agreement=agree, passed=ok,
-                                     failures=[] if ok else [f"label_agreement {agree:.4%} < {min_agree:.2%}"]))
-        return rows
+    def check(labels: dict[str, np.ndarray]) -> list:
+        return label_rows(reference, labels, min_agree)
 
     rows = []
     n_pixels = sum(int(np.prod(v.shape)) for v in reference.values())
@@ -93,6 +99,19 @@ def e2e_rows(artifact, images: list, combos: list[tuple], *, window: int | None 
     return rows
 
 
+def label_rows(reference: dict[str, np.ndarray], labels: dict[str, np.ndarray], min_agree: float) -> list:
+    """One parity row per image: its labels against the reference path's, as label agreement."""
+    from dinov3_deploy.verification.parity import OutputParity, label_agreement
+
+    rows = []
+    for name, ref in reference.items():
+        agree = label_agreement(ref, labels[name])
+        ok = agree >= min_agree
+        rows.append(OutputParity("labels", name, list(ref.shape), label_agreement=agree, passed=ok,
+                                 failures=[] if ok else [f"label_agreement {agree:.4%} < {min_agree:.2%}"]))
+    return rows
+
+
 def stitch_share(predictor, item, stitch: str, window, stride, batch_windows, repeats: int = 3) -> float:
     """Fraction of one image's window work (forwards + stitch, median of `repeats`) spent stitching."""
     import time
@@ -101,9 +120,9 @@ def stitch_share(predictor, item, stitch: str, window, stride, batch_windows, re
 
     from dinov3_deploy.reference.protocol.images import read_rgb
     from dinov3_deploy.reference.protocol.sliding_window import window_geometry
-    from dinov3_deploy.runtime.inference import (
-        _resize_short_side,
+    from dinov3_deploy.runtime.prediction import (
         batch_windows_of,
+        resize_short_side,
         stitch_labels,
         window_logits,
         window_size,
@@ -113,7 +132,7 @@ def stitch_share(predictor, item, stitch: str, window, stride, batch_windows, re
     size = window_size(shapes, window)
     image = read_rgb(item.source) if isinstance(item.source, Path) else item.source
     pixels = torch.from_numpy(np.array(image)).to(predictor.device).permute(2, 0, 1)[None].float()
-    scaled = _resize_short_side(pixels, size)
+    scaled = resize_short_side(pixels, size)
     g = window_geometry(scaled.shape[-2], scaled.shape[-1], size, stride or max(shapes.multiple, size * 2 // 3))
     sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
     shares = []

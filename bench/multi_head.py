@@ -135,7 +135,8 @@ def comparison(rows: list[dict], tasks: list[str]) -> list[dict]:
             "target": r["target"], "shape": r["shape"], "multi_ms": r["median_ms"],
             "single_ms": {t: singles.get(t) for t in tasks},
             "sum_singles_ms": round(total, 4) if total is not None else None,
-            "multi_over_seg": round(r["median_ms"] / seg, 4) if seg else None,
-            "multi_over_sum": round(r["median_ms"] / total, 4) if total else None,
+            # 4 significant digits, not decimals: a ratio far below 1 (a load spike) keeps its precision
+            "multi_over_seg": float(f"{r['median_ms'] / seg:.4g}") if seg else None,
+            "multi_over_sum": float(f"{r['median_ms'] / total:.4g}") if total else None,
         })
     return result

@@ -61,12 +61,11 @@ def read_report(path: str | Path) -> dict:
 def _parity_cell(row: dict) -> str:
     if row.get("status") in ("skipped", "failed"):
         return row["status"]
-    worst = max((p["rel_fro"] or 0.0) for p in row["parity"]) if row["parity"] else 0.0
+    # Print only what was compared: end-to-end rows compare labels alone, and have no relative error.
+    rels = [p["rel_fro"] for p in row["parity"] if p.get("rel_fro") is not None]
     labels = [p["label_agreement"] for p in row["parity"] if p.get("label_agreement") is not None]
-    cell = f"rel {worst:.1e}"
-    if labels:
-        cell += f", labels {min(labels):.2%}"
-    return cell + (" ok" if row["status"] == "ok" else " FAIL")
+    cells = ([f"rel {max(rels):.1e}"] if rels else []) + ([f"labels {min(labels):.2%}"] if labels else [])
+    return ", ".join(cells or ["not compared"]) + (" ok" if row["status"] == "ok" else " FAIL")
 
 
 def markdown(report: dict) -> str:

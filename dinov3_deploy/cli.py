@@ -36,6 +36,14 @@ class LazyGroup(click.Group):
             return None
         return importlib.import_module(f"dinov3_deploy.commands.{mod}").command
 
+    def format_commands(self, ctx, formatter):
+        """Each command's summary in full (its short_help, else its help's first sentence), wrapped;
+        click's default cuts it at the terminal width with '...'."""
+        rows = [(name, self.get_command(ctx, name).get_short_help_str(limit=1000)) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)

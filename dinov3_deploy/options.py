@@ -172,7 +172,9 @@ def overwrite_option(help_text: str):
 
 
 def out_option(default: str | None, help_text: str, **kw):
-    return click.option("-o", "--out", "out", type=click.Path(), default=default, show_default=default is not None,
+    if not kw.get("required"):  # click skips the required check when a default (even None) is passed
+        kw["default"] = default
+    return click.option("-o", "--out", "out", type=click.Path(), show_default=default is not None,
                         help=help_text, **kw)
 
 

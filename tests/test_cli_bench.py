@@ -87,12 +87,16 @@ def test_bench_e2e_reports_images_per_second_per_backend_and_stitch(tmp_path):
 
     art = export_tiny(tmp_path, "seg")
     synthetic_images(tmp_path / "imgs", 2, 40, 70)
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"not a png")  # reported and left out, as infer does
     res = CliRunner().invoke(cli, ["bench", str(art), "--e2e", str(tmp_path / "imgs"), "--backend",
                                    "torch,onnxruntime", "--stitch", "torch", "--window", "32", "--batch-windows", "2",
                                    "--warmup", "0", "--iters", "1", "--no-plot", "--out", str(tmp_path), "--name", "r"])
     assert res.exit_code == 0, res.output
     report = validate(json.loads((tmp_path / "r.json").read_text()))
     assert report["config"]["mode"] == "e2e" and report["config"]["images"] == 2
+    assert "(2 images)" in report["config"]["title"]
+    assert [f["image"] for f in report["config"]["unreadable"]] == ["broken.png"]
+    assert "broken.png" in res.output
     rows = {r["backend"]: r for r in report["rows"]}
     assert set(rows) == {"torch", "onnxruntime"}
     for r in rows.values():
@@ -101,7 +105,41 @@ def test_bench_e2e_reports_images_per_second_per_backend_and_stitch(tmp_path):
         assert [p["label_agreement"] for p in r["parity"]] == [1.0, 1.0]  # same labels as the reference path
         assert 0 < r["stitch_share"] < 1
     assert rows["onnxruntime"]["target"] == "e2e onnxruntime-cpu + stitch torch"
-    assert "e2e onnxruntime-cpu + stitch torch" in (tmp_path / "r.md").read_text()
+    table = (tmp_path / "r.md").read_text()
+    assert "e2e onnxruntime-cpu + stitch torch" in table
+    # only labels were compared: the parity cell gives no relative error
+    assert "| labels 100.00% ok |" in table and "| rel " not in table
     # --e2e needs a seg artifact, and says so.
     res = _bench(tmp_path, "--e2e", str(tmp_path / "imgs"))
     assert res.exit_code == 2 and "--e2e needs an ARTIFACT" in res.output
+
+
+def test_default_outputs_stay_out_of_tracked_folders():
+    """bench's reports and verify --per-block's table go to out/ (git-ignored) unless --out says where:
+    bench/results/ receives only what a developer publishes, and the working folder stays the user's."""
+    import subprocess
+    from pathlib import Path
+
+    from dinov3_deploy.commands.verify import PER_BLOCK_ROOT
+
+    (out,) = [p for p in cli.get_command(None, "bench").params if p.name == "out"]
+    assert not out.default.startswith("bench/results")
+    repo = Path(__file__).resolve().parents[1]
+    for path in (f"{out.default}/r.json", f"{PER_BLOCK_ROOT}/a-per-block/per_block.json"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=repo)
+        assert ignored.returncode == 0, f"{path} is not git-ignored"
+
+
+def test_help_says_what_each_command_does_and_what_auto_selects():
+    """Top-level --help shows every summary whole; each --backend help says which selection auto makes
+    for its command; verify says up front that it rewrites the artifact."""
+    import re
+
+    from dinov3_deploy.runtime.backends import AUTO_MEANS
+
+    top = CliRunner().invoke(cli, ["--help"]).output
+    assert "..." not in top.split("Commands:")[1], top
+    assert "rewrites its parity.json and manifest.json unless --no-write" in " ".join(top.split())
+    for command, means in AUTO_MEANS.items():
+        text = " ".join(CliRunner().invoke(cli, [command, "--help"], terminal_width=200).output.split())
+        assert re.sub(r"\s+", " ", means) in text, (command, text)

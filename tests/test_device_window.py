@@ -72,7 +72,7 @@ def test_window_loop_batches_at_most_batch_windows_and_matches_the_reference_sti
     and a remainder), and its labels equal the reference slide_inference running the same model one
     window at a time (the Triton stitch's equality with the reference is the tests above)."""
     from dinov3_deploy.reference.protocol.sliding_window import slide_inference
-    from dinov3_deploy.runtime.inference import _resize_short_side, predict_image
+    from dinov3_deploy.runtime.inference import predict_image, resize_short_side
 
     art = load_artifact(seg_artifact)
     predictor = Predictor(art, "onnxruntime")
@@ -86,7 +86,7 @@ def test_window_loop_batches_at_most_batch_windows_and_matches_the_reference_sti
 
     predictor._impl = Recording()
     image = make_sample(7, 40, 150)[0]  # resized to 32 x 120: 1 x 5 windows of 32 at stride 24
-    pixels = _resize_short_side(torch.from_numpy(image).permute(2, 0, 1)[None].float(), 32)
+    pixels = resize_short_side(torch.from_numpy(image).permute(2, 0, 1)[None].float(), 32)
     g = window_geometry(*pixels.shape[-2:], 32, 24)
     assert len(g) == 5
 

@@ -16,7 +16,7 @@ from dinov3_deploy.artifact import load_artifact
 from dinov3_deploy.reference.protocol.images import read_rgb
 from dinov3_deploy.reference.protocol.synthetic import make_sample
 from dinov3_deploy.runtime import inference
-from dinov3_deploy.runtime.inference import ImageInput, image_stream, list_images, on_device, predict_image
+from dinov3_deploy.runtime.inference import ImageInput, image_stream, list_images, predict_image, to_device_ahead
 from dinov3_deploy.runtime.predictor import Predictor
 
 
@@ -97,7 +97,7 @@ class _PinnedHost:
 
 
 def test_on_a_gpu_the_next_copy_is_issued_before_the_current_image_is_handed_over(monkeypatch):
-    """The ordering rules of `on_device` with logging stand-ins for the CUDA stream, event and tensors:
+    """The ordering rules of `to_device_ahead` with logging stand-ins for the CUDA stream, event and tensors:
     copy on the side stream, event recorded there; the consumer's stream waits on the event and is recorded
     on the device copy before the image is handed over; copy i+1 is enqueued before image i is handed over."""
     log: list = []
@@ -125,7 +125,7 @@ def test_on_a_gpu_the_next_copy_is_issued_before_the_current_image_is_handed_ove
               (items[2], failure)]
 
     out = []
-    for item, image, dev in on_device(iter(images), torch.device("cuda")):
+    for item, image, dev in to_device_ahead(iter(images), torch.device("cuda")):
         log.append(("handed", item.name))
         out.append((item, image, dev))
     assert log == [

@@ -24,8 +24,8 @@ def _numpy(outs: dict) -> dict:
 
 def test_onnxruntime_cpu_equals_the_torch_backend_per_output(artifact):
     x = torch.from_numpy(make_batch(Case("p", 2, 48, 80, 3), artifact.manifest.io))
-    ort = Predictor(artifact, "onnxruntime")
-    ref = Predictor(artifact, "torch", precision="fp32")
+    ort = Predictor(artifact, "onnxruntime-cpu")  # named: on a GPU machine the family would pick a GPU provider
+    ref = Predictor(artifact, "torch", precision="fp32", attn_impl="sdpa")  # the default is triton on CUDA
     assert ort.name == "onnxruntime-cpu" and ref.name == "torch-fp32-sdpa"
     out_ort, out_ref = ort(x.to(ort.device)), ref(x.to(ref.device))
     assert set(out_ort) == set(out_ref) == set(ref._impl.names)
@@ -40,7 +40,12 @@ def test_onnxruntime_cpu_equals_the_torch_backend_per_output(artifact):
 
 
 def test_auto_and_long_names_pick_the_same_backend(artifact):
-    assert Predictor(artifact, "auto").name == "onnxruntime-cpu"  # CPU here: what the artifact ships
+    import onnxruntime
+
+    # auto: ONNX Runtime on the GPU where this onnxruntime has a GPU provider and a GPU is here, else on the CPU
+    gpu_providers = [p for p, ep in (("tensorrt", "TensorrtExecutionProvider"), ("cuda", "CUDAExecutionProvider"))
+                     if torch.cuda.is_available() and ep in onnxruntime.get_available_providers()]
+    assert Predictor(artifact, "auto").name == f"onnxruntime-{(gpu_providers or ['cpu'])[0]}"
     assert Predictor(artifact, "onnxruntime-cpu").name == "onnxruntime-cpu"
     assert parse_backend("pytorch") == ("torch", "")
     with pytest.raises(DeployError, match="unknown backend 'onnx'.*--backend"):
@@ -80,3 +85,55 @@ def test_engine_equals_onnxruntime_on_full_tensorrt(tmp_path):
     rows = compare(_numpy(ort(x.to(ort.device))), _numpy(eng(x.cuda())), "e", art.task, art.precision)
     assert all(r.passed for r in rows), [r.to_dict() for r in rows]
     eng.close()
+
+
+def test_graph_cache_keeps_the_most_recent_shapes_only():
+    """One CUDA graph (and memory pool) per shape, forever, grew memory with every image size: the
+    cache keeps `capacity` shapes and drops the least recently used; a kept shape is not recaptured."""
+    from dinov3_deploy.runtime.device_backends import GraphCache
+
+    captured = []
+    cache = GraphCache(lambda x: captured.append(x) or f"graph{x}", capacity=2)
+    assert cache.get((1,), 1) == "graph1" and cache.get((2,), 2) == "graph2"
+    assert cache.get((1,), 1) == "graph1"  # replayed, and now the most recent
+    cache.get((3,), 3)  # evicts (2,), the least recently used
+    assert cache.keys() == [(1,), (3,)] and len(cache) == 2
+    cache.get((2,), 2)  # captured again
+    assert captured == [1, 2, 3, 2]
+
+
+def test_whole_image_calls_are_not_graphed(artifact):
+    """fixed_shape=False (a call whose shape follows the image) runs eagerly even with graphs on."""
+    p = Predictor(artifact, "torch", precision="fp32", attn_impl="sdpa")
+    p._impl.cuda_graphs = True  # as on a GPU; eager calls never reach the capture (which needs CUDA)
+    p._impl._graphs.capture = lambda x: pytest.fail("a whole-image call was captured")
+    x = torch.from_numpy(make_batch(Case("w", 1, 48, 80, 0), artifact.manifest.io))
+    assert set(p(x, fixed_shape=False)) == set(p._impl.names)
+
+
+def test_ortvalue_dlpack_source_takes_what_this_onnxruntime_has():
+    """torch.from_dlpack needs OrtValue.__dlpack__ (recent onnxruntime); older ones expose it on the C
+    binding (`_ortvalue`), or only a capsule (`to_dlpack()`)."""
+    import numpy as np
+    import onnxruntime
+
+    from dinov3_deploy.runtime.device_backends import dlpack_source
+
+    class Public:  # a recent OrtValue
+        def __dlpack__(self, stream=None): ...
+
+    class Capsule:  # an old C binding
+        def to_dlpack(self):
+            return "capsule"
+
+    class Inner(Public): ...
+
+    public = Public()
+    assert dlpack_source(public) is public
+    wrapped = type("Old", (), {"_ortvalue": Inner()})()
+    assert dlpack_source(wrapped) is wrapped._ortvalue
+    assert dlpack_source(type("Older", (), {"_ortvalue": Capsule()})()) == "capsule"
+    with pytest.raises(DeployError, match="upgrade onnxruntime-gpu"):
+        dlpack_source(object())
+    real = onnxruntime.OrtValue.ortvalue_from_numpy(np.arange(6, dtype=np.float32))  # this machine's release
+    assert torch.equal(torch.from_dlpack(dlpack_source(real)), torch.arange(6, dtype=torch.float32))

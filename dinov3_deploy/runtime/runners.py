@@ -6,9 +6,10 @@
     OnnxReferenceRunner(onnx)            onnx.reference.ReferenceEvaluator: slow numpy, but it runs bf16
                                          graphs on the CPU (ONNX Runtime's CPU provider has no bf16 kernels)
 
-`artifact_backends(artifact)` lists the deployment backends of an artifact with, for those that
-cannot run on this machine, the reason (reported as skipped, never silently dropped);
-`select_backends(artifact, "onnxruntime,onnx-reference")` keeps those a user named (verify --backend).
+These are the numpy faces of the backends (verification, the model bench); their names, whether
+each runs here, and which a command selects are backends.py's. `artifact_backends(artifact)` lists the
+deployment backends of an artifact with, for those that cannot run on this machine, the reason
+(reported as skipped, never silently dropped).
 """
 
 from __future__ import annotations
@@ -20,6 +21,16 @@ from typing import Protocol
 import numpy as np
 
 from dinov3_deploy.errors import DeployError
+
+from .backends import (  # noqa: F401 - the one name table and resolver, re-exported for older imports
+    BACKEND_FAMILIES,
+    BACKEND_NAMES,
+    ENGINE_BACKENDS,
+    ORT_PROVIDERS,
+    ort_skip_reason,
+    parse_backend_names,
+    select_backends,
+)
 
 
 class Runner(Protocol):
@@ -39,11 +50,6 @@ class TorchRunner:
         with torch.no_grad():
             outs = self.module(torch.from_numpy(np.ascontiguousarray(batch)))
         return {n: o.numpy() for n, o in zip(self.module.output_names, outs)}
-
-
-ORT_PROVIDERS = {
-    "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
-}
 
 
 class OrtRunner:
@@ -146,68 +152,6 @@ class Backend:
     max_pixels: int | None = None
 
 
-def _ort_skip_reason(provider: str, precision: str) -> str:
-    import onnxruntime as ort
-
-    if ORT_PROVIDERS[provider] not in ort.get_available_providers():
-        extra = " (GPU: pip install 'dinov3-deploy[gpu]')" if provider != "cpu" else ""
-        return f"{ORT_PROVIDERS[provider]} is not in this onnxruntime build{extra}"
-    if provider == "cpu" and precision == "bf16":
-        return "ONNX Runtime's CPU provider has no bfloat16 kernels (Conv/MatMul)"
-    if provider != "cpu":
-        import torch
-
-        if not torch.cuda.is_available():
-            return "no CUDA GPU on this machine"
-    return ""
-
-
-ENGINE_BACKENDS = ("tensorrt-engine", "tensorrt-rtx-engine")
-BACKEND_NAMES = (*(f"onnxruntime-{p}" for p in ORT_PROVIDERS), *ENGINE_BACKENDS, "onnx-reference")
-#: Short names for a family of backends (`torch`: the PyTorch model in the artifact's precision).
-BACKEND_FAMILIES = {
-    "onnxruntime": tuple(f"onnxruntime-{p}" for p in ORT_PROVIDERS),
-    "tensorrt": ENGINE_BACKENDS,
-    "torch": ("pytorch",),
-}
-
-
-def parse_backend_names(spec: str | None, option: str = "--backend") -> list[str] | None:
-    """`auto` / None -> None (every runnable backend); else the named backends, families expanded, in
-    order. An unknown name is an error naming the option and the known names."""
-    if spec is None or spec.strip() in ("", "auto"):
-        return None
-    names: list[str] = []
-    for part in (p.strip() for p in spec.split(",")):
-        if part in BACKEND_FAMILIES:
-            expanded = BACKEND_FAMILIES[part]
-        elif part in BACKEND_NAMES:
-            expanded = (part,)
-        else:
-            known = ", ".join(("auto", *BACKEND_NAMES, *BACKEND_FAMILIES))
-            raise DeployError(f"{option}: unknown backend '{part}' (known: {known})")
-        names += [n for n in expanded if n not in names]
-    return names
-
-
-def select_backends(artifact, spec: str | None, option: str = "--backend") -> list[Backend]:
-    """The backends `verify` runs: every runnable one for `auto` (skipped ones reported), else those
-    named: a named backend that cannot run here is reported skipped with why, never dropped."""
-    names = parse_backend_names(spec, option)
-    if names is None:
-        return artifact_backends(artifact, reference="low-precision")
-    available = {b.name: b for b in artifact_backends(artifact, reference="always")}
-    chosen = []
-    for name in names:
-        if name == "pytorch":
-            chosen.append(Backend(name, None))  # verify gives it the model it builds for the reference
-        elif name in available:
-            chosen.append(available[name])
-        elif name in ENGINE_BACKENDS:
-            chosen.append(Backend(name, None, "the artifact has no engine of this flavour (export --format trt)"))
-    return chosen
-
-
 # The reference evaluator is numpy: fp16 / bf16 matmuls without BLAS. Measured on 2 CPU cores, vits16
 # fp16 (44 MB of ONNX) at 1x256x256 took 29 s; time grows with the weights. For fp16, where ONNX
 # Runtime gives a parity figure anyway, verify's automatic backends take it up to this size (vits16plus,
@@ -250,30 +194,16 @@ def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "te
     inf on a GPU stays finite there (tests/test_onnx_reference.py shows one)."""
     backends = []
     manifest = artifact.manifest
-    plugins = manifest.onnx.plugins
     for prov in providers:
         name = f"onnxruntime-{prov}"
-        reason = _ort_skip_reason(prov, artifact.precision)
-        if plugins and not reason:
-            reason = f"the graph holds TensorRT plugin nodes ({', '.join(plugins)}) that only TensorRT runs"
+        reason = ort_skip_reason(artifact, prov)
         backends.append(Backend(name, None if reason else OrtRunner(artifact.onnx_path, prov, name), reason))
-    trt = manifest.tensorrt
-    if trt:
-        name = f"{trt.flavor}-engine"
+    if manifest.tensorrt:
         try:
-            from dinov3_deploy.engines.runtime import EngineRunner
-            from dinov3_deploy.engines.trt_api import load_api
-
-            ok, reason = load_api(trt.flavor).runnable_here(trt.targets)
-            # TensorRT-RTX compiles kernels on first run; keep them per engine (by hash) across runs.
-            entry = manifest.files.get(trt.file)
-            digest = entry.sha256[:16] if entry else "engine"
-            cache = Path.home() / ".cache" / "dinov3-deploy" / f"{digest}.rtx-runtime-cache"
-            runner = EngineRunner(artifact.engine_path, trt.flavor, trt.version, name=name,
-                                  runtime_cache=cache if trt.flavor == "tensorrt-rtx" else None) if ok else None
+            runner, reason = engine_runner(artifact), ""
         except DeployError as exc:
             runner, reason = None, str(exc)
-        backends.append(Backend(name, runner, reason))
+        backends.append(Backend(f"{manifest.tensorrt.flavor}-engine", runner, reason))
     if reference == "always":
         backends.append(reference_backend(artifact))
     elif reference == "low-precision" and artifact.precision == "bf16":
@@ -281,3 +211,34 @@ def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "te
     elif reference == "low-precision" and artifact.precision == "fp16":
         backends.append(reference_backend(artifact, max_bytes=AUTO_REFERENCE_BYTES))
     return backends
+
+
+def engine_runner(artifact):
+    """The artifact's engine as an EngineRunner (both faces: `run` on numpy, `infer` on device tensors);
+    a DeployError saying why when it cannot run here."""
+    from dinov3_deploy.engines.runtime import EngineRunner
+
+    from .backends import engine_skip_reason
+
+    reason = engine_skip_reason(artifact)
+    if reason:
+        raise DeployError(reason)
+    trt = artifact.manifest.tensorrt
+    # TensorRT-RTX compiles kernels on first run; keep them per engine (by hash) across runs.
+    entry = artifact.manifest.files.get(trt.file)
+    digest = entry.sha256[:16] if entry else "engine"
+    cache = Path.home() / ".cache" / "dinov3-deploy" / f"{digest}.rtx-runtime-cache"
+    return EngineRunner(artifact.engine_path, trt.flavor, trt.version, name=f"{trt.flavor}-engine",
+                        runtime_cache=cache if trt.flavor == "tensorrt-rtx" else None)
+
+
+def ort_session(onnx_path: str | Path, provider: str):
+    """A plain ONNX Runtime session on one provider, checked to run there (the Predictor's device face
+    binds device buffers through it; the numpy face goes through polygraphy)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(onnx_path), opts, providers=[ORT_PROVIDERS[provider]])
+    check_provider(session, provider)
+    return session
