@@ -44,29 +44,19 @@ from dinov3_deploy.bench.harness import skipped_row, timed_row
 from dinov3_deploy.bench.machine import machine_info
 from dinov3_deploy.bench.report import markdown, write_report
 from dinov3_deploy.bench.timing import measure, measure_kernel
+from dinov3_deploy.kernels.precision import dot_precision  # the one definition (Triton-free)
 from dinov3_deploy.verification.parity import THRESHOLDS, OutputParity, compare_output
 
 SECTIONS = ("attention", "fused", "stitch", "configs", "e2e")
 PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """What `tl.dot` computes in: fp32 inputs use IEEE fp32 (the kernels ask for
-    input_precision="ieee", never TF32), other inputs their own type."""
-    return "ieee" if dtype == torch.float32 else str(dtype).removeprefix("torch.")
-
-
 def load_path(use_tma: bool, device: torch.device | str, tensors: tuple[torch.Tensor, ...] = ()) -> dict:
     """Which attention load path runs for `use_tma` on `device` (and these q/k/v/out, whose
     alignment also decides), as the kernel's launcher decides it."""
-    from dinov3_deploy.kernels import attention
+    from dinov3_deploy.kernels.attention import resolve_load_path
 
-    if hasattr(attention, "resolve_load_path"):
-        path, reason = attention.resolve_load_path(use_tma, torch.device(device), tensors)
-    elif not use_tma:
-        path, reason = "pointer", "use_tma=False"
-    else:
-        path, reason = "unrecorded", "this kernels.attention cannot say (no resolve_load_path)"
+    path, reason = resolve_load_path(use_tma, torch.device(device), tensors)
     return {"load_path": path, "load_path_reason": reason}
 
 

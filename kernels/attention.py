@@ -36,6 +36,8 @@ import triton.language as tl
 
 from dinov3_deploy.errors import DeployError
 
+from .precision import dot_input_precision, dot_precision  # noqa: F401 - re-exported
+
 LOG2E = 1.4426950408889634
 log = logging.getLogger("dinov3_deploy.kernels")
 
@@ -250,13 +252,6 @@ def resolve_load_path(use_tma: bool, device, tensors: tuple[torch.Tensor, ...] =
     return path, reason
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """`input_precision` of the kernel's tl.dot: fp32 inputs would default to TF32 on a GPU (10-bit
-    mantissa, ~1e-3 relative error), so they ask for "ieee"; for fp16/bf16 inputs "tf32" is the
-    default and changes nothing."""
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """Triton launches on the *current* CUDA device, not the tensors': make it the tensor's."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
@@ -298,8 +293,8 @@ def attention_into(
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     grid = (triton.cdiv(N, bm), B * H)
     path, _ = resolve_load_path(use_tma, q.device, (q, k, v, out))
-    common = dict(QK_SCALE=scale * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=dot_precision(q.dtype),
-                  **cfg)
+    common = dict(QK_SCALE=scale * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn,
+                  DOT_PRECISION=dot_input_precision(q.dtype), **cfg)
     with on_device(q):
         if path == "tma":
             # Host-side descriptors (no scratch memory); out-of-range rows are zero-filled on load
@@ -349,4 +344,4 @@ def attention_flops(B: int, H: int, N: int, head_dim: int) -> float:
 
 
 __all__ = ["attention", "attention_into", "attention_reference", "attention_config", "attention_flops",
-           "dot_precision", "resolve_load_path"]
+           "dot_input_precision", "dot_precision", "resolve_load_path"]

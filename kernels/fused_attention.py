@@ -34,7 +34,7 @@ from .attention import (
     attention_into,
     attention_reference,
     check_device,
-    dot_precision,
+    dot_input_precision,
     on_device,
 )
 from .qkv_rope import _qkv_rope_kernel, qkv_rope_config, qkv_rope_into, qkv_rope_raw_into, qkv_rope_reference
@@ -92,7 +92,7 @@ def _plan(qkv: torch.Tensor, hw: int, hd_sin: int, num_heads: int) -> _Plan:
         attn_grid=(triton.cdiv(N, bm), B * num_heads),
         attn_ints=(*q_stride, *q_stride, *v_stride, *out_stride, num_heads, N),
         attn_kw=dict(QK_SCALE=hd**-0.5 * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn, USE_TMA=False,
-                     DOT_PRECISION=dot_precision(qkv.dtype), **acfg),
+                     DOT_PRECISION=dot_input_precision(qkv.dtype), **acfg),
         device_index=qkv.device.index if qkv.device.type == "cuda" else None,
     )
 

@@ -137,8 +137,10 @@ def test_misaligned_view_falls_back_and_still_computes(caplog, fresh_fallback_wa
 def test_fp32_dots_ask_for_ieee_not_tf32(monkeypatch):
     """On a GPU an fp32 tl.dot defaults to TF32 (~1e-3 error); the launcher selects "ieee" for fp32
     inputs. The interpreter computes in full precision either way, so check what is launched."""
-    assert A.dot_precision(torch.float32) == "ieee"
-    assert A.dot_precision(torch.float16) == A.dot_precision(torch.bfloat16) == "tf32"
+    assert A.dot_input_precision(torch.float32) == "ieee"
+    assert A.dot_input_precision(torch.float16) == A.dot_input_precision(torch.bfloat16) == "tf32"
+    # what the reports record is the same one definition: fp32 "ieee", else the inputs' type
+    assert A.dot_precision(torch.float32) == "ieee" and A.dot_precision(torch.bfloat16) == "bfloat16"
     launched = []
 
     class Recorder:
