@@ -214,7 +214,7 @@ class _OrtBackend:
     def __init__(self, artifact, provider: str) -> None:
         import onnxruntime as ort
 
-        from dinov3_deploy.runtime.runners import ORT_PROVIDERS, check_provider
+        from dinov3_deploy.runtime.runners import ORT_PROVIDERS, check_provider, ort_providers
 
         if provider not in ORT_PROVIDERS:
             raise DeployError(f"--backend onnxruntime-{provider}: providers are {', '.join(ORT_PROVIDERS)}")
@@ -224,7 +224,7 @@ class _OrtBackend:
         self.name = f"onnxruntime-{provider}"
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
-        self.session = ort.InferenceSession(str(artifact.onnx_path), opts, providers=[ORT_PROVIDERS[provider]])
+        self.session = ort.InferenceSession(str(artifact.onnx_path), opts, providers=ort_providers(provider))
         check_provider(self.session, provider)
         self.device = torch.device("cpu" if provider == "cpu" else "cuda")
         (self.input,) = self.session.get_inputs()
