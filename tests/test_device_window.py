@@ -210,3 +210,20 @@ def test_attn_on_another_backend_is_refused(seg_artifact, tmp_path):
     res = CliRunner().invoke(cli, ["infer", str(seg_artifact), str(_one_image(tmp_path)), "-o", str(tmp_path / "o"),
                                    "--backend", "onnxruntime", "--attn", "sdpa"])
     assert res.exit_code == 2 and "--attn apply to the torch backend only" in res.output, res.output
+
+
+def test_a_failed_export_fixture_says_why():
+    """The GPU machine's fixture errors printed only the progress lines: CliRunner swallows the
+    exception. The helper's message must carry it, with where it was raised."""
+    import click
+    from cli_helpers import export_failure
+
+    @click.command()
+    def broken():
+        click.echo("checking the graph")
+        raise ModuleNotFoundError("No module named 'somewhere'")
+
+    res = CliRunner().invoke(broken, [])
+    msg = export_failure(res)
+    assert "checking the graph" in msg and "ModuleNotFoundError: No module named 'somewhere'" in msg
+    assert "Traceback" in msg
