@@ -47,7 +47,7 @@ from dinov3_deploy.bench.timing import measure, measure_kernel
 from dinov3_deploy.kernels.precision import dot_precision  # the one definition (Triton-free)
 from dinov3_deploy.verification.parity import THRESHOLDS, OutputParity, compare_output
 
-SECTIONS = ("attention", "fused", "stitch", "configs", "e2e")
+SECTIONS = ("host", "attention", "fused", "stitch", "configs", "e2e")
 PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -148,8 +148,8 @@ def _sdpa_backends(run: Run) -> dict:
 # ----------------------------------------------------------------------------------------------
 def bench_attention(run: Run) -> None:
     shapes = [(1, 2, 21, 64)] if run.smoke else [
-        (B, H, N, 64) for N in (1029, 4101) for H in (6, 12, 16) for B in (1, 8, 32)
-    ]
+        (B, H, 1029, 64) for H in (12, 6, 16) for B in (1, 8)
+    ] + [(1, 16, 4101, 64), (8, 16, 4101, 64)]
     for B, H, N, hd in shapes:
         _attention_case(run, B, H, N, hd)
         run.save()
@@ -275,9 +275,10 @@ def bench_configs(run: Run) -> None:
     from dinov3_deploy.kernels.attention import attention_config, attention_flops, attention_into, attention_reference
     from dinov3_deploy.kernels.stitch import stitch_config, stitch_into
 
-    att_cfgs = [(16, 16, 4, 1)] if run.smoke else [(128, 64, 8, 3), (128, 64, 8, 2), (64, 64, 4, 3), (128, 128, 8, 2),
-                                                   (64, 32, 4, 4)]
-    for B, H, N, hd in [(1, 2, 21, 64)] if run.smoke else [(8, 12, 1029, 64), (1, 16, 1029, 64), (1, 16, 4101, 64)]:
+    att_cfgs = [(16, 16, 4, 1)] if run.smoke else [(128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3),
+                                                   (32, 64, 4, 3), (32, 64, 2, 3)]
+    for B, H, N, hd in [(1, 2, 21, 64)] if run.smoke else [(1, 12, 1029, 64), (1, 6, 1029, 64), (8, 12, 1029, 64),
+                                                             (1, 16, 4101, 64)]:
         q, k, v = (torch.randn(B, H, N, hd, device=run.device, dtype=run.dtype) for _ in range(3))
         out = torch.empty_like(q)
         shape = f"B={B} H={H} N={N} hd={hd}"
@@ -316,8 +317,9 @@ def bench_e2e(run: Run) -> None:
     """Backbone forward passes; every variant compared with the fp32 SDPA model on the same input.
     Release-like random weights: with the training init a ViT is nearly the identity and a wrong
     attention would still pass parity."""
-    cases = [("vit_tiny_test", 1, 32)] if run.smoke else [(m, B, 512) for m in ("vitb16", "vitl16") for B in (1, 8)]
-    variants = ["eager", "triton"] if run.smoke else ["eager", "compile", "triton", "triton_compile"]
+    cases = [("vit_tiny_test", 1, 32)] if run.smoke else [(m, B, 512) for B in (1, 8) for m in ("vitl16", "vitb16")]
+    # compile: Inductor, default mode; _ro: mode="reduce-overhead" (Inductor's CUDA graphs: no host cost per op)
+    variants = ["eager", "triton"] if run.smoke else ["compile", "compile_ro", "triton_compile", "triton_compile_ro"]
     for name, B, size in cases:
         shape = f"{name} B={B} {size}x{size}"
         if time.time() > run.deadline:
@@ -342,8 +344,10 @@ def _e2e_case(run: Run, name: str, B: int, size: int, shape: str, variants: list
         model = create_backbone(name, device=run.device, attn_impl=impl)
         model.load_state_dict(base.state_dict())
         model = model.to(run.dtype)
-        fwd = torch.compile(model.forward_features) if "compile" in var else model.forward_features
-        extra = {"model": name, "B": B, "size": size, "attn_impl": impl, "compile": "compile" in var}
+        mode = "reduce-overhead" if var.endswith("_ro") else "default"
+        fwd = torch.compile(model.forward_features, mode=mode) if "compile" in var else model.forward_features
+        extra = {"model": name, "B": B, "size": size, "attn_impl": impl, "compile": "compile" in var,
+                 "compile_mode": mode if "compile" in var else None}
         if impl == "triton":
             extra.update(dot_precision=dot_precision(run.dtype), **load_path(False, x.device))
         run.model(_row("e2e", var, shape, run.dtype, **extra), lambda fwd=fwd: fwd(x)["x_norm_patchtokens"], check)
@@ -351,14 +355,78 @@ def _e2e_case(run: Run, name: str, B: int, size: int, shape: str, variants: list
         run.save()
 
 
-BENCHES = {"attention": bench_attention, "fused": bench_fused, "stitch": bench_stitch, "configs": bench_configs,
-           "e2e": bench_e2e}
+def bench_host(run: Run) -> None:
+    """Host (CPU) cost per call of `dinov3_deploy::rope_attention` at vitl16's B=1 512x512 shape
+    (qkv [1, 1029, 3072], 16 heads): what bounds a forward when the GPU work per call is ~30 us.
+    One aggregate per row (mean over the calls): median/p10/p90 all carry it, in ms.
+      op_profiled      torch.profiler's CPU time of the op (self + children), mean per call
+      op_wall          wall time of back-to-back calls (max of host and GPU time per call)
+      wrapper_stubbed  the op with both Triton launches replaced by no-ops: our Python alone
+    """
+    from dinov3_deploy.kernels import fused_attention as FA
+    from dinov3_deploy.reference.models.layers.rope import RopePositionEmbedding
+
+    B, H, g, hd = (1, 2, 4, 64) if run.smoke else (1, 16, 32, 64)
+    N = 5 + g * g
+    shape = f"B={B} H={H} N={N} hd={hd}"
+    sin, cos = RopePositionEmbedding(hd, device=run.device)(g, g)
+    qkv = torch.randn(B, N, 3 * H * hd, device=run.device, dtype=run.dtype)
+    op = torch.ops.dinov3_deploy.rope_attention
+    calls = 3 if run.smoke else 300
+    sync = torch.cuda.synchronize if run.cuda else (lambda: None)
+
+    def wall_us() -> float:
+        for _ in range(3):
+            op(qkv, sin, cos, H)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            op(qkv, sin, cos, H)
+        sync()
+        return (time.perf_counter() - t0) / calls * 1e6
+
+    def add(target: str, us: float, **extra) -> None:
+        run.rows.append({**_row("host", target, shape, run.dtype, B=B, H=H, N=N, head_dim=hd, calls=calls, **extra),
+                         "status": "ok", "median_ms": round(us / 1e3, 5), "p10_ms": round(us / 1e3, 5),
+                         "p90_ms": round(us / 1e3, 5), "min_ms": round(us / 1e3, 5), "iters": calls, "clock": "perf_counter" if target != "op_profiled"
+                         else "torch.profiler", "parity": [], "host_us_per_call": round(us, 2)})
+
+    try:
+        acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if run.cuda else [])
+        wall_us()  # warm: compiled kernels, the per-shape plan
+        with torch.profiler.profile(activities=acts) as prof:
+            for _ in range(calls):
+                op(qkv, sin, cos, H)
+            sync()
+        ev = next(e for e in prof.key_averages() if e.key == "dinov3_deploy::rope_attention")
+        gpu = getattr(ev, "device_time_total", 0) or 0
+        add("op_profiled", ev.cpu_time_total / ev.count, gpu_us_per_call=round(gpu / ev.count, 2) if run.cuda else None)
+        add("op_wall", wall_us())
+
+        class NoLaunch:
+            def __getitem__(self, grid):
+                return lambda *args, **kwargs: None
+
+        saved = FA._qkv_rope_kernel, FA._attn_fwd_kernel
+        FA._qkv_rope_kernel = FA._attn_fwd_kernel = NoLaunch()
+        try:
+            add("wrapper_stubbed", wall_us())
+        finally:
+            FA._qkv_rope_kernel, FA._attn_fwd_kernel = saved
+    except Exception as exc:  # noqa: BLE001 - a failed measurement is a row, not the end of the run
+        run.rows.append(skipped_row(_row("host", "op_profiled", shape, run.dtype), f"{type(exc).__name__}: {exc}"))
+    run.save()
+
+
+BENCHES = {"host": bench_host, "attention": bench_attention, "fused": bench_fused, "stitch": bench_stitch,
+           "configs": bench_configs, "e2e": bench_e2e}
 
 
 def baselines(smoke: bool) -> dict[str, str]:
     """Per section, the target the others' speedups are quoted against (the project's goals:
     attention >= cuDNN, fused >= 2x eager, stitch >= 20x the naive canvas, e2e vs torch.compile)."""
-    return {"attention": "sdpa_math" if smoke else "cudnn", "fused": "eager_rope_sdpa", "stitch": "naive_pad_add",
+    return {"host": "op_profiled", "attention": "sdpa_math" if smoke else "cudnn", "fused": "eager_rope_sdpa",
+            "stitch": "naive_pad_add",
             "configs": "heuristic", "e2e": "eager" if smoke else "compile"}
 
 

@@ -109,8 +109,16 @@ def _launch(plan: _Plan, qkv, sin, cos) -> torch.Tensor:
     return out
 
 
-@torch.library.custom_op("dinov3_deploy::rope_attention", mutates_args=())
-def rope_attention(
+# Registered through torch.library.Library rather than @custom_op: custom_op wraps every call in an
+# autograd function, a redispatch, an aliasing check and a dynamo-disabled frame, which cost more
+# than the op's own Python (measured with the launches stubbed, bench_host). A plain backend kernel
+# (CompositeExplicitAutograd: CPU and CUDA) is what the dispatcher calls directly; torch.compile and
+# torch.export see the same op through the fake implementation below. Inference only: no backward.
+_LIB = torch.library.Library("dinov3_deploy", "FRAGMENT")
+_LIB.define("rope_attention(Tensor qkv, Tensor? sin, Tensor? cos, int num_heads, bool use_tma=False) -> Tensor")
+
+
+def _rope_attention(
     qkv: torch.Tensor,
     sin: torch.Tensor | None,
     cos: torch.Tensor | None,
@@ -160,10 +168,16 @@ def _rope_attention_tma(qkv, sin, cos, num_heads):
     return out.view(B, N, D)
 
 
-@rope_attention.register_fake
+_LIB.impl("rope_attention", _rope_attention, "CompositeExplicitAutograd")
+
+
+@torch.library.register_fake("dinov3_deploy::rope_attention", lib=_LIB)
 def _(qkv, sin, cos, num_heads, use_tma=False):
     B, N, three_d = qkv.shape
     return qkv.new_empty((B, N, three_d // 3))
+
+
+rope_attention = torch.ops.dinov3_deploy.rope_attention  # (qkv, sin, cos, num_heads, use_tma=False)
 
 
 def rope_attention_reference(
