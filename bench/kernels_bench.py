@@ -238,14 +238,41 @@ def naive_pad_and_add(logits, H, W, windows, n_classes):
     return (canvas / count).argmax(1)[0]
 
 
-def reference_labels(logits, H, W, crop, stride):
+def reference_scores(logits, H, W, crop, stride):
     """The reference's own accumulation (slide_inference, all windows in one chunk) fed the
-    precomputed window logits; the 1-channel zero image only gives it the crops' sizes."""
+    precomputed window logits: averaged scores [C, H, W]. The 1-channel zero image only gives it
+    the crops' sizes."""
     from dinov3_deploy.reference.protocol.sliding_window import slide_inference
 
     image = logits.new_zeros((1, 1, H, W))
-    out = slide_inference(lambda crops: logits, image, logits.shape[1], crop, stride, batch_size=logits.shape[0])
-    return out.argmax(1)[0]
+    return slide_inference(lambda crops: logits, image, logits.shape[1], crop, stride, batch_size=logits.shape[0])[0]
+
+
+def reference_labels(logits, H, W, crop, stride):
+    return reference_scores(logits, H, W, crop, stride).argmax(0)
+
+
+# Two fp32 sums of the same window scores in different orders (a canvas vs a per-pixel gather, or
+# two compilations of one kernel) differ by ~1e-6 relative: where the reference's top two classes
+# are closer than this, either label is right, and such pixels are left out of the label check.
+TIE_MARGIN = 1e-4
+
+
+def stitch_check(scores: torch.Tensor, case: str):
+    """check(labels) for the stitch rows: label agreement with the reference's argmax on the pixels
+    whose top-two margin exceeds TIE_MARGIN (the fp32 label gate is 100 %), and how many were left out."""
+    top2 = scores.topk(2, dim=0).values
+    clear = (top2[0] - top2[1]) > TIE_MARGIN
+    ref = _np(scores.argmax(0)[clear])
+    mask = clear.cpu().numpy()
+    tied = float(1.0 - mask.mean())
+
+    def check(labels: torch.Tensor) -> list[OutputParity]:
+        res = compare_output("labels", f"{case} ({tied:.1e} of pixels within {TIE_MARGIN:g} of a tie, not compared)",
+                             ref, _np(labels)[mask], "seg", THRESHOLDS["fp32"])
+        return [res]
+
+    return check
 
 
 def bench_stitch(run: Run) -> None:
@@ -255,7 +282,7 @@ def bench_stitch(run: Run) -> None:
     shape = f"{H}x{W} C={C} crop={crop} stride={stride}"
     labels = torch.empty((H, W), dtype=torch.int64, device=run.device)
     probs = torch.empty((C, H, W), device=run.device)
-    check = against(reference_labels(logits, H, W, crop, stride), "fp32", shape, labels=True)
+    check = stitch_check(reference_scores(logits, H, W, crop, stride), shape)
     dims = {"H": H, "W": W, "classes": C, "windows": len(windows)}
 
     def triton(with_probs: bool):
@@ -297,7 +324,7 @@ def bench_configs(run: Run) -> None:
     H, W, C, crop, stride, windows, logits = _stitch_problem(run)
     shape = f"{H}x{W} C={C} crop={crop} stride={stride}"
     labels = torch.empty((H, W), dtype=torch.int64, device=run.device)
-    check = against(reference_labels(logits, H, W, crop, stride), "fp32", shape, labels=True)
+    check = stitch_check(reference_scores(logits, H, W, crop, stride), shape)
     choices = [("heuristic", None)] + [(f"p{bp}_c{bc}_w{w}", dict(BLOCK_P=bp, BLOCK_C=bc, num_warps=w))
                                        for bp, bc, w in ([(32, 4, 4)] if run.smoke else
                                                          [(128, 8, 4), (128, 16, 4), (128, 16, 8), (64, 16, 4),
@@ -386,10 +413,11 @@ def bench_host(run: Run) -> None:
         return (time.perf_counter() - t0) / calls * 1e6
 
     def add(target: str, us: float, **extra) -> None:
+        ms = round(us / 1e3, 5)
+        clock = "torch.profiler" if target == "op_profiled" else "perf_counter"
         run.rows.append({**_row("host", target, shape, run.dtype, B=B, H=H, N=N, head_dim=hd, calls=calls, **extra),
-                         "status": "ok", "median_ms": round(us / 1e3, 5), "p10_ms": round(us / 1e3, 5),
-                         "p90_ms": round(us / 1e3, 5), "min_ms": round(us / 1e3, 5), "iters": calls, "clock": "perf_counter" if target != "op_profiled"
-                         else "torch.profiler", "parity": [], "host_us_per_call": round(us, 2)})
+                         "status": "ok", "median_ms": ms, "p10_ms": ms, "p90_ms": ms, "min_ms": ms, "iters": calls,
+                         "clock": clock, "parity": [], "host_us_per_call": round(us, 2)})
 
     try:
         acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if run.cuda else [])
@@ -430,14 +458,75 @@ def baselines(smoke: bool) -> dict[str, str]:
             "configs": "heuristic", "e2e": "eager" if smoke else "compile"}
 
 
+def _ok(rows, **match) -> dict:
+    """{target: row} of the ok rows whose fields equal `match`."""
+    return {r["target"]: r for r in rows if r.get("status") == "ok" and all(r.get(k) == v for k, v in match.items())}
+
+
+def summarize(folder: Path) -> str:
+    """The issue's goals read off one gpu_check.sh run's reports (host.json, kernels.json, model.json,
+    e2e.json in `folder`): Markdown lines, whatever subset of the reports exists."""
+    import json
+
+    def rows(name: str) -> list[dict]:
+        p = folder / name
+        return json.loads(p.read_text())["rows"] if p.exists() else []
+
+    out = ["# gpu_check summary", ""]
+    host = _ok(rows("host.json"))
+    if host:
+        out.append("host us/call of rope_attention: " + ", ".join(
+            f"{t} {r['host_us_per_call']}" + (f" (GPU {r['gpu_us_per_call']})" if r.get("gpu_us_per_call") else "")
+            for t, r in host.items()) + "  [goal: op_profiled <= 30]")
+    kern = rows("kernels.json")
+    for B, H, N in [(1, 12, 1029), (1, 6, 1029), (8, 12, 1029), (1, 16, 4101)]:
+        att = _ok(kern, section="attention", B=B, H=H, N=N)
+        if "triton" in att and "cudnn" in att:
+            out.append(f"attention B={B} H={H} N={N}: triton {att['triton'].get('tflops')} vs cudnn "
+                       f"{att['cudnn'].get('tflops')} TFLOP/s")
+        cfg = _ok(kern, section="configs", B=B, H=H, N=N)
+        if cfg:
+            best = min(cfg.values(), key=lambda r: r["median_ms"])
+            out.append(f"  configs: best {best['target']} {best.get('tflops')} TFLOP/s, heuristic "
+                       f"{cfg.get('heuristic', {}).get('tflops')}")
+    st = {r["target"]: r for r in kern if r.get("section") == "stitch"}
+    if "naive_pad_add" in st:
+        for t in ("triton_labels", "triton_labels_probs"):
+            r = st.get(t, {})
+            speed = st["naive_pad_add"].get("median_ms", 0) / r["median_ms"] if r.get("median_ms") else None
+            out.append(f"stitch {t}: {r.get('median_ms')} ms, {speed and round(speed, 2)}x naive, {r.get('status')}"
+                       f"  [goals: labels >= 20x, labels+probs >= 10x and ok]")
+    model = [r for r in rows("model.json") if r.get("section") == "e2e"]
+    for name in ("vitb16", "vitl16"):
+        for B in (1, 8):
+            got = _ok(model, model=name, B=B)
+            comp = [got[t]["median_ms"] for t in ("compile", "compile_ro") if t in got]
+            ours = [got[t]["median_ms"] for t in ("triton_compile", "triton_compile_ro") if t in got]
+            if not got:
+                continue
+            line = f"model {name} B={B}: " + ", ".join(f"{t} {r['median_ms']} ms" for t, r in got.items())
+            if comp and ours:
+                line += f"; ours/best-compile speedup {min(comp) / min(ours):.2f}x"
+            out.append(line)
+    for r in rows("e2e.json"):
+        out.append(f"e2e {r.get('combo')}: {r.get('images_per_s')} images/s ({r.get('status')})")
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="report JSON to write (a .md lands beside it)")
+    ap.add_argument("--out", type=Path, help="report JSON to write (a .md lands beside it)")
+    ap.add_argument("--summarize", type=Path, help="print the goals read off a gpu_check.sh results folder, then exit")
     ap.add_argument("--smoke", action="store_true", help="toy sizes; runs on the CPU through the Triton interpreter")
     ap.add_argument("--sections", default=",".join(SECTIONS))
     ap.add_argument("--budget-s", type=float, default=330.0,
                     help="cases that would start after this many seconds are recorded as skipped")
     args = ap.parse_args(argv)
+    if args.summarize:
+        print(summarize(args.summarize), end="")
+        return 0
+    if args.out is None:
+        ap.error("--out is required")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in BENCHES]
     if unknown:
