@@ -92,7 +92,9 @@ GPU_TESTS=(tests/test_predictor.py tests/test_device_window.py tests/test_image_
 if [ "$SMOKE" = 1 ]; then
   step tests "$TESTS_S" "${PYTEST[@]}" --collect-only "${KERNEL_TESTS[@]}" "${GPU_TESTS[@]}"
 else
-  step tests-kernels $((TESTS_S / 2)) "${PYTEST[@]}" "${KERNEL_TESTS[@]}"
+  XDIST=()
+  $PY -c "import xdist" 2>/dev/null && XDIST=(-n 4)  # Triton compiles the kernels' variants in parallel
+  step tests-kernels $((TESTS_S / 2)) "${PYTEST[@]}" "${XDIST[@]}" "${KERNEL_TESTS[@]}"
   step tests-gpu $((TESTS_S / 2)) "${PYTEST[@]}" -m gpu "${GPU_TESTS[@]}"
 fi
 

@@ -302,10 +302,9 @@ def bench_configs(run: Run) -> None:
     from dinov3_deploy.kernels.attention import attention_config, attention_flops, attention_into, attention_reference
     from dinov3_deploy.kernels.stitch import stitch_config, stitch_into
 
-    att_cfgs = [(16, 16, 4, 1)] if run.smoke else [(128, 64, 8, 3), (64, 64, 4, 3), (64, 64, 4, 4), (64, 128, 4, 3),
-                                                   (32, 64, 4, 3), (32, 64, 2, 3)]
-    for B, H, N, hd in [(1, 2, 21, 64)] if run.smoke else [(1, 12, 1029, 64), (1, 6, 1029, 64), (8, 12, 1029, 64),
-                                                             (1, 16, 4101, 64)]:
+    att_cfgs = [(16, 16, 4, 1)] if run.smoke else [(128, 64, 8, 3), (64, 64, 4, 3), (64, 128, 4, 3), (32, 64, 4, 3),
+                                                   (32, 64, 2, 3)]
+    for B, H, N, hd in [(1, 2, 21, 64)] if run.smoke else [(1, 12, 1029, 64), (1, 6, 1029, 64), (8, 12, 1029, 64)]:
         q, k, v = (torch.randn(B, H, N, hd, device=run.device, dtype=run.dtype) for _ in range(3))
         out = torch.empty_like(q)
         shape = f"B={B} H={H} N={N} hd={hd}"
@@ -327,8 +326,7 @@ def bench_configs(run: Run) -> None:
     check = stitch_check(reference_scores(logits, H, W, crop, stride), shape)
     choices = [("heuristic", None)] + [(f"p{bp}_c{bc}_w{w}", dict(BLOCK_P=bp, BLOCK_C=bc, num_warps=w))
                                        for bp, bc, w in ([(32, 4, 4)] if run.smoke else
-                                                         [(128, 8, 4), (128, 16, 4), (128, 16, 8), (64, 16, 4),
-                                                          (256, 8, 8)])]
+                                                         [(128, 8, 4), (64, 8, 4), (256, 8, 8)])]
     for name, cfg in choices:
         def fn(cfg=cfg):
             stitch_into(logits, (H, W), crop, stride, labels, config=cfg)
