@@ -8,6 +8,8 @@ harness.timed_row, machine.py, report.py), so a kernel report has the same envel
     python -m dinov3_deploy.bench.kernels_bench --smoke --out smoke.json    # CPU: toy sizes, interpreter
 
 Sections (random data; kernels timed with triton.testing.do_bench, models with CUDA events):
+  host       (only when named) host cost per call of the rope_attention op: torch.profiler, wall
+             clock, and our Python alone with the launches stubbed
   attention  the Triton kernel (pointer and TMA loads) vs PyTorch SDPA (cuDNN, flash), bf16,
              head dim 64, N = 1029 / 4101, H = 6 / 12 / 16, B = 1 / 8 / 32
   fused      qkv [B, N, 3D] -> [B, N, D]: Triton qkv+RoPE+attention vs eager split + rope_apply + cuDNN SDPA
@@ -16,8 +18,10 @@ Sections (random data; kernels timed with triton.testing.do_bench, models with C
              slide_inference accumulation
   configs    a few block/warp/stage configurations of the attention and stitch kernels beside the
              launcher's own choice ("heuristic"), so one run shows whether the heuristic picked well
-  e2e        vitb16 / vitl16 backbone forward at 512x512, B = 1 / 8, bf16: eager (SDPA), torch.compile,
-             attn_impl="triton" eager, and attn_impl="triton" under torch.compile
+  e2e        vitl16 / vitb16 backbone forward at 512x512, B = 1 / 8, bf16: torch.compile (SDPA) and
+             attn_impl="triton" under torch.compile, each in mode "default" and "reduce-overhead"
+             (Inductor's CUDA graphs); --smoke: eager and triton eager on a tiny ViT
+`--summarize FOLDER` reads a gpu_check.sh results folder back and prints the issue's goals.
 Every row carries parity against a plain-PyTorch fp32 reference (attention and fused on batch
 element 0, which is what fits: the reference materialises the N x N scores). Rows of kernels
 that run `tl.dot` record `dot_precision` ("ieee" for fp32 inputs: no TF32, else the dtype);
@@ -47,7 +51,7 @@ from dinov3_deploy.bench.timing import measure, measure_kernel
 from dinov3_deploy.kernels.precision import dot_precision  # the one definition (Triton-free)
 from dinov3_deploy.verification.parity import THRESHOLDS, OutputParity, compare_output
 
-SECTIONS = ("host", "attention", "fused", "stitch", "configs", "e2e")
+SECTIONS = ("attention", "fused", "stitch", "configs", "e2e")  # the default run; "host" runs when named
 PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -528,7 +532,7 @@ def main(argv=None) -> int:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = [s for s in sections if s not in BENCHES]
     if unknown:
-        ap.error(f"unknown sections {', '.join(unknown)} (choose from {', '.join(SECTIONS)})")
+        ap.error(f"unknown sections {', '.join(unknown)} (choose from {', '.join(BENCHES)})")
     if not torch.cuda.is_available():
         if not args.smoke:
             print("no CUDA device: only --smoke runs here", file=sys.stderr)
