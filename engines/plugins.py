@@ -136,7 +136,7 @@ def compile_attention_ptx(dtype: str = "float16", head_dim: int = 64, arch: int 
     `arch` (default: the current device's)."""
     import torch
 
-    from dinov3_deploy.kernels.attention import LOG2E, dot_precision
+    from dinov3_deploy.kernels.attention import LOG2E, dot_input_precision
     from dinov3_deploy.kernels.attention import _attn_fwd_kernel as kernel
 
     if _interpreted(kernel):
@@ -148,7 +148,7 @@ def compile_attention_ptx(dtype: str = "float16", head_dim: int = 64, arch: int 
     sig = {"Q": t, "K": t, "V": t, "Out": t, **{n: "i32" for n in ints}}
     constexprs = dict(QK_SCALE=head_dim**-0.5 * LOG2E, HEAD_DIM=head_dim, BLOCK_M=cfg["BLOCK_M"],
                       BLOCK_N=cfg["BLOCK_N"], USE_TMA=False, Q_BNH=False, K_BNH=False, V_BNH=False, O_BNH=False,
-                      DOT_PRECISION=dot_precision(getattr(torch, dtype)))
+                      DOT_PRECISION=dot_input_precision(getattr(torch, dtype)))
     strides = [n for n in ints if n.startswith("s")]
     return _compile(kernel, sig, constexprs, ["Q", "K", "V", "Out", *strides], device_arch() if arch is None else arch,
                     num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
@@ -274,8 +274,7 @@ def _register_stitch(trt, trtp, arch: int | None) -> None:
         dt = "float16" if logits.dtype == trt.float16 else "float32"
         kern = compile_stitch_ptx(dt, "int32", resize=(out_h, out_w) != (image_h, image_w), arch=arch, config=cfg)
         launch = trtp.KernelLaunchParams()
-        launch.grid_x = math.ceil(out_w / cfg["BLOCK_P"])
-        launch.grid_y = out_h
+        launch.grid_x, launch.grid_y = out_h, math.ceil(out_w / cfg["BLOCK_P"])  # as stitch_grid: rows on x
         launch.block_x = kern.block_x
         launch.shared_mem = kern.shared
         vals = dict(H=image_h, W=image_w, C=logits.shape_expr[1], LH=logits.shape_expr[2], LW=logits.shape_expr[3],

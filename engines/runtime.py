@@ -18,11 +18,14 @@ What a runner must get right, and why this is ours rather than Polygraphy's `Trt
   one more enqueue on the engine's stream (a capture cannot run on the legacy default stream, which
   torch uses unless told otherwise). Later calls of that shape copy the input into the bound buffer
   and replay the graph on the caller's stream, so no side-stream waits either. A graph bakes in the
-  context's state at capture (shape, addresses, what enqueue staged for that shape), so it replays
-  only while the context stays at its shape: after calls of another shape, the first call back
-  enqueues normally once, which restores that state, and replays follow. Where capture fails
+  context's state at capture (shape, addresses, what enqueue staged for that shape), and TensorRT
+  documents no way to return a context to that state after it ran another shape. So each captured
+  shape gets an execution context of its own (created at its first call, kept and dropped with its
+  buffers and graph, `max_shapes` at most): a graph is only ever replayed on the context that never
+  left its shape. The price is one activation memory per kept shape. Where capture fails
   (data-dependent shapes, a TensorRT-RTX context that says it is not capturable, an operation that
   capture forbids) the reason is logged once per shape and that shape keeps the plain enqueue.
+  TensorRT-RTX captures its own graphs (one context, its runtime config's WHOLE_GRAPH_CAPTURE).
   `cuda_graphs = False` turns graphs off.
 Deserialisation is ours too: Polygraphy's `EngineFromBytes`/`EngineFromPath` set
 `engine_host_code_allowed`, which would let an engine file carry host code that runs here.
@@ -70,6 +73,7 @@ class EngineRunner:
         self._shape: tuple[int, ...] | None = None  # the input shape the context is set up for
         self._buffers: OrderedDict = OrderedDict()  # input shape -> {tensor name: torch CUDA tensor}
         self._graphs: dict = {}  # input shape -> torch.cuda.CUDAGraph of one enqueue at that shape
+        self._contexts: dict = {}  # input shape -> its own execution context (full TensorRT with graphs)
         self._fresh = True  # the context changed shape since its last enqueue: no replay before one
         self.graph_skipped: dict = {}  # input shape -> why no graph was captured (logged once)
 
@@ -105,6 +109,12 @@ class EngineRunner:
         if shape == self._shape:
             return self._buffers[shape]
         (inp,) = self._inputs
+        if self._own_graphs:
+            self._use_context_of(shape)
+            if shape in self._buffers:  # this context has stayed at `shape`, its buffers bound, since it last ran
+                self._buffers.move_to_end(shape)
+                self._shape, self._fresh = shape, False
+                return self._buffers[shape]
         if not self._ctx.set_input_shape(inp, shape):
             lo, _, hi = self._engine.get_tensor_profile_shape(inp, self._ctx.active_optimization_profile)
             raise InputShapeError(
@@ -119,15 +129,24 @@ class EngineRunner:
                 buffers[name] = torch.empty(tuple(self._ctx.get_tensor_shape(name)), dtype=self._torch_dtype(name),
                                             device=self.device)
             self._buffers[shape] = buffers
-            while len(self._buffers) > self.max_shapes:  # a graph refers to its buffers: both go together
+            while len(self._buffers) > self.max_shapes:  # a graph refers to its buffers and context: all go
                 old, _ = self._buffers.popitem(last=False)
                 self._graphs.pop(old, None)
+                self._contexts.pop(old, None)
         self._buffers.move_to_end(shape)
         for name, buf in buffers.items():
             if not self._ctx.set_tensor_address(name, buf.data_ptr()):
                 raise RuntimeError(f"{self.name}: set_tensor_address failed for '{name}'")
         self._shape, self._fresh = shape, True
         return buffers
+
+    def _use_context_of(self, shape: tuple[int, ...]) -> None:
+        """Make `shape`'s own context the current one (the activation's context serves the first shape)."""
+        ctx = self._contexts.get(shape)
+        if ctx is None:
+            ctx = self._ctx if not self._contexts else self.api.create_context(self._engine)[0]
+            self._contexts[shape] = ctx
+        self._ctx = ctx
 
     def infer(self, x):
         """Run on a torch tensor already on the runner's device: {output: the bound output buffer}.
@@ -203,7 +222,8 @@ class EngineRunner:
         if self._cache is not None and self._ran:
             self._stream.synchronize()
             self._cache.save()
-        self._graphs = {}  # before the buffers and the context they replay on
+        self._graphs = {}  # before the buffers and the contexts they replay on
+        self._contexts = {}
         self._buffers, self._shape, self._ran, self._fresh = OrderedDict(), None, False, True
         self._ctx = self._cache = None
         self._engine = self._runtime = None

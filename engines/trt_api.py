@@ -121,9 +121,11 @@ class TrtApi:
         if timing_cache is not None:
             settings["timing_cache"] = str(timing_cache)
         with quiet_polygraphy():
-            # tf32=True keeps TensorRT's default (Polygraphy clears TF32 unless asked). A missing timing
-            # cache file starts an empty cache, which save_caches then writes.
-            return ptrt.CreateConfig(tf32=True, load_timing_cache=settings.get("timing_cache"), **common), settings
+            # tf32=False: TensorRT turns BuilderFlag.TF32 on by default, and Polygraphy's CreateConfig clears it
+            # (config.clear_flag(trt.BuilderFlag.TF32)) unless tf32=True. An fp32 engine must compute in fp32:
+            # with TF32 a 12-block stack moved by 2.7e-4 on an H200, above the fp32 parity gate (1e-4). A
+            # missing timing cache file starts an empty cache, which save_caches then writes.
+            return ptrt.CreateConfig(tf32=False, load_timing_cache=settings.get("timing_cache"), **common), settings
 
     def save_caches(self, config, settings: dict) -> None:
         """After a build: persist the timing cache (tensorrt); TensorRT-RTX has none at build time.

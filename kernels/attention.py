@@ -10,9 +10,9 @@ One program computes BLOCK_M query rows of one (batch, head) against all keys, s
 BLOCK_N keys at a time. Key blocks are loaded unmasked except the last, partial one (sequence
 lengths such as 1029 or 4101 are not multiples of any block), whose missing columns are set to
 -inf before the softmax. Programs are ordered query-block fastest so that the programs of one
-head run together and share its K/V in L2. For small grids (B=1) the launcher picks BLOCK_M by
-wave count so the grid covers the SMs (`attention_config`), instead of splitting the keys (which
-needs scratch memory and a second pass).
+head run together and share its K/V in L2. For small grids (B=1) the launcher's 64-row blocks at
+4 warps (`attention_config`) give enough programs, several resident per SM, to cover the SMs,
+instead of splitting the keys (which needs scratch memory and a second pass).
 
 Two variants, one kernel body:
   * pointer loads (`use_tma=False`): no TMA descriptors, no scratch memory; the variant meant
@@ -35,6 +35,8 @@ import triton
 import triton.language as tl
 
 from dinov3_deploy.errors import DeployError
+
+from .precision import dot_input_precision, dot_precision  # noqa: F401 - re-exported
 
 LOG2E = 1.4426950408889634
 log = logging.getLogger("dinov3_deploy.kernels")
@@ -175,33 +177,36 @@ def check_device(*tensors: torch.Tensor) -> None:
             )
 
 
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 1
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def attention_config(B: int, H: int, N: int, head_dim: int, device: torch.device) -> dict:
     """Block sizes / warps / stages.
 
-    GPU: BLOCK_N 64 and BLOCK_M 128 (8 warps) or 64 (4 warps), whichever finishes in fewer
-    "row-waves": ceil(programs / SMs) * BLOCK_M, with BLOCK_M 64 charged 15% for its lower
-    efficiency per row. At B=1 that picks 64 when 128 would leave SMs idle (vits16: 54 programs
-    of 128 rows on 132 SMs vs 102 of 64) or spill into a mostly empty second wave (vitl16: 144
-    programs). Splitting the keys instead would need scratch memory and a second pass.
+    GPU, head dim <= 64: BLOCK_M 64 / BLOCK_N 64 / 4 warps / 3 stages at every grid size. On the
+    H200 (GPU-BASELINES.md, 2026-12-04) it was the best of the swept configurations at B=8, 12
+    heads, 1029 tokens (311 against 288 TFLOP/s for BLOCK_M 128 / 8 warps), level at 4101 tokens,
+    and at B=1 the small grid is where it matters most: 128-row blocks give 12 heads x 9 blocks =
+    108 programs for 132 SMs (57 TFLOP/s), 64-row blocks at 4 warps give 204 programs of which
+    several fit on one SM at a time (16 heads, 272 programs: 181 TFLOP/s). Head dim 128: BLOCK_M
+    128 (8 warps) or 64 (4 warps), whichever finishes in fewer "row-waves" (ceil(programs / SMs) *
+    BLOCK_M, 64 charged 15% for its lower efficiency per row), 2 stages (shared memory).
     Interpreter: small blocks, so tiny tests still cover several blocks and a partial last one.
     """
     if interpreting() or device.type != "cuda":
         return dict(BLOCK_M=16, BLOCK_N=16, num_warps=4, num_stages=1)
+    if head_dim <= 64:
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=3)
     sms = _sm_count(device)
-    stages = 3 if head_dim <= 64 else 2
 
     def cost(bm: int) -> float:
         return -(-triton.cdiv(N, bm) * B * H // sms) * bm * (1.15 if bm == 64 else 1.0)
 
     if cost(64) < cost(128):
-        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=stages)
-    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=stages)
+        return dict(BLOCK_M=64, BLOCK_N=64, num_warps=4, num_stages=2)
+    return dict(BLOCK_M=128, BLOCK_N=64, num_warps=8, num_stages=2)
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _memory_order(t: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -250,13 +255,6 @@ def resolve_load_path(use_tma: bool, device, tensors: tuple[torch.Tensor, ...] =
     return path, reason
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """`input_precision` of the kernel's tl.dot: fp32 inputs would default to TF32 on a GPU (10-bit
-    mantissa, ~1e-3 relative error), so they ask for "ieee"; for fp16/bf16 inputs "tf32" is the
-    default and changes nothing."""
-    return "ieee" if dtype == torch.float32 else "tf32"
-
-
 def on_device(t: torch.Tensor) -> contextlib.AbstractContextManager:
     """Triton launches on the *current* CUDA device, not the tensors': make it the tensor's."""
     return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
@@ -298,8 +296,8 @@ def attention_into(
     bm, bn = cfg.pop("BLOCK_M"), cfg.pop("BLOCK_N")
     grid = (triton.cdiv(N, bm), B * H)
     path, _ = resolve_load_path(use_tma, q.device, (q, k, v, out))
-    common = dict(QK_SCALE=scale * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn, DOT_PRECISION=dot_precision(q.dtype),
-                  **cfg)
+    common = dict(QK_SCALE=scale * LOG2E, HEAD_DIM=hd, BLOCK_M=bm, BLOCK_N=bn,
+                  DOT_PRECISION=dot_input_precision(q.dtype), **cfg)
     with on_device(q):
         if path == "tma":
             # Host-side descriptors (no scratch memory); out-of-range rows are zero-filled on load
@@ -349,4 +347,4 @@ def attention_flops(B: int, H: int, N: int, head_dim: int) -> float:
 
 
 __all__ = ["attention", "attention_into", "attention_reference", "attention_config", "attention_flops",
-           "dot_precision", "resolve_load_path"]
+           "dot_input_precision", "dot_precision", "resolve_load_path"]

@@ -41,8 +41,9 @@ def _rotate_store(src, dst, cos, sin, offs_t, offs_d, swap_d, row_ok, HAS_ROPE: 
 def _qkv_rope_kernel(
     QKV, COS, SIN, Q, K, V,
     s_b, s_n, so_b, so_h, so_n,
-    H, N, D,
+    H, N, D, N_PREFIX,
     HEAD_DIM: tl.constexpr, BLOCK_T: tl.constexpr, HAS_ROPE: tl.constexpr, WRITE_V: tl.constexpr,
+    RAW_SIN: tl.constexpr = False,
 ):
     b, h, offs_t, offs_d = _program_rows(H, BLOCK_T, HEAD_DIM)
     swap_d = (offs_d + HEAD_DIM // 2) % HEAD_DIM  # partner column of the half-split rotation
@@ -51,9 +52,14 @@ def _qkv_rope_kernel(
     src = QKV + b.to(tl.int64) * s_b + offs_t[:, None] * s_n + h * HEAD_DIM
     dst_off = b.to(tl.int64) * so_b + h.to(tl.int64) * so_h + offs_t[:, None] * so_n
     if HAS_ROPE:
-        tab = offs_t[:, None] * HEAD_DIM + offs_d[None, :]
-        cos = tl.load(COS + tab, mask=row_ok, other=1.0)
-        sin = tl.load(SIN + tab, mask=row_ok, other=0.0)
+        # table row of token t is t - N_PREFIX; prefix tokens (and rows past N) take the identity
+        rope_row = offs_t[:, None] - N_PREFIX
+        rot_ok = row_ok & (rope_row >= 0)
+        tab = rope_row * HEAD_DIM + offs_d[None, :]
+        cos = tl.load(COS + tab, mask=rot_ok, other=1.0)
+        sin = tl.load(SIN + tab, mask=rot_ok, other=0.0)
+        if RAW_SIN:  # the model's own sin: rotate_half's sign (first half negated) applied here
+            sin = tl.where(offs_d[None, :] < HEAD_DIM // 2, -sin, sin)
     else:
         cos = 1.0
         sin = 0.0
@@ -97,6 +103,14 @@ def qkv_rope_into(
 ) -> None:
     """Split qkv [B, N, 3D] into q, k (rotated by the table when given) and v (copied unless
     None), each a [B, H, N, hd] tensor with a contiguous last dim (same strides for all three)."""
+    if cos_t is not None and (cos_t.shape != (qkv.shape[1], qkv.shape[2] // 3 // num_heads)
+                              or sin_t.shape != cos_t.shape):
+        raise ValueError(f"RoPE table must be [N, hd] = {(qkv.shape[1], qkv.shape[2] // 3 // num_heads)}, "
+                         f"got {tuple(cos_t.shape)}")
+    _launch(qkv, cos_t, sin_t, num_heads, q, k, v, config, n_prefix=0, raw_sin=False)
+
+
+def _launch(qkv, cos, sin, num_heads, q, k, v, config, *, n_prefix: int, raw_sin: bool) -> None:
     check_device(qkv, q, k)
     B, N, three_d = qkv.shape
     if three_d % (3 * num_heads):
@@ -109,19 +123,26 @@ def qkv_rope_into(
         raise ValueError("qkv and the outputs need a contiguous last dimension")
     if q.shape != (B, num_heads, N, hd) or k.stride() != q.stride() or (v is not None and v.stride() != q.stride()):
         raise ValueError(f"q/k/v must be [B, H, N, hd] = {(B, num_heads, N, hd)} with equal strides")
-    has_rope = cos_t is not None
-    if has_rope and (cos_t.shape != (N, hd) or sin_t.shape != (N, hd)):
-        raise ValueError(f"RoPE table must be [N, hd] = {(N, hd)}, got {tuple(cos_t.shape)}")
+    has_rope = cos is not None
     cfg = dict(config or qkv_rope_config(qkv.device, hd))
     bt = cfg.pop("BLOCK_T")
     grid = (triton.cdiv(N, bt), B * num_heads)
     with on_device(qkv):
         _qkv_rope_kernel[grid](
-            qkv, cos_t if has_rope else qkv, sin_t if has_rope else qkv, q, k, v if v is not None else q,
+            qkv, cos if has_rope else qkv, sin if has_rope else qkv, q, k, v if v is not None else q,
             qkv.stride(0), qkv.stride(1), q.stride(0), q.stride(1), q.stride(2),
-            num_heads, N, D,
-            HEAD_DIM=hd, BLOCK_T=bt, HAS_ROPE=has_rope, WRITE_V=v is not None, **cfg,
+            num_heads, N, D, n_prefix,
+            HEAD_DIM=hd, BLOCK_T=bt, HAS_ROPE=has_rope, WRITE_V=v is not None, RAW_SIN=raw_sin, **cfg,
         )
+
+
+def qkv_rope_raw_into(
+    qkv: torch.Tensor, sin: torch.Tensor, cos: torch.Tensor, num_heads: int, q: torch.Tensor, k: torch.Tensor,
+    config: dict | None = None,
+) -> None:
+    """q, k of qkv [B, N, 3D] rotated by the model's own sin/cos [HW, hd] (fp32 contiguous) on the
+    last HW tokens: no table to build, so nothing to cache between calls (rope_attention)."""
+    _launch(qkv, cos, sin, num_heads, q, k, None, config, n_prefix=qkv.shape[1] - sin.shape[0], raw_sin=True)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -128,8 +128,8 @@ def _stitch_kernel(
     scale_x = tl.div_rn(LW.to(tl.float32), win_w.to(tl.float32))
     rscale_y = tl.div_rn(H.to(tl.float32), OH.to(tl.float32))
     rscale_x = tl.div_rn(W.to(tl.float32), OW.to(tl.float32))
-    pid_x = tl.program_id(0)
-    oy = tl.program_id(1)
+    oy = tl.program_id(0)  # output rows on axis x (up to 2^31 - 1; CUDA caps axis y at 65535)
+    pid_x = tl.program_id(1)
     offs_x = pid_x * BLOCK_P + tl.arange(0, BLOCK_P)
     x_ok = offs_x < OW
     best = tl.full([BLOCK_P], float("-inf"), dtype=tl.float32)
@@ -172,6 +172,12 @@ def stitch_config(device: torch.device, out_w: int, n_classes: int) -> dict:
     return dict(BLOCK_P=128, BLOCK_C=8, num_warps=4)
 
 
+def stitch_grid(out_h: int, out_w: int, block_p: int) -> tuple[int, int]:
+    """Launch grid: output rows on axis x, which CUDA allows up to 2^31 - 1 (axis y stops at 65535:
+    a label map taller than that would not launch), column blocks on axis y."""
+    return (out_h, triton.cdiv(out_w, block_p))
+
+
 def stitch_into(
     logits: torch.Tensor,
     image_size: tuple[int, int],
@@ -197,7 +203,7 @@ def stitch_into(
         raise ValueError("labels must be a contiguous [OH, OW] tensor and probs a contiguous [C, OH, OW] one")
     cfg = dict(config or stitch_config(logits.device, OW, C))
     bp, bc = cfg.pop("BLOCK_P"), cfg.pop("BLOCK_C")
-    grid = (triton.cdiv(OW, bp), OH)
+    grid = stitch_grid(OH, OW, bp)
     with on_device(logits):
         _stitch_kernel[grid](
             logits, H, W, C, LH, LW, g.crop_h, g.crop_w, g.stride_h, g.stride_w, g.n_rows, g.n_cols, g.win_h, g.win_w,

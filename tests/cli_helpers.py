@@ -8,6 +8,7 @@ change or tamper with its artifact without touching anyone else's."""
 import os
 import shutil
 import tempfile
+import traceback
 
 from click.testing import CliRunner
 
@@ -23,6 +24,14 @@ def _store() -> str:
     return _STORE[0].name
 
 
+def export_failure(res) -> str:
+    """The CLI's output and, when the export raised (CliRunner catches it and prints nothing), the
+    exception with its traceback: a failed fixture must say why."""
+    if res.exc_info is None or isinstance(res.exception, SystemExit):
+        return res.output
+    return res.output + "\n" + "".join(traceback.format_exception(*res.exc_info))
+
+
 def export_tiny(tmp_path, task: str, *extra: str):
     """Export `task` on vit_tiny_test (batch 1:1:4, H/W 32:64:128) to tmp_path/art_<task>."""
     art = tmp_path / f"art_{task}"
@@ -34,7 +43,7 @@ def export_tiny(tmp_path, task: str, *extra: str):
         return art
     res = CliRunner().invoke(cli, ["export", "--task", task, "--model", "vit_tiny_test", "--batch", "1:1:4",
                                    "--height", "32:64:128", "--no-verify", "--out", str(art), *extra])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 0, export_failure(res)
     if reusable:
         kept = os.path.join(_store(), str(len(_EXPORTED)))
         shutil.copytree(art, kept)

@@ -13,10 +13,15 @@ from PIL import Image
 
 from dinov3_deploy.artifact import load_artifact
 from dinov3_deploy.cli import cli
+from dinov3_deploy.errors import DeployError
 from dinov3_deploy.reference.protocol.sliding_window import window_geometry
 from dinov3_deploy.reference.protocol.synthetic import make_sample
 from dinov3_deploy.runtime.inference import resolve_stitch, stitch_labels, window_logits
 from dinov3_deploy.runtime.predictor import Predictor
+
+# On a GPU machine the interpreter is off (conftest sets it only without CUDA), so the Triton
+# stitch needs CUDA tensors there: the tests below give it the GPU where there is one.
+ON_GPU = torch.cuda.is_available()
 
 # smaller than the window, not a multiple of the stride, very wide
 SIZES = {"small.png": (24, 30), "odd.png": (40, 90), "wide.png": (16, 160)}
@@ -35,8 +40,9 @@ def test_triton_stitch_gives_the_reference_labels_on_odd_sizes(seg_artifact, tmp
     labels = {}
     for stitch in ("triton", "torch"):
         out = tmp_path / stitch
+        gpu = ["--backend", "torch"] if ON_GPU else []  # the torch backend computes on the GPU there
         res = CliRunner().invoke(cli, ["infer", str(seg_artifact), str(imgs), "-o", str(out), "--window", "32",
-                                       "--stride", "24", "--batch-windows", "3", "--stitch", stitch])
+                                       "--stride", "24", "--batch-windows", "3", "--stitch", stitch, *gpu])
         assert res.exit_code == 0, res.output
         summary = json.loads((out / "predictions.json").read_text())["summary"]
         assert summary["stitch"] == stitch and summary["images_ok"] == 3
@@ -56,7 +62,7 @@ def test_stitches_agree_on_the_same_window_logits(seg_artifact):
     one, three = window_logits(predictor, pixels, g, 1), window_logits(predictor, pixels, g, 3)
     assert one.shape[0] == len(g) == 5 and predictor.windows == 2 * len(g)
     torch.testing.assert_close(one, three, atol=1e-4, rtol=1e-4)
-    a = stitch_labels(one, pixels, g, (20, 72), "triton")
+    a = stitch_labels(one.cuda() if ON_GPU else one, pixels, g, (20, 72), "triton").cpu()
     b = stitch_labels(one, pixels, g, (20, 72), "torch")
     assert a.shape == (20, 72) and torch.equal(a, b)
 
@@ -64,7 +70,11 @@ def test_stitches_agree_on_the_same_window_logits(seg_artifact):
 def test_stitch_choice():
     assert resolve_stitch("auto", torch.device("cpu")) == "torch"
     assert resolve_stitch("auto", torch.device("cuda")) == "triton"
-    assert resolve_stitch("triton", torch.device("cpu")) == "triton"  # the tests run the interpreter
+    if ON_GPU:  # no interpreter there: triton on a CPU backend is refused in one line
+        with pytest.raises(DeployError, match="--stitch triton"):
+            resolve_stitch("triton", torch.device("cpu"))
+    else:
+        assert resolve_stitch("triton", torch.device("cpu")) == "triton"  # the tests run the interpreter
 
 
 def test_window_loop_batches_at_most_batch_windows_and_matches_the_reference_stitch(seg_artifact):
@@ -183,6 +193,7 @@ def test_attn_triton_runs_under_the_interpreter_and_gives_the_sdpa_labels(seg_ar
     np.testing.assert_array_equal(labels["triton"], labels["sdpa"])
 
 
+@pytest.mark.skipif(ON_GPU, reason="on a GPU machine --attn triton runs: the refusal is for machines without one")
 def test_attn_triton_without_a_gpu_or_the_interpreter_is_one_line(seg_artifact, tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     imgs = _one_image(tmp_path)
@@ -199,3 +210,20 @@ def test_attn_on_another_backend_is_refused(seg_artifact, tmp_path):
     res = CliRunner().invoke(cli, ["infer", str(seg_artifact), str(_one_image(tmp_path)), "-o", str(tmp_path / "o"),
                                    "--backend", "onnxruntime", "--attn", "sdpa"])
     assert res.exit_code == 2 and "--attn apply to the torch backend only" in res.output, res.output
+
+
+def test_a_failed_export_fixture_says_why():
+    """The GPU machine's fixture errors printed only the progress lines: CliRunner swallows the
+    exception. The helper's message must carry it, with where it was raised."""
+    import click
+    from cli_helpers import export_failure
+
+    @click.command()
+    def broken():
+        click.echo("checking the graph")
+        raise ModuleNotFoundError("No module named 'somewhere'")
+
+    res = CliRunner().invoke(broken, [])
+    msg = export_failure(res)
+    assert "checking the graph" in msg and "ModuleNotFoundError: No module named 'somewhere'" in msg
+    assert "Traceback" in msg

@@ -158,3 +158,29 @@ def test_default_export_shapes_build_with_the_default_workspace(tmp_path, task):
     trt = read_manifest(path).tensorrt
     assert trt.profiles[0].max == [8, 3, 1024, 1024] and trt.engine_bytes > 0
     assert trt.workspace_bytes > 4381224512  # the limit it ran with, more than these shapes asked for
+
+
+def test_full_tensorrt_fp32_engines_are_built_without_tf32(monkeypatch):
+    """TensorRT's BuilderFlag.TF32 is on by default; Polygraphy's CreateConfig clears it unless tf32=True.
+    A full-TensorRT config must ask for tf32=False (fp32 parity: 2.7e-4 with TF32 vs a 1e-4 gate). The real
+    TensorRT module is absent here: a stand-in records what is asked."""
+    import types
+
+    from dinov3_deploy.engines.trt_api import TrtApi
+
+    asked = {}
+    fake_trt = types.SimpleNamespace(__name__="tensorrt", __version__="10.99",
+                                     ProfilingVerbosity=types.SimpleNamespace(LAYER_NAMES_ONLY="names"),
+                                     MemoryPoolType=types.SimpleNamespace(WORKSPACE="ws"))
+    fake_ptrt = types.SimpleNamespace(CreateConfig=lambda **kw: asked.update(kw) or "config")
+    api = TrtApi("tensorrt", fake_trt)
+    monkeypatch.setattr(TrtApi, "polygraphy", lambda self: fake_ptrt)
+    config, settings = api.create_config([], workspace_bytes=None, opt_level=3)
+    assert config == "config" and asked["tf32"] is False and settings == {"targets": ["build-gpu"]}
+
+
+def test_onnxruntime_cuda_provider_is_asked_for_fp32_not_tf32():
+    from dinov3_deploy.runtime.runners import ort_providers
+
+    assert ort_providers("cuda") == [("CUDAExecutionProvider", {"use_tf32": "0"})]
+    assert ort_providers("cpu") == ["CPUExecutionProvider"]

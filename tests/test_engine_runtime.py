@@ -277,13 +277,15 @@ def test_rtx_graphs_off_leaves_the_strategy_disabled(runner):
 def test_cuda_graph_per_shape_replays_on_the_callers_stream_after_one_enqueue(full_trt):
     runner = full_trt
     """First call of a shape: enqueue (TensorRT's warm-up), then capture on the engine stream; later calls
-    of that shape replay on the producer stream with the new input; back from another shape, one enqueue
-    first. Each call's outputs are its own input's (a replay reading a stale input would fail here)."""
+    of that shape replay on the producer stream with the new input, also back from another shape: each
+    shape has an execution context of its own, which never leaves that shape, so its graph replays on
+    the very state it was captured from. Each call's outputs are its own input's (a replay reading a
+    stale input would fail here)."""
     a1, a2, a3, b1 = batch(2, 32, 48, 1), batch(2, 32, 48, 2), batch(2, 32, 48, 3), batch(1, 16, 64, 4)
     eager = [("wait", "engine", "producer"), ("execute", 11), ("wait", "producer", "engine")]
     capture = [("capture", "engine", "thread_local"), ("captured", 11)]
     expected = {id(a1): eager + capture, id(a2): [("replay", "producer")], id(b1): eager + capture,
-                id(a3): eager}
+                id(a3): [("replay", "producer")]}
     for x in (a1, a2, b1, a3):
         del runner.log[:]
         out = runner.run(x)
@@ -292,8 +294,22 @@ def test_cuda_graph_per_shape_replays_on_the_callers_stream_after_one_enqueue(fu
         np.testing.assert_allclose(out["half"], 2 * x, rtol=1e-3)
     del runner.log[:]
     np.testing.assert_allclose(runner.run(a1)["sum"], a1.sum(1, keepdims=True), rtol=1e-6)
-    assert runner.log == [("replay", "producer")]  # the shape's context state is back: replays again
+    assert runner.log == [("replay", "producer")]
     assert sorted(runner._graphs) == [(1, 3, 16, 64), (2, 3, 32, 48)] and not runner.graph_skipped
+    # one context per shape, each set to its shape once and never to another
+    ctxs = runner.fake_engine.contexts
+    assert [c.shape for c in ctxs] == [(2, 3, 32, 48), (1, 3, 16, 64)] and [c.set_shape_calls for c in ctxs] == [1, 1]
+
+
+def test_per_shape_contexts_go_with_their_buffers(full_trt):
+    """At most max_shapes shapes keep buffers, graph and context; the least recently used goes whole."""
+    runner = full_trt
+    runner.max_shapes = 2
+    for h in (16, 32, 48, 16):
+        runner.run(batch(1, h, 16))
+    assert sorted(runner._contexts) == sorted(runner._buffers) == sorted(runner._graphs) == [(1, 3, 16, 16),
+                                                                                            (1, 3, 48, 16)]
+    assert len(runner.fake_engine.contexts) == 4  # 16 was dropped after 48 came in, then made again
 
 
 def test_a_shape_that_cannot_be_captured_keeps_the_plain_enqueue_and_says_why(full_trt, caplog):
@@ -313,11 +329,11 @@ def test_a_shape_that_cannot_be_captured_keeps_the_plain_enqueue_and_says_why(fu
         "RuntimeError: operation not permitted when stream is capturing"]
 
 
-def test_a_context_that_is_not_capturable_is_not_captured(full_trt):
+def test_a_context_that_is_not_capturable_is_not_captured(full_trt, monkeypatch):
     runner = full_trt
     runner.run(batch(1, 16, 16))  # activates
-    ctx = runner.fake_engine.contexts[0]
-    ctx.is_stream_capturable = lambda stream: False  # the context's own answer, where it has the query
+    # the contexts' own answer, where they have the query (each shape's context is asked)
+    monkeypatch.setattr(FakeContext, "is_stream_capturable", lambda self, stream: False, raising=False)
     del runner.log[:]
     runner.run(batch(2, 16, 16))
     assert not [e for e in runner.log if e[0] == "capture"]

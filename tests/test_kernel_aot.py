@@ -43,10 +43,11 @@ for bnh in (False, True):
 from dinov3_deploy.engines.plugins import STITCH_INTS, _compile
 from dinov3_deploy.kernels.qkv_rope import _qkv_rope_kernel
 from dinov3_deploy.kernels.stitch import _stitch_kernel
-ints = ["s_b", "s_n", "so_b", "so_h", "so_n", "H", "N", "D"]
+ints = ["s_b", "s_n", "so_b", "so_h", "so_n", "H", "N", "D", "N_PREFIX"]
 sig = {"QKV": "*bf16", "COS": "*fp32", "SIN": "*fp32", "Q": "*bf16", "K": "*bf16", "V": "*bf16",
        **dict.fromkeys(ints, "i32")}
-k = _compile(_qkv_rope_kernel, sig, dict(HEAD_DIM=64, BLOCK_T=64, HAS_ROPE=True, WRITE_V=True), [], 90, num_warps=8)
+k = _compile(_qkv_rope_kernel, sig, dict(HEAD_DIM=64, BLOCK_T=64, HAS_ROPE=True, WRITE_V=False, RAW_SIN=True), [],
+             90, num_warps=8)
 out["qkv_rope"] = dict(ptx=k.ptx)
 sig = {"LOGITS": "*fp16", "LABELS": "*i64", "PROBS": "*fp32", **dict.fromkeys(STITCH_INTS, "i32")}
 k = _compile(_stitch_kernel, sig, dict(RESIZE=True, WRITE_PROBS=True, BLOCK_P=128, BLOCK_C=8), [], 90, num_warps=4)

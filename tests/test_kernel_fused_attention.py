@@ -33,8 +33,8 @@ def test_rope_attention_matches_reference(dtype, hd, tol):
     assert rel_err(out2, rope_attention_reference(qkv.double(), None, None, H)) < tol
 
 
-def test_rope_attention_table_cache_follows_new_tables():
-    """The per-forward table cache must never serve a stale table for different sin/cos."""
+def test_rope_attention_follows_new_sin_cos():
+    """Nothing derived from sin/cos is kept between calls: new or changed tables take effect."""
     H, hd = 1, 32
     qkv = torch.randn(1, 5 + 4, 3 * H * hd, device=DEV)
     rope = RopePositionEmbedding(hd).to(DEV)
@@ -46,6 +46,33 @@ def test_rope_attention_table_cache_follows_new_tables():
     sin.mul_(0.5)  # in-place change of a cached tensor
     c = rope_attention(qkv, sin, cos, H)
     assert rel_err(c, rope_attention_reference(qkv, sin, cos, H)) < 1e-5
+
+
+def test_rope_attention_under_inference_mode():
+    """`bench` and `infer` run under torch.inference_mode(): inference tensors have no version
+    counter, so the op must not read one (nor keep tensors between calls)."""
+    H, hd = 2, 32
+    rope = RopePositionEmbedding(hd).to(DEV)
+    with torch.inference_mode():
+        qkv = torch.randn(2, 5 + 6, 3 * H * hd, device=DEV)
+        sin, cos = rope(2, 3)
+        out = rope_attention(qkv, sin, cos, H)
+        again = rope_attention(qkv, sin, cos, H)  # the second call of a shape takes the cached plan
+    ref = rope_attention_reference(qkv, sin, cos, H)
+    assert rel_err(out, ref) < 1e-5 and torch.equal(out, again)
+
+
+def test_rope_attention_plan_follows_shapes_and_non_contiguous_tables():
+    """The per-shape plan is keyed on everything it bakes in: another token count, head count or a
+    transposed-then-copied sin/cos must not reuse a plan made for something else."""
+    hd = 32
+    rope = RopePositionEmbedding(hd).to(DEV)
+    for H, (gh, gw) in [(1, (2, 2)), (2, (2, 2)), (1, (3, 2))]:
+        qkv = torch.randn(1, 5 + gh * gw, 3 * H * hd, device=DEV)
+        sin, cos = rope(gh, gw)
+        sin_nc = sin.t().contiguous().t()  # same values, column-major
+        out = rope_attention(qkv, sin_nc, cos, H)
+        assert rel_err(out, rope_attention_reference(qkv, sin, cos, H)) < 1e-5
 
 
 def _pair(cfg_or_name, hd_check):

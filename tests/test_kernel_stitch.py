@@ -8,7 +8,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # must precede the first triton import
 
-from dinov3_deploy.kernels.stitch import stitch, stitch_into  # noqa: E402
+from dinov3_deploy.kernels.stitch import stitch, stitch_grid, stitch_into  # noqa: E402
 from dinov3_deploy.reference.protocol.sliding_window import slide_inference, window_grid  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -70,10 +70,49 @@ def test_stitch_custom_op_fake_and_labels_only():
 
 def test_stitch_rejects_wrong_window_count():
     with pytest.raises(ValueError, match="windows"):
-        stitch_into(torch.randn(3, 2, 2, 2, device=DEV), (12, 16), 8, 6, torch.empty(12, 16, dtype=torch.int64))
+        stitch_into(torch.randn(3, 2, 2, 2, device=DEV), (12, 16), 8, 6,
+                    torch.empty(12, 16, dtype=torch.int64, device=DEV))  # labels beside the logits: a GPU too
+
+
+def test_stitch_grid_keeps_rows_off_the_65535_axis():
+    """CUDA caps grid axes y and z at 65535: a tall label map must put its rows on axis x."""
+    rows, col_blocks = stitch_grid(70_000, 300, 128)
+    assert (rows, col_blocks) == (70_000, 3) and col_blocks <= 65535
+
+
+def test_stitch_rows_follow_program_axis_0():
+    """Rows come from axis 0 of the grid the launcher builds (a tall, narrow map in the
+    interpreter: each row's labels must be its own, not another row's)."""
+    H, W, crop, stride = 40, 6, 6, 4
+    n = len(window_grid(H, W, crop, stride))
+    logits = torch.randn(n, 3, 2, 2, device=DEV)
+    labels = torch.full((H, W), -1, dtype=torch.int64, device=DEV)
+    stitch_into(logits, (H, W), crop, stride, labels)
+    assert torch.equal(labels, reference_logits(logits, (H, W), crop, stride, None).argmax(0))
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("H,W,out_size", [(512, 683, None), (1024, 2048, None), (512, 683, (480, 640))])
 def test_stitch_gpu_real_sizes(H, W, out_size):
     check(H, W, 512, 341, out_size, 150, (32, 32))
+
+
+def test_bench_stitch_check_ignores_rounding_ties_but_not_real_flips():
+    """The bench's stitch parity row (the labels+probabilities variant failed on one pixel of 2M
+    whose top two classes were a rounding error apart): ties within TIE_MARGIN are left out of the
+    100 % fp32 label gate, a label flipped where the margin is clear still fails it."""
+    from dinov3_deploy.bench.kernels_bench import TIE_MARGIN, stitch_check
+
+    scores = torch.randn(4, 6, 8)
+    scores[1, 0, 0] = scores[:, 0, 0].max() + TIE_MARGIN / 10  # pixel (0, 0): a near-tie between two classes
+    check = stitch_check(scores, "case")
+    labels = scores.argmax(0)
+    runner_up = scores[:, 0, 0].topk(2).indices[1]
+    tie_flip = labels.clone()
+    tie_flip[0, 0] = runner_up
+    assert check(labels)[0].passed and check(tie_flip)[0].passed
+    scores[:, 3, 3] = torch.tensor([5.0, 0.0, 0.0, 0.0])  # pixel (3, 3): class 0 by a clear margin
+    check = stitch_check(scores, "case")
+    real_flip = scores.argmax(0)
+    real_flip[3, 3] = 1
+    assert check(scores.argmax(0))[0].passed and not check(real_flip)[0].passed

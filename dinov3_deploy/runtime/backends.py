@@ -18,6 +18,16 @@ from dinov3_deploy.errors import DeployError
 ORT_PROVIDERS = {
     "cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider",
 }
+
+
+def ort_providers(provider: str) -> list:
+    """The `providers` argument of an ONNX Runtime session for one of ORT_PROVIDERS. The CUDA
+    provider computes fp32 MatMul/Conv in TF32 unless told not to (use_tf32 defaults to 1), which
+    moves an fp32 graph past its parity gate: fp32 means fp32."""
+    name = ORT_PROVIDERS[provider]
+    return [(name, {"use_tf32": "0"})] if provider == "cuda" else [name]
+
+
 ENGINE_BACKENDS = ("tensorrt-engine", "tensorrt-rtx-engine")
 #: Every long name `verify` knows (pytorch: the PyTorch model, named through its family `torch`).
 BACKEND_NAMES = (*(f"onnxruntime-{p}" for p in ORT_PROVIDERS), *ENGINE_BACKENDS, "onnx-reference")

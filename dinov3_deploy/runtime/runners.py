@@ -27,6 +27,7 @@ from .backends import (  # noqa: F401 - the one name table and resolver, re-expo
     BACKEND_NAMES,
     ENGINE_BACKENDS,
     ORT_PROVIDERS,
+    ort_providers,
     ort_skip_reason,
     parse_backend_names,
     select_backends,
@@ -67,7 +68,7 @@ class OrtRunner:
             from polygraphy.logger import G_LOGGER
 
             G_LOGGER.module_severity = G_LOGGER.WARNING
-            self._runner = OnnxrtRunner(SessionFromOnnx(str(self.onnx_path), providers=[self.provider]),
+            self._runner = OnnxrtRunner(SessionFromOnnx(str(self.onnx_path), providers=ort_providers(self.provider)),
                                         name=self.name)
             self._runner.activate()
             try:
@@ -239,6 +240,6 @@ def ort_session(onnx_path: str | Path, provider: str):
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    session = ort.InferenceSession(str(onnx_path), opts, providers=[ORT_PROVIDERS[provider]])
+    session = ort.InferenceSession(str(onnx_path), opts, providers=ort_providers(provider))
     check_provider(session, provider)
     return session
