@@ -105,3 +105,11 @@ def test_small_score_maps_are_judged_upsampled():
     ref = REF[:, :, :16, :16]
     (r,) = compare({"logits": ref}, {"logits": ref * (1 + 1e-3)}, "c", "seg", "fp16")
     assert r.labels["pixels"] >= 65536 and r.labels["upsample"] == 16
+
+
+def test_bench_tables_show_the_near_ties_apart():
+    from dinov3_deploy.bench.report import _parity_cell
+
+    r = _labels_row(_flip(REF * (1 + 5e-3), 0.0, 0.02, 1000), "fp16")
+    cell = _parity_cell({"status": "ok", "parity": [r.to_dict()]})
+    assert "labels 100.00% (1000 near-tie px) ok" in cell
