@@ -302,7 +302,7 @@ def save_prediction(pred: Prediction, out_dir: Path, manifest: Manifest) -> dict
         files = output_files(task, pred.name)
         fields: dict = {}
         if task == "seg" and pred.labels is not None:
-            from dinov3_deploy.reference.training.visualize import colorize
+            from dinov3_deploy.reference.training.visualize import seg_picture
 
             classes = manifest.classes_for("seg")
             head = manifest.head_for("seg")
@@ -311,10 +311,7 @@ def save_prediction(pred: Prediction, out_dir: Path, manifest: Manifest) -> dict
             ids, counts = np.unique(pred.labels, return_counts=True)
             shares = {int(i): float(c) / pred.labels.size for i, c in zip(ids.tolist(), counts.tolist())}
             png(files[0], pred.labels)
-            color = colorize(pred.labels, palette)
-            overlay = (0.5 * pred.image + 0.5 * color).astype(np.uint8)
-            panel = np.concatenate([pred.image, overlay, color], axis=1)
-            png(files[1], np.concatenate([panel, legend_strip(panel.shape[1], shares, palette, names)], axis=0))
+            png(files[1], seg_picture(pred.image, pred.labels, palette, names, shares))
             fields["classes"] = {_class_name(names, i): round(s, 4) for i, s in shares.items()}
         elif task == "depth" and pred.depth is not None:
             d = pred.depth.astype(np.float32)
@@ -349,37 +346,6 @@ def top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
 
 def _class_name(names: list[str], i: int) -> str:
     return names[i] if 0 <= i < len(names) else str(i)
-
-
-def legend_strip(width: int, shares: dict[int, float], palette: list[list[int]], names: list[str]) -> np.ndarray:
-    """A white strip `width` pixels wide: a colour swatch, the class name and its share of the
-    image for each class present (most frequent first), wrapped onto as many rows as needed.
-    Drawn with PIL at the panel's own resolution, so the mask beside it keeps exact colours."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    size = int(np.clip(width // 45, 11, 28))
-    font = ImageFont.load_default(size=size)
-    entries = [(palette[i] if i < len(palette) else [0, 0, 0], f"{_class_name(names, i)} {share:.0%}")
-               for i, share in sorted(shares.items(), key=lambda kv: -kv[1])]
-    pad, line = size // 2, size + size // 2
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    rows: list[list[tuple[int, list[int], str]]] = [[]]
-    x = pad
-    for colour, text in entries:
-        w = size + pad // 2 + int(measure.textlength(text, font=font)) + 2 * pad
-        if rows[-1] and x + w > width:
-            rows.append([])
-            x = pad
-        rows[-1].append((x, colour, text))
-        x += w
-    strip = Image.new("RGB", (width, pad + line * len(rows)), "white")
-    draw = ImageDraw.Draw(strip)
-    for r, row in enumerate(rows):
-        y = pad + r * line
-        for x0, colour, text in row:
-            draw.rectangle((x0, y, x0 + size - 1, y + size - 1), fill=tuple(int(c) for c in colour))
-            draw.text((x0 + size + pad // 2, y + size // 2), text, fill="black", font=font, anchor="lm")
-    return np.asarray(strip)
 
 
 def save_depth_picture(path: str | os.PathLike, image: np.ndarray, depth: np.ndarray) -> None:
