@@ -94,9 +94,9 @@ NEAR_TIE_SIGMAS = 4.0
 MIN_LABEL_PIXELS = 65536
 
 
-def margin_bound(rel_fro: float, pixel_rms: np.ndarray) -> np.ndarray:
-    """Per pixel, the largest top-1/top-2 margin the measured error can close (see NEAR_TIE_SIGMAS)."""
-    return NEAR_TIE_SIGMAS * np.sqrt(2.0) * rel_fro * pixel_rms
+def bound_factor(rel_fro: float) -> float:
+    """The margin bound over a pixel's logit RMS over classes (see NEAR_TIE_SIGMAS)."""
+    return float(NEAR_TIE_SIGMAS * np.sqrt(2.0) * rel_fro)
 
 
 @dataclass
@@ -104,7 +104,7 @@ class LabelParity:
     """What the labels did: `flips` of `pixels` changed; `near_tie_flips` of them had a reference margin
     within the bound (reported, not counted); `beyond_margin` did not. `near_tie_pixels`: pixels whose
     margin is within the bound (None for bare label maps, whose margins exist only where they flipped).
-    `bound_factor`: the bound over the pixel's logit RMS (NEAR_TIE_SIGMAS * sqrt(2) * rel_fro)."""
+    `bound_factor`: the bound over the pixel's logit RMS (`bound_factor(rel_fro)`)."""
 
     pixels: int
     flips: int
@@ -172,37 +172,35 @@ def _sample(scores: np.ndarray, idx: tuple[np.ndarray, ...], size: tuple[int, in
             + at(y1, x0) * wy * (1 - wx) + at(y1, x1) * wy * wx)
 
 
+def _worst(margin: np.ndarray, bound: np.ndarray) -> float | None:
+    return float((margin / np.maximum(bound, 1e-30)).max()) if margin.size else None
+
+
 def judge_labels(ref_scores: np.ndarray | None, rel_fro: float, out_scores: np.ndarray | None = None,
                  ref_labels: np.ndarray | None = None, out_labels: np.ndarray | None = None) -> LabelParity:
     """THE label metric. Either score maps (`ref_scores`, `out_scores` [B,C,h,w], judged upsampled to at
     least MIN_LABEL_PIXELS) or label maps (`ref_labels`, `out_labels` [B,H,W], with the reference's
     score maps for margins where given). `rel_fro`: the measured relative error of the scores of this
-    same comparison, from which the margin bound is derived."""
+    same comparison, from which the per-pixel bound (bound_factor(rel_fro) x the pixel's logit RMS) comes."""
+    factor = bound_factor(rel_fro)
     if ref_labels is None:
-        ref_up, factor = _upsampled(ref_scores)
-        out_up, _ = _upsampled(out_scores)
+        ref_up, upsample = _upsampled(ref_scores)
         ref_labels, margin, rms = _top2(ref_up)
-        out_labels = out_up.argmax(axis=1)
-        bound = margin_bound(rel_fro, rms)
-        flipped = ref_labels != out_labels
+        flipped = ref_labels != _upsampled(out_scores)[0].argmax(axis=1)
+        bound = factor * rms
         near = margin <= bound
-        over = (margin / np.maximum(bound, 1e-30))[flipped & ~near]
-        return LabelParity(int(ref_labels.size), int(flipped.sum()), int((flipped & ~near).sum()),
-                           int((flipped & near).sum()), int(near.sum()), NEAR_TIE_SIGMAS * np.sqrt(2.0) * rel_fro,
-                           factor, float(over.max()) if over.size else None)
+        beyond = flipped & ~near
+        return LabelParity(int(ref_labels.size), int(flipped.sum()), int(beyond.sum()), int((flipped & near).sum()),
+                           int(near.sum()), factor, upsample, _worst(margin[beyond], bound[beyond]))
     flipped = ref_labels != out_labels
-    idx = np.nonzero(flipped)
-    near_flips = 0
-    over = np.zeros(0)
-    if ref_scores is not None and idx[0].size:
-        _, margin, rms = _top2(_sample(ref_scores, idx, ref_labels.shape[-2:]).T[None, :, :, None])
-        near = margin.reshape(-1) <= margin_bound(rel_fro, rms.reshape(-1))
-        near_flips = int(near.sum())
-        over = (margin.reshape(-1) / np.maximum(margin_bound(rel_fro, rms.reshape(-1)), 1e-30))[~near]
     n = int(flipped.sum())
-    return LabelParity(int(ref_labels.size), n, n - near_flips, near_flips, None,
-                       NEAR_TIE_SIGMAS * np.sqrt(2.0) * rel_fro if ref_scores is not None else 0.0, 1,
-                       float(over.max()) if over.size else None)
+    if ref_scores is None or n == 0:  # no scores: every flip counts
+        return LabelParity(int(ref_labels.size), n, n, 0, None, factor if ref_scores is not None else 0.0, 1)
+    _, margin, rms = _top2(_sample(ref_scores, np.nonzero(flipped), ref_labels.shape[-2:]).T[None, :, :, None])
+    margin, bound = margin.reshape(-1), factor * rms.reshape(-1)
+    beyond = margin > bound
+    return LabelParity(int(ref_labels.size), n, int(beyond.sum()), int((~beyond).sum()), None, factor, 1,
+                       _worst(margin[beyond], bound[beyond]))
 
 
 @dataclass
