@@ -173,7 +173,8 @@ def _sample(scores: np.ndarray, idx: tuple[np.ndarray, ...], size: tuple[int, in
 
 
 def _worst(margin: np.ndarray, bound: np.ndarray) -> float | None:
-    return float((margin / np.maximum(bound, 1e-30)).max()) if margin.size else None
+    """The largest margin / bound among counted flips (None without a bound: non-finite outputs)."""
+    return float((margin / bound).max()) if margin.size and (bound > 0).all() else None
 
 
 def judge_labels(ref_scores: np.ndarray | None, rel_fro: float, out_scores: np.ndarray | None = None,
