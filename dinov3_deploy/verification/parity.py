@@ -90,7 +90,7 @@ def label_agreement(ref: np.ndarray, out: np.ndarray) -> float:
 NEAR_TIE_SIGMAS = 4.0
 # Labels are judged on the logits upsampled bilinearly (as inference does) by the smallest whole factor
 # that gives at least this many pixels: 65536 is the output resolution of the smallest 256x256 input,
-# where the 16x16 patch labels alone would let two near-tie flips decide 99.2 % against 99.5 %.
+# where the 256 patch labels alone would let two near-tie flips fail 99.5 % (measured: docs/precision.md).
 MIN_LABEL_PIXELS = 65536
 
 
