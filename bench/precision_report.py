@@ -10,8 +10,9 @@ For fp16 and bf16, three graphs, each against the fp32 reference on the verifier
   folded           after fold_all (LayerScale / ConvNeXt gamma / head BatchNorm)
   folded+islands   and the fp32 islands export's calibration picks (fp16 only: bf16 has fp32's
                    exponent range, so it gets none and equals `folded`)
-Each row: rel Frobenius error, min token cosine and label agreement of the seg logits, whether the
-output is finite, and the share of matmul FLOPs left in fp32.
+Each row: rel Frobenius error, min token cosine and label agreement of the seg logits (the verifier's
+metric, parity.judge_labels: flips beyond the measured error's margin count, near-tie flips are shown
+apart), whether the output is finite, and the share of matmul FLOPs left in fp32.
 
 The low-precision graphs run in PyTorch on the CPU, where every op's output really is fp16 / bf16.
 ONNX Runtime's CPU provider would hide the overflow: it runs most fp16 nodes through inserted fp32
@@ -64,6 +65,7 @@ def _row(variant: str, precision: str, ref: np.ndarray, out: np.ndarray, share: 
     (p,) = compare({"logits": ref}, {"logits": out}, variant, "seg", precision)
     return {"variant": variant, "precision": precision, "finite": bool(np.isfinite(out).all()),
             "rel_fro": p.rel_fro, "min_token_cos": p.min_token_cos, "label_agreement": p.label_agreement,
+            "labels": p.labels,
             "passed": p.passed, "fp32_flop_share": share, "fp32_islands": islands, "seconds": round(seconds, 1)}
 
 
@@ -117,6 +119,8 @@ def _fmt(r: dict) -> str:
         return "nan" if v is None or not np.isfinite(v) else format(v, f)
 
     labels = num(100 * r["label_agreement"], ".2f") if r["label_agreement"] is not None else "-"
+    if (r.get("labels") or {}).get("near_tie_flips"):
+        labels += f" ({r['labels']['near_tie_flips']} near-tie px)"
     return (f"| {r['precision']} | {r['variant']} | {'yes' if r['finite'] else 'no'} | {num(r['rel_fro'], '.2e')} | "
             f"{num(r['min_token_cos'], '.5f')} | {labels} | {100 * r['fp32_flop_share']:.1f} | "
             f"{'pass' if r['passed'] else 'FAIL'} |")

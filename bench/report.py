@@ -63,9 +63,17 @@ def _parity_cell(row: dict) -> str:
         return row["status"]
     # Print only what was compared: end-to-end rows compare labels alone, and have no relative error.
     rels = [p["rel_fro"] for p in row["parity"] if p.get("rel_fro") is not None]
-    labels = [p["label_agreement"] for p in row["parity"] if p.get("label_agreement") is not None]
-    cells = ([f"rel {max(rels):.1e}"] if rels else []) + ([f"labels {min(labels):.2%}"] if labels else [])
+    labels = [p for p in row["parity"] if p.get("label_agreement") is not None]
+    cells = [f"rel {max(rels):.1e}"] if rels else []
+    if labels:
+        cells.append(f"labels {min(p['label_agreement'] for p in labels):.2%}" + _near_ties(labels))
     return ", ".join(cells or ["not compared"]) + (" ok" if row["status"] == "ok" else " FAIL")
+
+
+def _near_ties(parity: list[dict]) -> str:
+    """The near-tie flips the label gate reported but did not count (parity.judge_labels)."""
+    ties = sum((p.get("labels") or {}).get("near_tie_flips", 0) for p in parity)
+    return f" ({ties} near-tie px)" if ties else ""
 
 
 def markdown(report: dict) -> str:
@@ -95,7 +103,9 @@ def markdown(report: dict) -> str:
     th = report["thresholds"]
     lines += ["", "Parity thresholds: " + "; ".join(
         f"{p}: rel fro <= {t['max_rel_fro']:.0e}, min token cos >= {t['min_token_cos']}, "
-        f"labels >= {t['min_label_agreement']:.1%}" for p, t in th.items())]
+        f"labels >= {t['min_label_agreement']:.1%}" for p, t in th.items())
+        + " (labels: pixels not flipped beyond the margin the measured logit error can close; near-tie flips "
+        "are counted apart)"]
     return "\n".join(lines) + "\n"
 
 
@@ -163,7 +173,7 @@ def _kernel_parity_cell(row: dict) -> str:
         if p.get("rel_fro") is not None:
             cells.append(f"rel {p['rel_fro']:.1e}")
         if p.get("label_agreement") is not None:
-            cells.append(f"labels {p['label_agreement']:.4%}")
+            cells.append(f"labels {p['label_agreement']:.4%}" + _near_ties([p]))
     return ", ".join(cells) + (" ok" if row["status"] == "ok" else " FAIL")
 
 

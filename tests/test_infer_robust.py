@@ -92,14 +92,19 @@ def test_existing_outputs_need_overwrite_and_only_ours_are_replaced(seg_artifact
 
 def test_seg_panel_has_a_legend_of_the_classes_present(seg_artifact, tmp_path):
     from dinov3_deploy.artifact import load_artifact
+    from dinov3_deploy.reference.training.visualize import MIN_PICTURE_WIDTH, SEG_TITLES, title_strip
 
     _save(tmp_path / "imgs" / "a.png", 4, 48, 64)
     out = tmp_path / "out"
     assert _infer(seg_artifact, tmp_path / "imgs", "-o", out).exit_code == 0
     labels = np.asarray(Image.open(out / "a.png_labels.png"))
     panel = np.asarray(Image.open(out / "a.png_seg.png").convert("RGB"))
-    assert panel.shape[1] == 3 * 64 and panel.shape[0] > 48  # image | overlay | mask, legend below
-    legend = panel[48:].reshape(-1, 3)
+    # titles | image, overlay, mask (scaled up by a whole factor to a readable width) | legend
+    k = panel.shape[1] // (3 * 64)
+    assert panel.shape[1] == 3 * 64 * k >= MIN_PICTURE_WIDTH
+    top = title_strip(panel.shape[1], SEG_TITLES).shape[0]
+    assert panel.shape[0] > top + 48 * k
+    legend = panel[top + 48 * k:].reshape(-1, 3)
     palette = load_artifact(seg_artifact).manifest.classes.palette
     colours = {tuple(c) for c in legend.tolist()}
     for cls in np.unique(labels):

@@ -9,9 +9,11 @@
 
 from __future__ import annotations
 
+from dinov3_deploy.reference.training.visualize import legend_strip
+
 from .discovery import ImageInput, list_images
 from .outputs import OUTPUT_SUFFIXES, output_files, save_prediction, top_k
-from .pictures import legend_strip, pca_rgb, save_depth_picture
+from .pictures import pca_rgb, save_depth_picture
 from .prediction import (
     STITCHES,
     Prediction,

@@ -1,6 +1,6 @@
 """The pictures `infer` writes beside its results: the seg panel (image | overlay | mask, with a legend
 strip of the classes present), the depth picture with a colour bar in metres, and the PCA picture of
-patch features. Colours come from training's visualize.py (`colorize`), one palette for both."""
+patch features. The seg picture comes from training's visualize.py, one palette and one look for both."""
 
 from __future__ import annotations
 
@@ -11,13 +11,11 @@ import numpy as np
 
 def seg_panel(image: np.ndarray, labels: np.ndarray, shares: dict[int, float], palette: list[list[int]],
               names: list[str]) -> np.ndarray:
-    """image | overlay | mask side by side, over a legend strip of the classes present."""
-    from dinov3_deploy.reference.training.visualize import colorize
+    """image | overlay | mask under column titles, over a legend strip of the classes present (the
+    picture is composed in training's visualize.py, one look for both)."""
+    from dinov3_deploy.reference.training.visualize import seg_picture
 
-    color = colorize(labels, palette)
-    overlay = (0.5 * image + 0.5 * color).astype(np.uint8)
-    panel = np.concatenate([image, overlay, color], axis=1)
-    return np.concatenate([panel, legend_strip(panel.shape[1], shares, palette, names)], axis=0)
+    return seg_picture(image, labels, palette, names, shares)
 
 
 def pca_rgb(patch: np.ndarray) -> np.ndarray:
@@ -35,38 +33,6 @@ def pca_rgb(patch: np.ndarray) -> np.ndarray:
 
 def class_name(names: list[str], i: int) -> str:
     return names[i] if 0 <= i < len(names) else str(i)
-
-
-
-def legend_strip(width: int, shares: dict[int, float], palette: list[list[int]], names: list[str]) -> np.ndarray:
-    """A white strip `width` pixels wide: a colour swatch, the class name and its share of the
-    image for each class present (most frequent first), wrapped onto as many rows as needed.
-    Drawn with PIL at the panel's own resolution, so the mask beside it keeps exact colours."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    size = int(np.clip(width // 45, 11, 28))
-    font = ImageFont.load_default(size=size)
-    entries = [(palette[i] if i < len(palette) else [0, 0, 0], f"{class_name(names, i)} {share:.0%}")
-               for i, share in sorted(shares.items(), key=lambda kv: -kv[1])]
-    pad, line = size // 2, size + size // 2
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    rows: list[list[tuple[int, list[int], str]]] = [[]]
-    x = pad
-    for colour, text in entries:
-        w = size + pad // 2 + int(measure.textlength(text, font=font)) + 2 * pad
-        if rows[-1] and x + w > width:
-            rows.append([])
-            x = pad
-        rows[-1].append((x, colour, text))
-        x += w
-    strip = Image.new("RGB", (width, pad + line * len(rows)), "white")
-    draw = ImageDraw.Draw(strip)
-    for r, row in enumerate(rows):
-        y = pad + r * line
-        for x0, colour, text in row:
-            draw.rectangle((x0, y, x0 + size - 1, y + size - 1), fill=tuple(int(c) for c in colour))
-            draw.text((x0 + size + pad // 2, y + size // 2), text, fill="black", font=font, anchor="lm")
-    return np.asarray(strip)
 
 
 

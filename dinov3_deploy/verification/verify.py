@@ -189,7 +189,12 @@ def failure_message(report: dict) -> str:
         if b["status"] == "failed":
             fails = [f"{o['output']}[{o['case']}]: {', '.join(o['failures'])}" for o in b["outputs"] if not o["passed"]]
             bad.append(f"{b['name']}: " + ("; ".join(fails) if fails else b["reason"]))
-    return "parity failed: " + " | ".join(bad)
+    msg = "parity failed: " + " | ".join(bad)
+    if any(f.startswith("label_agreement") for b in ran for o in b["outputs"] for f in (o.get("failures") or [])):
+        msg += (". Labels flipped where the reference was not a near tie: find the first block that moves with "
+                "`dinov3-deploy verify ARTIFACT --per-block`; every output's flips, near ties and bound are in "
+                "the artifact's parity.json (labels: flips, near_tie_flips, bound_factor)")
+    return msg
 
 
 def raise_if_failed(report: dict, hint: str = "") -> None:
@@ -208,6 +213,15 @@ def skipped_lines(backends: list[dict]) -> list[str]:
                 reason = reason.replace(f"{provider} is", "provider")
             by_reason.setdefault(reason, []).append(b["name"])
     return [f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()]
+
+
+def _labels_cell(o: dict) -> str:
+    """The gated label agreement, and the near-tie flips it did not count."""
+    if o.get("label_agreement") is None:
+        return ""
+    lp = o.get("labels") or {}
+    ties = f" ({lp['near_tie_flips']} near-tie)" if lp.get("near_tie_flips") else ""
+    return f"{o['label_agreement']:.3%}{ties}"
 
 
 def render_report(report: dict, console) -> None:
@@ -233,7 +247,7 @@ def render_report(report: dict, console) -> None:
             table.add_row(
                 b["name"], o["output"], f"{c['batch']}x{c['height']}x{c['width']}",
                 fmt(o["rel_fro"], ".2e"), fmt(o["min_token_cos"], ".6f"), fmt(o["max_abs"], ".2e"),
-                fmt(o["label_agreement"], ".3%"),
+                _labels_cell(o),
                 "[green]pass[/]" if o["passed"] else f"[red]FAIL[/] {'; '.join(o['failures'])}",
             )
     console.print(table)
@@ -244,7 +258,8 @@ def render_report(report: dict, console) -> None:
         console.print(f"[yellow]skipped[/] {escape(line)}", soft_wrap=True)
     console.print(
         f"thresholds ({report['precision']}): rel fro <= {th['max_rel_fro']:.0e}, min token cos >= "
-        f"{th['min_token_cos']}, labels >= {th['min_label_agreement']:.1%} (seg)"
+        f"{th['min_token_cos']}, labels >= {th['min_label_agreement']:.1%} (seg: pixels not flipped beyond the "
+        "margin the measured logit error can close; near ties reported, not counted)"
     )
     verdict = "[green]PASSED[/]" if report["passed"] else "[red]FAILED[/]"
     console.print(f"parity {verdict}" + (f" on {', '.join(report['verified_backends'])}"

@@ -1,19 +1,93 @@
 """Prediction figures, written as PNG (matplotlib, Agg, no pyplot global state): image | ground
 truth | prediction rows for segmentation and depth (with a colour bar in metres), a captioned grid
-for classification."""
+for classification; and `seg_picture`, infer's image | overlay | labels panel (PIL, exact colours)."""
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
 
 def colorize(mask, palette: list[list[int]]):
     """uint8 class map -> uint8 RGB; 255 (ignore) is black."""
-    import numpy as np
-
     lut = np.zeros((256, 3), dtype=np.uint8)
     lut[: len(palette)] = np.asarray(palette, dtype=np.uint8)
     return lut[np.asarray(mask, dtype=np.uint8)]
+
+
+# Pictures narrower than this are scaled up by a whole factor (nearest neighbour, so the label colours
+# stay exact): below it the titles and the legend (font width // 45, at least 11 px) crowd each other.
+MIN_PICTURE_WIDTH = 720
+SEG_TITLES = ("image", "overlay", "labels")
+
+
+def _font(width: int):
+    from PIL import ImageFont
+
+    size = int(np.clip(width // 45, 11, 28))
+    return size, ImageFont.load_default(size=size)
+
+
+def _name(names: list[str], i: int) -> str:
+    return names[i] if 0 <= i < len(names) else str(i)
+
+
+def title_strip(width: int, titles: tuple[str, ...]) -> np.ndarray:
+    """A white strip `width` pixels wide with one title centred over each of len(titles) equal columns."""
+    from PIL import Image, ImageDraw
+
+    size, font = _font(width)
+    strip = Image.new("RGB", (width, 2 * size), "white")
+    draw = ImageDraw.Draw(strip)
+    col = width / len(titles)
+    for c, text in enumerate(titles):
+        draw.text(((c + 0.5) * col, size), text, fill="black", font=font, anchor="mm")
+    return np.asarray(strip)
+
+
+def legend_strip(width: int, shares: dict[int, float], palette: list[list[int]], names: list[str]) -> np.ndarray:
+    """A white strip `width` pixels wide: a colour swatch, the class name and its share of the
+    image for each class present (most frequent first), wrapped onto as many rows as needed.
+    Drawn with PIL at the panel's own resolution, so the mask beside it keeps exact colours."""
+    from PIL import Image, ImageDraw
+
+    size, font = _font(width)
+    entries = [(palette[i] if i < len(palette) else [0, 0, 0], f"{_name(names, i)} {share:.0%}")
+               for i, share in sorted(shares.items(), key=lambda kv: -kv[1])]
+    pad, line = size // 2, size + size // 2
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    rows: list[list[tuple[int, list[int], str]]] = [[]]
+    x = pad
+    for colour, text in entries:
+        w = size + pad // 2 + int(measure.textlength(text, font=font)) + 2 * pad
+        if rows[-1] and x + w > width:
+            rows.append([])
+            x = pad
+        rows[-1].append((x, colour, text))
+        x += w
+    strip = Image.new("RGB", (width, pad + line * len(rows)), "white")
+    draw = ImageDraw.Draw(strip)
+    for r, row in enumerate(rows):
+        y = pad + r * line
+        for x0, colour, text in row:
+            draw.rectangle((x0, y, x0 + size - 1, y + size - 1), fill=tuple(int(c) for c in colour))
+            draw.text((x0 + size + pad // 2, y + size // 2), text, fill="black", font=font, anchor="lm")
+    return np.asarray(strip)
+
+
+
+def seg_picture(image, labels, palette: list[list[int]], names: list[str], shares: dict[int, float]) -> np.ndarray:
+    """infer's `*_seg.png`: image | overlay | labels under column titles, the legend of the classes
+    present below; scaled up by a whole factor to at least MIN_PICTURE_WIDTH pixels wide."""
+    color = colorize(labels, palette)
+    overlay = (0.5 * np.asarray(image) + 0.5 * color).astype(np.uint8)
+    panel = np.concatenate([np.asarray(image), overlay, color], axis=1)
+    k = -(-MIN_PICTURE_WIDTH // panel.shape[1])
+    if k > 1:
+        panel = panel.repeat(k, axis=0).repeat(k, axis=1)
+    width = panel.shape[1]
+    return np.concatenate([title_strip(width, SEG_TITLES), panel, legend_strip(width, shares, palette, names)], axis=0)
 
 
 def save_prediction_figure(
