@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # GPU check of the performance core: one run on one Hopper card (H100/H200), at most ~9 minutes.
+#   bash bench/gpu_wheels.sh              # here, once: the wheels the GPU machine lacks, into .whl/ (carry it)
 #   bash bench/gpu_check.sh               # repository root, on the GPU machine (wheels in .whl/ if carried)
 #   bash bench/gpu_check.sh --cpu-smoke   # here, on the CPU: every step's command line on toy sizes
 #                                         # (Triton interpreter), so the one GPU run does not die of a typo

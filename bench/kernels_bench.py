@@ -75,6 +75,7 @@ class Run:
     deadline: float  # time.time() after which cases are recorded as skipped
     rows: list[dict]
     save: Callable[[], None] = lambda: None
+    batches: tuple[int, ...] = (1, 8)  # the e2e section's batch sizes
 
     @property
     def cuda(self) -> bool:
@@ -346,7 +347,8 @@ def bench_e2e(run: Run) -> None:
     """Backbone forward passes; every variant compared with the fp32 SDPA model on the same input.
     Release-like random weights: with the training init a ViT is nearly the identity and a wrong
     attention would still pass parity."""
-    cases = [("vit_tiny_test", 1, 32)] if run.smoke else [(m, B, 512) for B in (1, 8) for m in ("vitl16", "vitb16")]
+    models = ("vitl16", "vitb16")
+    cases = [("vit_tiny_test", 1, 32)] if run.smoke else [(m, B, 512) for B in run.batches for m in models]
     # compile: Inductor, default mode; _ro: mode="reduce-overhead" (Inductor's CUDA graphs: no host cost per op)
     variants = ["eager", "triton"] if run.smoke else ["compile", "compile_ro", "triton_compile", "triton_compile_ro"]
     for name, B, size in cases:
@@ -521,6 +523,7 @@ def main(argv=None) -> int:
     ap.add_argument("--summarize", type=Path, help="print the goals read off a gpu_check.sh results folder, then exit")
     ap.add_argument("--smoke", action="store_true", help="toy sizes; runs on the CPU through the Triton interpreter")
     ap.add_argument("--sections", default=",".join(SECTIONS))
+    ap.add_argument("--batches", default="1,8", help="e2e section: the batch sizes, in order")
     ap.add_argument("--budget-s", type=float, default=330.0,
                     help="cases that would start after this many seconds are recorded as skipped")
     args = ap.parse_args(argv)
@@ -558,7 +561,8 @@ def main(argv=None) -> int:
         report["wall_s"] = round(time.time() - start, 1)
         write_report(report, args.out, png=False)
 
-    run = Run(dev, dtype, args.smoke, start + args.budget_s, report["rows"], save)
+    run = Run(dev, dtype, args.smoke, start + args.budget_s, report["rows"], save,
+              tuple(int(b) for b in args.batches.split(",")))
     with torch.no_grad():
         for name in sections:
             BENCHES[name](run)
