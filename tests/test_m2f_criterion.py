@@ -223,3 +223,20 @@ def test_deformable_attention_core_gradcheck_float64(core):
     if core is not _ms_deform_core_ref:
         torch.testing.assert_close(core(value, shapes, locations, weights),
                                    _ms_deform_core_ref(value, shapes, locations, weights))
+
+
+def test_autocast_does_not_reach_the_criterion():
+    """A bf16 training step (autocast around model and loss) gets the float32 matching costs and
+    losses: bf16 matmuls would round the costs that decide the matching."""
+    outputs, targets = _random_batch(5, n_predictions=2)
+    cfg = M2FLossConfig(N_CLASSES, num_points=300)
+    points = torch.rand(300, 2, generator=torch.Generator().manual_seed(0))
+    args = (outputs["pred_logits"][0], outputs["pred_masks"][0], targets[0], points, cfg)
+    plain_cost = match_cost(*args)
+    plain = M2FCriterion(cfg)(outputs, targets, torch.Generator().manual_seed(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed_cost = match_cost(*args)
+        mixed = M2FCriterion(cfg)(outputs, targets, torch.Generator().manual_seed(2))
+    assert torch.equal(mixed_cost, plain_cost)
+    assert mixed["loss"].dtype == torch.float32
+    assert {k: v.item() for k, v in mixed.items()} == {k: v.item() for k, v in plain.items()}

@@ -17,7 +17,9 @@ prediction at 1/4 resolution and a full-size target are sampled at the same plac
 Random draws go through one optional `torch.Generator` in a fixed order (per prediction: one
 uniform set per image for the matcher, then the candidates and the uniform rest for the losses),
 the order of Mask2Former's reference code and of `transformers`' port, so a test can reproduce both
-exactly; `match` and `mask_losses` also take explicit points.
+exactly (the generator lives on the predictions' device); `match` and `mask_losses` also take
+explicit points. The criterion runs outside autocast: a bf16 matmul would round the costs that
+decide the matching, and a loss is no place to save precision.
 
 outputs = {"pred_logits": [B, Q, C+1], "pred_masks": [B, Q, h, w],
            "aux_outputs": [{"pred_logits", "pred_masks"}, ...]}   (aux optional; 9 in the segmentor)
@@ -104,11 +106,12 @@ def match_cost(pred_logits: torch.Tensor, pred_masks: torch.Tensor, target: dict
     logits, masks = _loss_dtype(pred_logits), _loss_dtype(pred_masks)
     points = points.to(masks.dtype)
     cost_class = -logits.softmax(-1)[:, target["labels"]]
-    tgt = target["masks"].to(masks.dtype)
-    tgt_points = point_sample(tgt, points.expand(tgt.shape[0], -1, -1))
-    pred_points = point_sample(masks, points.expand(masks.shape[0], -1, -1))
-    return (cfg.class_weight * cost_class + cfg.mask_weight * _pairwise_bce(pred_points, tgt_points)
-            + cfg.dice_weight * _pairwise_dice(pred_points, tgt_points))
+    tgt = target["masks"].to(device=masks.device, dtype=masks.dtype)
+    with torch.autocast(masks.device.type, enabled=False):  # the pairwise matmuls stay in float32
+        tgt_points = point_sample(tgt, points.expand(tgt.shape[0], -1, -1))
+        pred_points = point_sample(masks, points.expand(masks.shape[0], -1, -1))
+        return (cfg.class_weight * cost_class + cfg.mask_weight * _pairwise_bce(pred_points, tgt_points)
+                + cfg.dice_weight * _pairwise_dice(pred_points, tgt_points))
 
 
 @torch.no_grad()
@@ -205,6 +208,7 @@ class M2FCriterion(nn.Module):
 
     def prediction_losses(self, pred: dict[str, torch.Tensor], targets: list[dict[str, torch.Tensor]],
                           num_masks: torch.Tensor, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """The three unweighted terms of one prediction, matched on its own."""
         indices = match(pred["pred_logits"], pred["pred_masks"], targets, self.cfg, generator)
         bce, dice = mask_losses(pred["pred_masks"], targets, indices, num_masks, self.cfg, generator)
         return {"loss_ce": class_loss(pred["pred_logits"], targets, indices, self.cfg), "loss_mask": bce,
@@ -214,7 +218,12 @@ class M2FCriterion(nn.Module):
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         if len(targets) != outputs["pred_logits"].shape[0]:
             raise ValueError(f"{len(targets)} targets for a batch of {outputs['pred_logits'].shape[0]} predictions")
-        num_masks = average_num_masks(targets, outputs["pred_masks"].device)
+        device = outputs["pred_masks"].device
+        with torch.autocast(device.type, enabled=False):
+            return self._losses(outputs, targets, average_num_masks(targets, device), generator)
+
+    def _losses(self, outputs: dict, targets: list[dict[str, torch.Tensor]], num_masks: torch.Tensor,
+                generator: torch.Generator | None) -> dict[str, torch.Tensor]:
         weights = {"loss_ce": self.cfg.class_weight, "loss_mask": self.cfg.mask_weight,
                    "loss_dice": self.cfg.dice_weight}
         predictions = [("", outputs)] + [(f"_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs") or [])]
