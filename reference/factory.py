@@ -17,15 +17,19 @@ The release's training initialisation (`init="train"`, LayerScale 1e-5) is the d
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 
 import torch
 from torch import nn
 
+from dinov3_deploy.errors import CheckpointError
+
 from .configs import ConvNeXtConfig, ViTConfig, get_config
 from .formats.checkpoints import detect_source, load_into, read_state_dict, to_official
 from .models.convnext import ConvNeXt
+from .models.m2f_segmentor import M2FSegmentor, release_like_head_
 from .models.random_init import APPLY_INIT, INITS, release_like_
 from .models.task_model import HeadSpec, TaskModel
 from .models.vit import DinoVisionTransformer
@@ -134,3 +138,90 @@ def build_task_model(
         if model.head is not None:
             release_like_(model.head)
     return model.eval()
+
+
+def create_segmentor(
+    backbone: str,
+    weights: str | os.PathLike | dict | None = None,
+    head_weights: str | os.PathLike | dict | None = None,
+    hidden_dim: int = 2048,
+    num_classes: int = 150,
+    *,
+    layers: list[int] | None = None,
+    seed: int = 0,
+    attn_impl: str = "sdpa",
+    deform_impl: str = "plain",
+    device: str | torch.device | None = None,
+) -> M2FSegmentor:
+    """The release's ViT-Adapter + Mask2Former segmentor on registry backbone `backbone`, in eval mode.
+
+    `weights`: the backbone's checkpoint (any format create_backbone reads) or a whole-segmentor state
+    dict / file in Meta's layout (`segmentation_model.*`: backbone and head together).
+    `head_weights`: Meta's head file (.pth), our M2F head directory, or a head state dict; hidden_dim
+    and num_classes are then read from its tensors. Both load strictly. `layers`: the four backbone
+    blocks read (default: the release's four evenly spaced). What is not loaded is random under the
+    tool's policy (module docstring): backbone `random_backbone(name, seed)`, head release-like from
+    seed + 1. device="meta" builds it without memory (parameter counts)."""
+    from .formats.m2f_checkpoint import (
+        BACKBONE_PREFIX,
+        head_dims,
+        load_strict,
+        read_m2f_head,
+        split_segmentor_state_dict,
+    )
+
+    cfg = get_config(backbone)
+    if not isinstance(cfg, ViTConfig):
+        from dinov3_deploy.errors import DeployError
+
+        raise DeployError(f"the Mask2Former segmentor needs a ViT backbone; '{backbone}' is a ConvNeXt (Meta's "
+                          "adapter reads ViT patch tokens only). Pick one of the vit*16 models")
+    backbone_sd, head_sd, what = _segmentor_weights(weights)
+    if head_weights is not None:
+        if head_sd is not None:
+            raise ValueError("weights is a whole-segmentor state dict (it holds the head): head_weights is not needed")
+        if isinstance(head_weights, dict):
+            head_sd, what = split_segmentor_state_dict(head_weights)[1], "head state dict"
+        else:
+            config, head_sd = read_m2f_head(head_weights)
+            what = f"head {head_weights}"
+            if config is not None and config.get("backbone") != backbone:
+                raise CheckpointError(f"{head_weights} is an M2F head for '{config.get('backbone')}', not '{backbone}'")
+            if config is not None and layers is None:
+                layers = config.get("layers")
+    if head_sd is not None:
+        width, hidden_dim, num_classes = head_dims(head_sd, what)
+        if width != cfg.embed_dim:
+            raise CheckpointError(f"{what} is an adapter of width {width}; '{backbone}' has width {cfg.embed_dim}")
+    meta = device is not None and torch.device(device).type == "meta"
+    if meta:
+        bb = build_backbone(cfg, device="meta")
+    elif backbone_sd is not None:
+        bb = create_backbone(cfg, backbone_sd, attn_impl=attn_impl)
+    else:
+        bb = random_backbone(cfg, seed, attn_impl=attn_impl)
+    with torch.random.fork_rng(devices=[]), (torch.device("meta") if meta else contextlib.nullcontext()):
+        torch.manual_seed(seed + 1)
+        model = M2FSegmentor(bb, layers, hidden_dim=hidden_dim, num_classes=num_classes)
+        if head_sd is None and not meta:
+            release_like_head_(model)
+    if head_sd is not None and not meta:
+        load_strict(model, head_sd, skip_prefix=BACKBONE_PREFIX, what=what)
+    model.set_deform_impl(deform_impl)
+    if device is not None and not meta:
+        model.to(device)
+    return model.eval()
+
+
+def _segmentor_weights(weights) -> tuple[object, dict | None, str]:
+    """(backbone weights for create_backbone or None, head tensors of a whole-segmentor file or None, what)."""
+    from .formats.m2f_checkpoint import is_segmentor_state_dict, split_segmentor_state_dict
+
+    if weights is None:
+        return None, None, "head"
+    sd = dict(weights) if isinstance(weights, dict) else read_state_dict(weights)
+    what = "state dict" if isinstance(weights, dict) else f"checkpoint {weights}"
+    if is_segmentor_state_dict(sd):
+        backbone_sd, head_sd = split_segmentor_state_dict(sd)
+        return backbone_sd, head_sd, what
+    return sd, None, what
