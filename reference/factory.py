@@ -181,14 +181,19 @@ def create_segmentor(
         if head_sd is not None:
             raise ValueError("weights is a whole-segmentor state dict (it holds the head): head_weights is not needed")
         if isinstance(head_weights, dict):
-            head_sd, what = split_segmentor_state_dict(head_weights)[1], "head state dict"
+            # cloned: the model takes these tensors themselves and must not alias the caller's
+            head_sd = {k: v.clone() for k, v in split_segmentor_state_dict(head_weights)[1].items()}
+            what = "head state dict"
         else:
             config, head_sd = read_m2f_head(head_weights)
             what = f"head {head_weights}"
-            if config is not None and config.get("backbone") != backbone:
-                raise CheckpointError(f"{head_weights} is an M2F head for '{config.get('backbone')}', not '{backbone}'")
-            if config is not None and layers is None:
-                layers = config.get("layers")
+            if config is not None:
+                if config.get("backbone") != backbone:
+                    raise CheckpointError(f"{head_weights} is an M2F head for '{config.get('backbone')}', "
+                                          f"not '{backbone}'")
+                layers = config.get("layers") if layers is None else layers
+                if weights is None:  # the backbone the head records: its random seed or its weights file
+                    seed, backbone_sd = _recorded_backbone(config, head_weights, seed)
     if head_sd is not None:
         width, hidden_dim, num_classes = head_dims(head_sd, what)
         if width != cfg.embed_dim:
@@ -200,17 +205,34 @@ def create_segmentor(
         bb = create_backbone(cfg, backbone_sd, attn_impl=attn_impl)
     else:
         bb = random_backbone(cfg, seed, attn_impl=attn_impl)
-    with torch.random.fork_rng(devices=[]), (torch.device("meta") if meta else contextlib.nullcontext()):
+    # A head about to be loaded is built on the meta device (no 0.9 G random numbers for the 7B head)
+    # and its tensors assigned from the checkpoint.
+    on_meta = meta or head_sd is not None
+    with torch.random.fork_rng(devices=[]), (torch.device("meta") if on_meta else contextlib.nullcontext()):
         torch.manual_seed(seed + 1)
         model = M2FSegmentor(bb, layers, hidden_dim=hidden_dim, num_classes=num_classes)
-        if head_sd is None and not meta:
+        if not on_meta:
             release_like_head_(model)
     if head_sd is not None and not meta:
-        load_strict(model, head_sd, skip_prefix=BACKBONE_PREFIX, what=what)
+        load_strict(model, head_sd, skip_prefix=BACKBONE_PREFIX, what=what, assign=True)
     model.set_deform_impl(deform_impl)
     if device is not None and not meta:
         model.to(device)
     return model.eval()
+
+
+def _recorded_backbone(config: dict, where, seed: int) -> tuple[int, dict | None]:
+    """(seed, backbone tensors or None) of the backbone an M2F head directory records."""
+    if config.get("backbone_seed") is not None:
+        return int(config["backbone_seed"]), None
+    record = config.get("backbone_weights") or {}
+    path = record.get("path")
+    if not path:
+        return seed, None
+    if not os.path.exists(path):
+        raise CheckpointError(f"{where} was trained on backbone weights {path}, which are not there any more; "
+                              "pass weights= (the CLI: --weights PATH)")
+    return seed, read_state_dict(path)
 
 
 def _segmentor_weights(weights) -> tuple[object, dict | None, str]:
@@ -223,5 +245,7 @@ def _segmentor_weights(weights) -> tuple[object, dict | None, str]:
     what = "state dict" if isinstance(weights, dict) else f"checkpoint {weights}"
     if is_segmentor_state_dict(sd):
         backbone_sd, head_sd = split_segmentor_state_dict(sd)
+        if isinstance(weights, dict):  # the model takes the head tensors themselves: not the caller's
+            head_sd = {k: v.clone() for k, v in head_sd.items()}
         return backbone_sd, head_sd, what
     return sd, None, what

@@ -85,9 +85,10 @@ def read_m2f_head(path: str | os.PathLike) -> tuple[dict | None, StateDict]:
 
 
 def load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, skip_prefix: str = "",
-                what: str = "checkpoint") -> None:
+                what: str = "checkpoint", assign: bool = False) -> None:
     """Load `sd` into `model` strictly, ignoring the model's keys under `skip_prefix` (the backbone,
-    loaded on its own); CheckpointError naming the missing / unexpected / mis-shaped keys."""
+    loaded on its own); CheckpointError naming the missing / unexpected / mis-shaped keys. `assign`
+    takes the tensors themselves (as fp32 where floating), for a model built on the meta device."""
     expected = {k: v for k, v in model.state_dict().items() if not (skip_prefix and k.startswith(skip_prefix))}
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
@@ -104,8 +105,9 @@ def load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, skip_
         elif shapes:
             lines.append("  likely cause: a head for another backbone size (the adapter's width is the backbone's)")
         raise CheckpointError("\n".join(lines))
+    sd = {k: v.float() if assign and v.is_floating_point() else v for k, v in sd.items()}
     with torch.no_grad():
-        model.load_state_dict(dict(sd), strict=False)
+        model.load_state_dict(sd, strict=False, assign=assign)
 
 
 def save_m2f_head(path: str | os.PathLike, segmentor, *, backbone: str, backbone_seed: int | None = None,
