@@ -67,6 +67,39 @@ def is_m2f_head_dir(path: str | os.PathLike) -> bool:
         return False
 
 
+def is_m2f_head(path: str | os.PathLike) -> bool:
+    """Our M2F head directory, or a .pth/.safetensors file holding segmentor keys (Meta's head file)."""
+    p = Path(path)
+    if p.is_dir():
+        return is_m2f_head_dir(p)
+    if not p.is_file() or p.suffix not in (".pth", ".pt", ".safetensors"):
+        return False
+    try:
+        return is_segmentor_state_dict(read_state_dict(p))
+    except CheckpointError:
+        return False
+
+
+def head_backbone(path: str | os.PathLike, name: str | None = None) -> tuple[str, dict | None]:
+    """(backbone name, our config or None) of an M2F head: the one our directory records, else `name`,
+    else the registry ViT of the adapter's width when only one has it."""
+    from ..configs import ViTConfig, get_config, list_backbones
+
+    config, head = read_m2f_head(path)
+    if config is not None:
+        if name is not None and name != config.get("backbone"):
+            raise CheckpointError(f"{path} is an M2F head for '{config.get('backbone')}', not '{name}'")
+        return config["backbone"], config
+    if name is not None:
+        return name, None
+    width = head_dims(head, str(path))[0]
+    fits = [n for n in list_backbones() if isinstance(get_config(n), ViTConfig) and get_config(n).embed_dim == width]
+    if len(fits) != 1:
+        raise CheckpointError(f"{path} is an M2F head for a ViT of width {width} ({', '.join(fits) or 'none known'}): "
+                              "name its backbone (--backbone NAME)")
+    return fits[0], None
+
+
 def read_m2f_head(path: str | os.PathLike) -> tuple[dict | None, StateDict]:
     """(our config or None, head tensors) of our head directory or of Meta's head file (.pth) or a
     whole-segmentor file (its backbone tensors are left out here)."""
@@ -111,16 +144,20 @@ def load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, skip_
 
 
 def save_m2f_head(path: str | os.PathLike, segmentor, *, backbone: str, backbone_seed: int | None = None,
-                  backbone_weights: dict | None = None, extra: dict | None = None) -> Path:
+                  backbone_weights: dict | None = None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                  extra: dict | None = None) -> Path:
     """Write the segmentor's head (every tensor but the backbone's, Meta's keys) and its config to
-    directory `path`, atomically (replacing only an earlier M2F head directory)."""
+    directory `path`, atomically (replacing only an earlier M2F head directory). The backbone is
+    recorded as `backbone_seed` (the random backbone `factory.random_backbone(backbone, seed)`) or
+    `backbone_weights` ({"path", "sha256"}); `mean`/`std` are the input normalisation."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in segmentor.head_state_dict().items()}
     config = {
         "format": FORMAT, "version": VERSION, "task": "seg", "head_type": "m2f", "backbone": backbone,
         "layers": list(segmentor.layers), "hidden_dim": segmentor.hidden_dim, "num_classes": segmentor.num_classes,
-        "backbone_seed": backbone_seed, "backbone_weights": backbone_weights, "extra": dict(extra or {}),
+        "backbone_seed": backbone_seed, "backbone_weights": backbone_weights, "mean": list(mean), "std": list(std),
+        "extra": dict(extra or {}),
     }
     target = Path(path)
     with atomic_dir(target, overwrite=True, ours=_foreign_files, what="an M2F head checkpoint") as tmp:
