@@ -17,6 +17,15 @@ from dinov3_deploy.reference.models.m2f_segmentor import four_even_layers
 from dinov3_deploy.reference.models.m2f_transformer_decoder import MASK_BIAS, Attention, attention_bias
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Two intra-op threads on a shared 2-core machine spin more than they compute on these small tensors.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def bn(prefix: str, c: int) -> dict:
     return {f"{prefix}.{n}": (c,) for n in ("weight", "bias", "running_mean", "running_var")} | {
         f"{prefix}.num_batches_tracked": ()}
