@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from ..protocol.m2f import CROP, SHORT_SIDE, STRIDE, TTA_RATIOS, tta_probabilities, tta_short_sides
@@ -40,7 +41,7 @@ def evaluate_m2f(segmentor, dataset, *, short_side: int = SHORT_SIDE, crop: int 
         return probs.argmax(1)[0].cpu()
 
     def as_tensor(image, raw):
-        return torch.from_numpy(image), torch.as_tensor(raw, dtype=torch.int64)
+        return torch.from_numpy(np.ascontiguousarray(image).copy()), torch.as_tensor(np.asarray(raw), dtype=torch.int64)
 
     return _each_image(segmentor, dataset, as_tensor, SegMetrics(n_classes), predict,
                        lambda image, mask, target, pred: (image, mask, pred.to(torch.uint8).numpy()),
