@@ -90,7 +90,7 @@ class EncoderOnly(nn.Module):
 
     def forward(self, srcs: list[torch.Tensor]) -> list[torch.Tensor]:
         B, C = srcs[0].shape[:2]
-        shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
+        shapes = [(s.shape[-2], s.shape[-1]) for s in srcs]
         x = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], dim=1)
         pos = torch.cat([sine_position_encoding(h, w, C, device=x.device).to(x.dtype).flatten(2).transpose(1, 2)
                          + self.level_encoding[lvl] for lvl, (h, w) in enumerate(shapes)], dim=1)

@@ -134,7 +134,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         """levels: [s32, s16, s8] maps [B, hidden, h, w]. Returns the last prediction
         ({"pred_logits", "pred_masks"}), with the 9 earlier ones as "aux_outputs" when `aux`."""
         B = mask_features.shape[0]
-        sizes = [(int(lv.shape[-2]), int(lv.shape[-1])) for lv in levels]
+        sizes = [(lv.shape[-2], lv.shape[-1]) for lv in levels]
         memory, pos = [], []
         for i, lv in enumerate(levels):
             h, w = sizes[i]

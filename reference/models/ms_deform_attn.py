@@ -6,8 +6,9 @@ its reference point, reads the value map there by bilinear interpolation (zero o
 pixel centres at (i + 0.5) / size: `grid_sample(align_corners=False, padding_mode="zeros")`, the
 release's semantics) and sums them with softmax weights. The release wraps its core in a custom
 autograd Function, keeps level sizes in tensors and asserts on their values; none of that exports
-(ONNX/TensorRT), so here level sizes are Python ints derived from H and W and the core is one plain
-function: `ms_deform_attn_core`. The Triton kernel of a later issue is compared with it and plugs in
+(ONNX/TensorRT), so here level sizes are Python ints derived from H and W (symbolic sizes under
+torch.export: the graph computes them from the input's shape) and the core is one plain function:
+`ms_deform_attn_core`. The Triton kernel of a later issue is compared with it and plugs in
 through `MSDeformAttn.impl`.
 """
 

@@ -137,8 +137,7 @@ class ViTAdapter(nn.Module):
         self.norm1, self.norm2, self.norm3, self.norm4 = (nn.BatchNorm2d(D) for _ in range(4))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        B, _, H, W = x.shape
-        H, W = int(H), int(W)
+        B, _, H, W = x.shape  # ints, or symbolic sizes under export (never specialised by int())
         c_shapes = [(H // 8, W // 8), (H // 16, W // 16), (H // 32, W // 32)]
         feat_hw = (H // self.patch_size, W // self.patch_size)
         c1, c2, c3, c4 = self.spm(x)
