@@ -179,7 +179,7 @@ def create_segmentor(
     backbone_sd, head_sd, what = _segmentor_weights(weights)
     if head_weights is not None:
         if head_sd is not None:
-            raise ValueError("weights is a whole-segmentor state dict (it holds the head): head_weights is not needed")
+            raise CheckpointError(f"{what} is a whole segmentor (it holds the head): give it alone, without a head")
         if isinstance(head_weights, dict):
             # cloned: the model takes these tensors themselves and must not alias the caller's
             head_sd = {k: v.clone() for k, v in split_segmentor_state_dict(head_weights)[1].items()}
@@ -235,7 +235,7 @@ def _recorded_backbone(config: dict, where, seed: int) -> tuple[int, dict | None
     return seed, read_state_dict(path)
 
 
-def _segmentor_weights(weights) -> tuple[object, dict | None, str]:
+def _segmentor_weights(weights) -> tuple[str | os.PathLike | dict | None, dict | None, str]:
     """(backbone weights for create_backbone or None, head tensors of a whole-segmentor file or None, what)."""
     from .formats.m2f_checkpoint import is_segmentor_state_dict, split_segmentor_state_dict
 
@@ -245,7 +245,11 @@ def _segmentor_weights(weights) -> tuple[object, dict | None, str]:
     what = "state dict" if isinstance(weights, dict) else f"checkpoint {weights}"
     if is_segmentor_state_dict(sd):
         backbone_sd, head_sd = split_segmentor_state_dict(sd)
+        if not backbone_sd:
+            raise CheckpointError(f"{what} is a segmentor head without its backbone: pass it as the head weights "
+                                  "(CLI: --head) and the backbone checkpoint as the weights")
         if isinstance(weights, dict):  # the model takes the head tensors themselves: not the caller's
             head_sd = {k: v.clone() for k, v in head_sd.items()}
         return backbone_sd, head_sd, what
-    return sd, None, what
+    # a backbone checkpoint: create_backbone reads it again (memory-mapped) and names the file in its errors
+    return (sd if isinstance(weights, dict) else weights), None, what

@@ -226,3 +226,6 @@ def test_head_that_does_not_fit_names_the_keys(small, tmp_path):
     save_m2f_head(tmp_path / "ours", small, backbone="vits16", backbone_seed=0)
     with pytest.raises(CheckpointError, match="for 'vits16'"):
         create_segmentor("vitb16", head_weights=tmp_path / "ours")
+    torch.save(small.head_state_dict(), tmp_path / "head.pth")
+    with pytest.raises(CheckpointError, match="head without its backbone"):
+        create_segmentor("vits16", weights=tmp_path / "head.pth")  # the head file in the backbone's place
