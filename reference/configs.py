@@ -129,3 +129,26 @@ def normalization_for_weights(path) -> tuple[tuple[float, float, float], tuple[f
 
     name = Path(str(path)).name.lower() if path is not None else ""
     return NORMALIZATION["sat493m" if "sat493m" in name else "lvd1689m"]
+
+
+@dataclass(frozen=True)
+class SegmentorConfig:
+    """A Mask2Former segmentor configuration (ViT-Adapter + Mask2Former head on a registry ViT)."""
+
+    backbone: str
+    hidden_dim: int = 2048
+    num_classes: int = 150
+    weights: str = ""  # the release's head file, where there is one
+
+    @property
+    def name(self) -> str:
+        return f"{self.backbone}_m2f{'' if self.hidden_dim == 2048 else self.hidden_dim}"
+
+
+# The release ships ADE20K head weights for vit7b16; its code builds the same head on any ViT (vitl16 is
+# the paper's other size). The hidden-256 vits16 is the small configuration for tests and CPU demos.
+SEGMENTORS: tuple[SegmentorConfig, ...] = (
+    SegmentorConfig("vit7b16", weights="dinov3_vit7b16_ade20k_m2f_head-<hash>.pth"),
+    SegmentorConfig("vitl16"),
+)
+SEGMENTORS_TEST: tuple[SegmentorConfig, ...] = (SegmentorConfig("vits16", hidden_dim=256),)

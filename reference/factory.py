@@ -17,15 +17,19 @@ The release's training initialisation (`init="train"`, LayerScale 1e-5) is the d
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import replace
 
 import torch
 from torch import nn
 
+from dinov3_deploy.errors import CheckpointError
+
 from .configs import ConvNeXtConfig, ViTConfig, get_config
 from .formats.checkpoints import detect_source, load_into, read_state_dict, to_official
 from .models.convnext import ConvNeXt
+from .models.m2f_segmentor import M2FSegmentor, release_like_head_
 from .models.random_init import APPLY_INIT, INITS, release_like_
 from .models.task_model import HeadSpec, TaskModel
 from .models.vit import DinoVisionTransformer
@@ -134,3 +138,118 @@ def build_task_model(
         if model.head is not None:
             release_like_(model.head)
     return model.eval()
+
+
+def create_segmentor(
+    backbone: str,
+    weights: str | os.PathLike | dict | None = None,
+    head_weights: str | os.PathLike | dict | None = None,
+    hidden_dim: int = 2048,
+    num_classes: int = 150,
+    *,
+    layers: list[int] | None = None,
+    seed: int = 0,
+    attn_impl: str = "sdpa",
+    deform_impl: str = "plain",
+    device: str | torch.device | None = None,
+) -> M2FSegmentor:
+    """The release's ViT-Adapter + Mask2Former segmentor on registry backbone `backbone`, in eval mode.
+
+    `weights`: the backbone's checkpoint (any format create_backbone reads) or a whole-segmentor state
+    dict / file in Meta's layout (`segmentation_model.*`: backbone and head together).
+    `head_weights`: Meta's head file (.pth), our M2F head directory, or a head state dict; hidden_dim
+    and num_classes are then read from its tensors. Both load strictly. `layers`: the four backbone
+    blocks read (default: the release's four evenly spaced). What is not loaded is random under the
+    tool's policy (module docstring): backbone `random_backbone(name, seed)`, head release-like from
+    seed + 1. device="meta" builds it without memory (parameter counts)."""
+    from .formats.m2f_checkpoint import (
+        BACKBONE_PREFIX,
+        head_dims,
+        load_strict,
+        read_m2f_head,
+        split_segmentor_state_dict,
+    )
+
+    cfg = get_config(backbone)
+    if not isinstance(cfg, ViTConfig):
+        from dinov3_deploy.errors import DeployError
+
+        raise DeployError(f"the Mask2Former segmentor needs a ViT backbone; '{backbone}' is a ConvNeXt (Meta's "
+                          "adapter reads ViT patch tokens only). Pick one of the vit*16 models")
+    backbone_sd, head_sd, what = _segmentor_weights(weights)
+    if head_weights is not None:
+        if head_sd is not None:
+            raise CheckpointError(f"{what} is a whole segmentor (it holds the head): give it alone, without a head")
+        if isinstance(head_weights, dict):
+            # cloned: the model takes these tensors themselves and must not alias the caller's
+            head_sd = {k: v.clone() for k, v in split_segmentor_state_dict(head_weights)[1].items()}
+            what = "head state dict"
+        else:
+            config, head_sd = read_m2f_head(head_weights)
+            what = f"head {head_weights}"
+            if config is not None:
+                if config.get("backbone") != backbone:
+                    raise CheckpointError(f"{head_weights} is an M2F head for '{config.get('backbone')}', "
+                                          f"not '{backbone}'")
+                layers = config.get("layers") if layers is None else layers
+                if weights is None:  # the backbone the head records: its random seed or its weights file
+                    seed, backbone_sd = _recorded_backbone(config, head_weights, seed)
+    if head_sd is not None:
+        width, hidden_dim, num_classes = head_dims(head_sd, what)
+        if width != cfg.embed_dim:
+            raise CheckpointError(f"{what} is an adapter of width {width}; '{backbone}' has width {cfg.embed_dim}")
+    meta = device is not None and torch.device(device).type == "meta"
+    if meta:
+        bb = build_backbone(cfg, device="meta")
+    elif backbone_sd is not None:
+        bb = create_backbone(cfg, backbone_sd, attn_impl=attn_impl)
+    else:
+        bb = random_backbone(cfg, seed, attn_impl=attn_impl)
+    # A head about to be loaded is built on the meta device (no 0.9 G random numbers for the 7B head)
+    # and its tensors assigned from the checkpoint.
+    on_meta = meta or head_sd is not None
+    with torch.random.fork_rng(devices=[]), (torch.device("meta") if on_meta else contextlib.nullcontext()):
+        torch.manual_seed(seed + 1)
+        model = M2FSegmentor(bb, layers, hidden_dim=hidden_dim, num_classes=num_classes)
+        if not on_meta:
+            release_like_head_(model)
+    if head_sd is not None and not meta:
+        load_strict(model, head_sd, skip_prefix=BACKBONE_PREFIX, what=what, assign=True)
+    model.set_deform_impl(deform_impl)
+    if device is not None and not meta:
+        model.to(device)
+    return model.eval()
+
+
+def _recorded_backbone(config: dict, where, seed: int) -> tuple[int, dict | None]:
+    """(seed, backbone tensors or None) of the backbone an M2F head directory records."""
+    if config.get("backbone_seed") is not None:
+        return int(config["backbone_seed"]), None
+    record = config.get("backbone_weights") or {}
+    path = record.get("path")
+    if not path:
+        return seed, None
+    if not os.path.exists(path):
+        raise CheckpointError(f"{where} was trained on backbone weights {path}, which are not there any more; "
+                              "pass weights= (the CLI: --weights PATH)")
+    return seed, read_state_dict(path)
+
+
+def _segmentor_weights(weights) -> tuple[str | os.PathLike | dict | None, dict | None, str]:
+    """(backbone weights for create_backbone or None, head tensors of a whole-segmentor file or None, what)."""
+    from .formats.m2f_checkpoint import is_segmentor_state_dict, split_segmentor_state_dict
+
+    if weights is None:
+        return None, None, "head"
+    sd = dict(weights) if isinstance(weights, dict) else read_state_dict(weights)
+    what = "state dict" if isinstance(weights, dict) else f"checkpoint {weights}"
+    if is_segmentor_state_dict(sd):
+        backbone_sd, head_sd = split_segmentor_state_dict(sd)
+        if not backbone_sd:
+            raise CheckpointError(f"{what} is a segmentor head without its backbone: pass it as the head weights "
+                                  "(CLI: --head) and the backbone checkpoint as the weights")
+        if isinstance(weights, dict):  # the model takes the head tensors themselves: not the caller's
+            head_sd = {k: v.clone() for k, v in head_sd.items()}
+        return backbone_sd, head_sd, what
+    # a backbone checkpoint: create_backbone reads it again (memory-mapped) and names the file in its errors
+    return (sd if isinstance(weights, dict) else weights), None, what

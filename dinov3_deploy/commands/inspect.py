@@ -1,4 +1,5 @@
-"""`dinov3-deploy inspect DIR`: what an artifact is, from its manifest (no GPU needed)."""
+"""`dinov3-deploy inspect PATH`: what an artifact is, from its manifest (no GPU needed); or what a
+Mask2Former segmentor head is (our M2F head directory or Meta's head file)."""
 
 from __future__ import annotations
 
@@ -8,12 +9,17 @@ import click
 
 
 @click.command("inspect")
-@click.argument("artifact", type=click.Path(file_okay=False))
+@click.argument("artifact", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 @click.option("--log", "show_log", is_flag=True, help="Also print the TensorRT build log.")
 def command(artifact, as_json, show_log) -> None:
-    """Print an artifact's manifest (checks its schema and the sha256 of every file)."""
+    """Print an artifact's manifest (checks its schema and the sha256 of every file), or describe a
+    Mask2Former segmentor head (our head directory or Meta's head .pth)."""
     from dinov3_deploy.artifact import load_artifact
+    from dinov3_deploy.reference.formats.m2f_checkpoint import is_m2f_head
+
+    if is_m2f_head(artifact):
+        return _inspect_m2f_head(artifact, as_json)
 
     art = load_artifact(artifact)
     m = art.manifest
@@ -98,3 +104,56 @@ def _worst(rows: list[dict]) -> str:
              f"min token cos {cos:.6f}" if cos is not None else "",
              f"labels {lab:.3%}" if lab is not None else ""]
     return ", ".join(p for p in parts if p)
+
+
+def m2f_head_summary(path) -> dict:
+    """What an M2F head holds: its backbone (recorded, or the ViT of the adapter's width), widths,
+    class count, tensors and parameters per part."""
+    from dinov3_deploy.errors import CheckpointError
+    from dinov3_deploy.reference.formats.m2f_checkpoint import head_backbone, head_dims, read_m2f_head
+
+    config, head = read_m2f_head(path)
+    width, hidden, classes = head_dims(head, str(path))
+    try:
+        backbone = head_backbone(path)[0]
+    except CheckpointError:  # a width several ViTs share, in Meta's layout: say so instead of guessing
+        backbone = None
+    parts = {"adapter": "segmentation_model.0.", "pixel_decoder": "segmentation_model.1.pixel_decoder.",
+             "transformer_decoder": "segmentation_model.1.predictor."}
+    params = {name: sum(v.numel() for k, v in head.items() if k.startswith(prefix) and "num_batches" not in k
+                        and "running_" not in k) for name, prefix in parts.items()}
+    return {
+        "format": "dinov3-deploy M2F head" if config else "Meta's segmentor head file",
+        "backbone": backbone or f"a ViT of width {width}", "backbone_width": width, "hidden_dim": hidden,
+        "num_classes": classes, "queries": int(head["segmentation_model.1.predictor.query_feat.weight"].shape[0]),
+        "layers": (config or {}).get("layers"), "tensors": len(head),
+        "params_m": {k: round(v / 1e6, 1) for k, v in params.items()} | {"head": round(sum(params.values()) / 1e6, 1)},
+        "backbone_record": None if config is None else (
+            f"random, seed {config['backbone_seed']}" if config.get("backbone_seed") is not None
+            else (config.get("backbone_weights") or {}).get("path")),
+    }
+
+
+def _inspect_m2f_head(path, as_json: bool) -> None:
+    summary = m2f_head_summary(path)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    from rich.table import Table
+
+    from dinov3_deploy.commands._progress import make_console
+
+    t = Table(title=f"Mask2Former segmentor head {path}", show_header=False)
+    t.add_column("key", style="bold")
+    t.add_column("value")
+    p = summary["params_m"]
+    t.add_row("format", summary["format"])
+    t.add_row("backbone", f"{summary['backbone']} (width {summary['backbone_width']})"
+              + (f", layers {summary['layers']}" if summary["layers"] else ""))
+    if summary["backbone_record"]:
+        t.add_row("trained on", str(summary["backbone_record"]))
+    t.add_row("head", f"hidden {summary['hidden_dim']}, {summary['num_classes']} classes, "
+              f"{summary['queries']} queries, {summary['tensors']} tensors")
+    t.add_row("parameters (M)", f"{p['head']} = adapter {p['adapter']} + pixel decoder {p['pixel_decoder']} "
+              f"+ transformer decoder {p['transformer_decoder']}")
+    make_console().print(t)
