@@ -153,8 +153,8 @@ class Backend:
     max_pixels: int | None = None
 
 
-# The reference evaluator is numpy: fp16 / bf16 matmuls without BLAS. Measured on 2 CPU cores, vits16
-# fp16 (44 MB of ONNX) at 1x256x256 took 29 s; time grows with the weights. For fp16, where ONNX
+# The reference evaluator is numpy: fp16 / bf16 matmuls without BLAS, so its time grows with the
+# weights (the measured vits16 figure is in docs/precision.md). For fp16, where ONNX
 # Runtime gives a parity figure anyway, verify's automatic backends take it up to this size (vits16plus,
 # ConvNeXt-S); for bf16 it is the only CPU backend and runs whatever the size. Named, it always runs.
 AUTO_REFERENCE_BYTES = 128 * 2**20
