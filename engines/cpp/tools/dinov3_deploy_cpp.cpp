@@ -229,10 +229,11 @@ int main(int argc, char** argv) {
     die("--stitch gpu: this build has no CUDA stitch (configure with -DDINOV3_WITH_CUDA=ON)");
   std::unique_ptr<Backend> backend = make_backend(args, m);
   const std::vector<Input> inputs = list_images(args.inputs, fs::weakly_canonical(out));
-  std::vector<std::string> planned{"predictions.json"};
+  std::vector<std::string> planned;  // in infer's order: each image's files, then predictions.json
   for (const auto& in : inputs)
     for (const auto& t : tasks)
       for (const auto& s : output_suffixes(t)) planned.push_back(in.name + s);
+  planned.push_back("predictions.json");
   refuse_existing(out, planned, args.overwrite);
   for (const auto& note : m.notes) std::cerr << "note: " << note << "\n";
 
