@@ -14,11 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import export_tiny
 from click.testing import CliRunner
 from PIL import Image
 
 from dinov3_deploy.cli import cli
-from cli_helpers import export_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPS = ROOT / ".deps" / "cpp" / "deps.cmake"
@@ -37,22 +37,34 @@ def _missing_deps() -> str:
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory) -> Path:
-    """build/ with dinov3-deploy-cpp, the probe and the example, TensorRT + CUDA stitch compiled in."""
+    """build/ with dinov3-deploy-cpp, the probe and the example, TensorRT + CUDA stitch compiled in.
+    Built once per test session: xdist workers share the folder, the first one builds under a lock."""
+    from filelock import FileLock
+
     missing = _missing_deps()
     if missing:
         reason = f"C++ build dependencies not installed ({missing}): run engines/cpp/install-deps.sh"
         if os.environ.get("CI"):
             pytest.fail(reason + " (.ci/run runs it: on CI these tests must not skip)")
         pytest.skip(reason)
-    out = tmp_path_factory.mktemp("cpp_build")
+    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every xdist worker of this session
+    out = shared / "cpp_build"
+    with FileLock(str(shared / "cpp_build.lock")):
+        if not (out / "built").exists():
+            _cmake_build(out)
+            (out / "built").write_text("ok")
+    return out
+
+
+def _cmake_build(out: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     # -O1: a third of -O2's compile time; the arithmetic is the same (fma explicit, no contraction)
-    subprocess.run(["cmake", "-S", str(ROOT / "engines" / "cpp"), "-B", str(out), "-DCMAKE_BUILD_TYPE=Tests",
-                    "-DCMAKE_CXX_FLAGS=-O1", "-DDINOV3_WITH_TENSORRT=ON", "-DDINOV3_WITH_CUDA=ON"],
-                   check=True, capture_output=True, env=env)
+    r = subprocess.run(["cmake", "-S", str(ROOT / "engines" / "cpp"), "-B", str(out), "-DCMAKE_BUILD_TYPE=Tests",
+                        "-DCMAKE_CXX_FLAGS=-O1", "-DDINOV3_WITH_TENSORRT=ON", "-DDINOV3_WITH_CUDA=ON"],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
     r = subprocess.run(["cmake", "--build", str(out), "-j2"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]
-    return out
 
 
 def _cpp(build: Path, *args, tool: str = "dinov3-deploy-cpp") -> subprocess.CompletedProcess:
