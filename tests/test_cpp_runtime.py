@@ -68,7 +68,12 @@ def _cmake_build(out: Path) -> None:
 
 
 def _cpp(build: Path, *args, tool: str = "dinov3-deploy-cpp") -> subprocess.CompletedProcess:
-    return subprocess.run([str(build / tool), *map(str, args)], capture_output=True, text=True, timeout=120)
+    import torch
+
+    # infer runs in this process, where conftest sets torch's thread count; PyTorch's resize of a
+    # 3-channel image takes another kernel with one thread, which the C++ side must then take too
+    env = {**os.environ, "DINOV3_TORCH_THREADS": str(torch.get_num_threads())}
+    return subprocess.run([str(build / tool), *map(str, args)], capture_output=True, text=True, timeout=120, env=env)
 
 
 def _py_infer(art, inputs, out, *extra):

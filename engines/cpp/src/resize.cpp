@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <thread>
 
 namespace dinov3_deploy {
@@ -40,7 +41,16 @@ Axis axis_weights(int in, int out) {
   return a;
 }
 
-bool torch_single_thread() { return std::thread::hardware_concurrency() <= 1; }
+// PyTorch's intra-op thread count in the run to match: DINOV3_TORCH_THREADS, else the core count
+// (PyTorch's default). With one thread PyTorch resizes 3-channel images with the other kernel.
+bool torch_single_thread() {
+  static const bool single = [] {
+    const char* env = std::getenv("DINOV3_TORCH_THREADS");
+    const long n = env && *env ? std::strtol(env, nullptr, 10) : static_cast<long>(std::thread::hardware_concurrency());
+    return n <= 1;
+  }();
+  return single;
+}
 
 }  // namespace
 
