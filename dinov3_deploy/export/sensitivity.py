@@ -11,8 +11,8 @@ in fp32 until the graph passes its precision's gates there:
     qdq = qm.build(plan.keep)
 
 Sensitivity of a layer = the output's relative Frobenius error when that layer ALONE is quantized
-(the rest in fp32). Layers are then kept one at a time in that order, most sensitive first, until
-the whole graph passes the thresholds (parity.THRESHOLDS[precision]) tightened by SEARCH_MARGIN, so
+(the rest in fp32). Layers are then kept in that order, most sensitive first, as few as make
+the whole graph pass (found by doubling, then bisecting the count) the thresholds (parity.THRESHOLDS[precision]) tightened by SEARCH_MARGIN, so
 that the verifier's images, which calibration never sees, have room. Every graph here runs on ONNX
 Runtime's CPU provider (fp8 Q/DQ too: it rounds through float8e4m3fn exactly as written and
 computes the matmul in fp32).
@@ -152,14 +152,27 @@ def search(qm: QuantModel, flops: dict[str, int], max_keep: int | None = None, l
     steps = [{"keep": 0, **score.to_dict()}]
     if not score.passed:
         sens = rank(qm)
-        for name in list(sens)[: max_keep or len(sens)]:
-            keep.append(name)
-            score = qm.score(qm.build(keep=set(keep)))
-            steps.append({"keep": len(keep), "layer": name, **score.to_dict()})
+        ranked = list(sens)[: max_keep or len(sens)]
+
+        def attempt(k: int) -> Score:
+            s = qm.score(qm.build(keep=set(ranked[:k])))
+            steps.append({"keep": k, "layer": ranked[k - 1], **s.to_dict()})
             if log:
-                log(f"kept {name} (sensitivity {sens[name]:.3g}): rel {score.rel_fro:.3g}, "
-                    f"labels {score.label_agreement}")
-            if score.passed:
-                break
+                log(f"keeping the {k} most sensitive (last {ranked[k - 1]}, {sens[ranked[k - 1]]:.3g}): "
+                    f"rel {s.rel_fro:.3g}, labels {s.label_agreement}, {'pass' if s.passed else 'fail'}")
+            return s
+
+        # the fewest kept layers that pass: double k until a graph passes, then bisect (each try is one
+        # calibration-set run; keeping more of the ranked layers only removes quantization error)
+        lo, hi, tried = 0, 1, {}
+        while hi < len(ranked) and not (tried.setdefault(hi, attempt(hi))).passed:
+            lo, hi = hi, min(2 * hi, len(ranked))
+        if hi not in tried:
+            tried[hi] = attempt(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            tried[mid] = attempt(mid)
+            lo, hi = (lo, mid) if tried[mid].passed else (mid, hi)
+        keep, score = ranked[:hi], tried[hi]
     return Plan(qm.method, method_scores, sens, keep, score, flop_share(flops, qm.layers, keep), naive,
                 round(time.perf_counter() - t, 1), steps)
