@@ -147,7 +147,8 @@ def speed(model_name: str, size: int, reps: int) -> dict:
             s.run(None, feeds[0])
             best[k] = min(best[k], time.perf_counter() - t)
     return {"model": model_name, "input": f"1 x 3 x {size} x {size}", "backend": "onnxruntime-cpu",
-            "threads": torch.get_num_threads(), "reps": reps, "best_ms": {k: round(1e3 * v, 1) for k, v in best.items()},
+            "threads": torch.get_num_threads(), "reps": reps,
+            "best_ms": {k: round(1e3 * v, 1) for k, v in best.items()},
             "speedup_int8": round(best["fp32"] / best["int8"], 2), "ort": ort.__version__}
 
 

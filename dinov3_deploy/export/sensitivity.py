@@ -11,11 +11,11 @@ in fp32 until the graph passes its precision's gates there:
     qdq = qm.build(plan.keep)
 
 Sensitivity of a layer = the output's relative Frobenius error when that layer ALONE is quantized
-(the rest in fp32). Layers are then kept in that order, most sensitive first, as few as make
-the whole graph pass (found by doubling, then bisecting the count) the thresholds (parity.THRESHOLDS[precision]) tightened by SEARCH_MARGIN, so
-that the verifier's images, which calibration never sees, have room. Every graph here runs on ONNX
-Runtime's CPU provider (fp8 Q/DQ too: it rounds through float8e4m3fn exactly as written and
-computes the matmul in fp32).
+(the rest in fp32). Layers are then kept in that order, most sensitive first, as few as make the
+whole graph pass (found by doubling, then bisecting the count) the thresholds (parity.THRESHOLDS[precision])
+tightened by SEARCH_MARGIN, so that the verifier's images, which calibration never sees, have room.
+Every graph here runs on ONNX Runtime's CPU provider (fp8 Q/DQ too: it rounds through float8e4m3fn
+exactly as written and computes the matmul in fp32).
 """
 
 from __future__ import annotations
