@@ -92,30 +92,26 @@ def run(head: str | None, model_name: str | None, init: str, size: int, n_images
     smoothed = copy.deepcopy(folded)
     migrations = prepare(smoothed, xc)
     rows, details = [], {}
-    with tempfile.TemporaryDirectory(prefix="quant-report.") as tmp:
-        for precision in precisions:
-            opset = 19 if precision == "fp8" else 18
-            plain = _fp32_onnx(folded, size, opset, Path(tmp))
-            feeds = [{plain.graph.input[0].name: xc[i:i + 1].numpy()} for i in range(len(xc))]
-            layers = quantizable_layers(plain)
-            naive = insert_qdq(plain, layers, calibrate(plain, feeds, "minmax"), precision)
-            rows.append(_row("naive", precision, ref, _run(naive, x.numpy()), flop_share(flops, layers, ()), [],
-                             {"method": "minmax"}))
-            graph = _fp32_onnx(smoothed, size, opset, Path(tmp))
-            t = time.perf_counter()
-            qdq, report = quantize_graph(graph, xc, precision, "seg", flops, migrations,
-                                         log=lambda s: print("  " + s, flush=True))
-            search_s = time.perf_counter() - t
-            layers = quantizable_layers(graph)
-            qm_all = insert_qdq(graph, layers, calibrate(graph, [{graph.graph.input[0].name: xc[i:i + 1].numpy()}
-                                                                 for i in range(len(xc))],
-                                                         report.calibration_method), precision)
-            rows.append(_row("smoothed", precision, ref, _run(qm_all, x.numpy()), flop_share(flops, layers, ()), [],
-                             {"method": report.calibration_method}))
-            kept = [k["layer"] for k in report.kept_layers]
-            rows.append(_row("exported", precision, ref, _run(qdq, x.numpy()), report.quantized_flop_share, kept,
-                             {"method": report.calibration_method, "search_seconds": round(search_s, 1)}))
-            details[precision] = report.to_dict()
+    with tempfile.TemporaryDirectory(prefix="quant-report.") as tmp:  # opset 19: fp8's, int8 is the same graph
+        plain, graph = _fp32_onnx(folded, size, 19, Path(tmp)), _fp32_onnx(smoothed, size, 19, Path(tmp))
+    feeds = [{plain.graph.input[0].name: xc[i:i + 1].numpy()} for i in range(len(xc))]
+    for precision in precisions:
+        layers = quantizable_layers(plain)
+        naive = insert_qdq(plain, layers, calibrate(plain, feeds, "minmax"), precision)
+        rows.append(_row("naive", precision, ref, _run(naive, x.numpy()), flop_share(flops, layers, ()), [],
+                         {"method": "minmax"}))
+        t = time.perf_counter()
+        qdq, report = quantize_graph(graph, xc, precision, "seg", flops, migrations,
+                                     log=lambda s: print("  " + s, flush=True))
+        search_s = time.perf_counter() - t
+        layers = quantizable_layers(graph)
+        everything = insert_qdq(graph, layers, calibrate(graph, feeds, report.calibration_method), precision)
+        rows.append(_row("smoothed", precision, ref, _run(everything, x.numpy()), flop_share(flops, layers, ()), [],
+                         {"method": report.calibration_method}))
+        kept = [k["layer"] for k in report.kept_layers]
+        rows.append(_row("exported", precision, ref, _run(qdq, x.numpy()), report.quantized_flop_share, kept,
+                         {"method": report.calibration_method, "search_seconds": round(search_s, 1)}))
+        details[precision] = report.to_dict()
     return {"model": source.backbone, "init": source.init, "task": "seg", "input": f"{n_images} x 3 x {size} x {size}",
             "head": "random" if head is None else _trained_head(head), "smoothed_inputs": len(migrations),
             "thresholds": {p: vars(THRESHOLDS[p]) for p in precisions}, "rows": rows, "quantization": details}

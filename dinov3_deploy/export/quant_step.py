@@ -103,3 +103,29 @@ def quantize_graph(model: onnx.ModelProto, x: torch.Tensor | np.ndarray, precisi
         sensitivity={k: round(v, 6) for k, v in plan.sensitivity.items()},
     )
     return qdq, report
+
+
+@dataclass
+class QuantInputs:
+    """What the export measures on the folded model before tracing it: the calibration images, the
+    matmul FLOPs per layer (for the quantized share) and the SmoothQuant migrations applied."""
+
+    x: torch.Tensor
+    flops: dict[str, int]
+    migrations: list[Migration]
+
+
+def prepare_export_model(model: torch.nn.Module, x: torch.Tensor) -> QuantInputs:
+    """Count FLOPs at the calibration shape, then smooth the folded model in place."""
+    from dinov3_deploy.export.calibration import matmul_flops
+
+    flops = matmul_flops(model, x[:1])
+    return QuantInputs(x, flops, prepare(model, x))
+
+
+def quantize_onnx_file(path, inputs: QuantInputs, precision: str, task: str, log=None) -> QuantReport:
+    """Replace the fp32 graph at `path` by its QDQ graph (inside the export's temporary directory)."""
+    model = onnx.load(str(path))
+    qdq, report = quantize_graph(model, inputs.x, precision, task, inputs.flops, inputs.migrations, log=log)
+    onnx.save(qdq, str(path))
+    return report

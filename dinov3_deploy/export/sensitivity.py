@@ -131,13 +131,25 @@ def flop_share(flops: dict[str, int], layers: list[QLayer], keep) -> float:
     return quantized / max(total, 1)
 
 
-def rank(qm: QuantModel) -> dict[str, float]:
-    """Each layer's sensitivity: output rel error with that layer alone quantized, largest first."""
+RANK_IMAGES = 2  # calibration images the per-layer ranking runs on (one graph run per layer)
+
+
+def rank(qm: QuantModel, images: int = RANK_IMAGES) -> dict[str, float]:
+    """Each layer's sensitivity: output rel error with that layer alone quantized, largest first,
+    on the first `images` calibration images."""
+    from dinov3_deploy.verification.parity import relative_frobenius
+
     names = [layer.name for layer in qm.layers]
-    sens = {}
-    for name in names:
-        alone = qm.build(keep=set(names) - {name})
-        sens[name] = qm.score(alone).rel_fro
+    feeds, qm.feeds = qm.feeds, qm.feeds[:images]
+    try:
+        ref = qm.run(qm.model)
+        sens = {}
+        for name in names:
+            out = qm.run(qm.build(keep=set(names) - {name}))
+            sens[name] = max(relative_frobenius(ref[k], out[k]) for k in ref
+                             if np.issubdtype(ref[k].dtype, np.floating) and ref[k].size)
+    finally:
+        qm.feeds = feeds
     return dict(sorted(sens.items(), key=lambda kv: -kv[1]))
 
 
