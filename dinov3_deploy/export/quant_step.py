@@ -48,7 +48,8 @@ class QuantReport:
         return dict(vars(self))
 
 
-def check_quant_options(precision: str, *, plugin: bool, family: str, multi: bool, opset: int | None) -> int | None:
+def check_quant_options(precision: str, *, plugin: bool, family: str, multi: bool, opset: int | None,
+                        uint8_input: bool = False) -> int | None:
     """Refuse what cannot be quantized yet, in one line, before any work. Returns the opset to
     export at (fp8 needs FP8_MIN_OPSET; None: the default)."""
     if precision not in QUANT_PRECISIONS:
@@ -61,6 +62,9 @@ def check_quant_options(precision: str, *, plugin: bool, family: str, multi: boo
     if multi:
         raise DeployError(f"--precision {precision} supports one head per artifact (multi-head is not "
                           "quantized yet)")
+    if uint8_input:
+        raise DeployError(f"--precision {precision} cannot be combined with --uint8-input yet (calibration feeds "
+                          "normalised float images); export without it")
     if precision == "fp8":
         if opset is not None and opset < FP8_MIN_OPSET:
             raise DeployError(f"--precision fp8 needs --opset {FP8_MIN_OPSET} or later (float8e4m3fn "

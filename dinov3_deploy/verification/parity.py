@@ -43,8 +43,8 @@ THRESHOLDS: dict[str, Thresholds] = {
     "bf16": Thresholds(max_rel_fro=2e-2, min_token_cos=0.995, min_label_agreement=0.995),
     # int8 / fp8 (explicit Q/DQ, export/quantize.py): the labels and cosine bounds; rel_fro from the
     # measurements in docs/precision.md (quantized artifacts), where the passing graphs sit well inside it
-    "int8": Thresholds(max_rel_fro=1e-1, min_token_cos=0.99, min_label_agreement=0.99),
-    "fp8": Thresholds(max_rel_fro=1e-1, min_token_cos=0.99, min_label_agreement=0.99),
+    "int8": Thresholds(max_rel_fro=5e-2, min_token_cos=0.99, min_label_agreement=0.99),
+    "fp8": Thresholds(max_rel_fro=5e-2, min_token_cos=0.99, min_label_agreement=0.99),
 }
 
 
