@@ -27,6 +27,7 @@ from dinov3_deploy.manifest import (
     OnnxInfo,
     OutputsConfig,
     OutputSpec,
+    QuantizationInfo,
     TensorRTInfo,
 )
 from dinov3_deploy.model_source import ModelSource, MultiSource
@@ -203,9 +204,12 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
 
     progress = progress or Progress()
     t_start = time.perf_counter()
+    from dinov3_deploy.export.quant_step import check_quant_options, is_quantized
+
     formats = parse_formats(opts.formats)
-    if opts.precision not in PRECISIONS:
-        raise DeployError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{opts.precision}'")
+    quantized = is_quantized(opts.precision)
+    if opts.precision not in PRECISIONS and not quantized:
+        raise DeployError(f"--precision must be one of {', '.join(PRECISIONS)}, int8, fp8; got '{opts.precision}'")
     from dinov3_deploy.options import resolve_model
 
     # the checkpoint names its model whenever it can (metadata, config.json, Meta's file name)
@@ -214,6 +218,9 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
     multi = isinstance(source, MultiSource)
     cfg = get_config(source.backbone)
     shapes = shape_spec(opts, cfg.input_multiple)  # bad shapes fail before anything is built
+    # int8 / fp8: what cannot be quantized yet is refused here, in one line (fp8 exports at opset 19+)
+    opset = check_quant_options(opts.precision, plugin=opts.attention == "plugin", family=cfg.family, multi=multi,
+                                opset=opts.opset, uint8_input=opts.uint8_input)
     plugin = check_attention_option(opts, cfg.family, formats)
     api = None
     if "trt" in formats:
@@ -238,8 +245,15 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
         # --uint8-input: the graph's (x/255 - mean)/std goes into the first conv, which then takes
         # pixels - 127.5 (fold.PIXEL_CENTRE); calibration below feeds the folded model that input
         export_model, folds = fold_all(model, normalization=(tuple(mean), tuple(std)) if opts.uint8_input else None)
-    islands = []
-    if opts.precision != "fp32" or opts.calib is not None:
+    islands, quant = [], None
+    if quantized:
+        from dinov3_deploy.export.calibration import calibration_images
+        from dinov3_deploy.export.quant_step import prepare_export_model
+
+        with progress.step(f"calibration images ({opts.calib or 'built-in synthetic'}); SmoothQuant migration"):
+            x = calibration_images(opts.calib, shapes.height.opt, shapes.width.opt, mean, std)
+            quant = prepare_export_model(export_model, x)
+    elif opts.precision != "fp32" or opts.calib is not None:
         from dinov3_deploy.export.calibration import calibration_images, choose_islands, record_maxima
 
         with progress.step(f"calibrating ({opts.calib or 'built-in synthetic images'}): ranges of every op in fp32"):
@@ -258,20 +272,24 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
         # bf16's 8-bit mantissa: the residual stream (deploy_module.Fp32ResidualBlock says what it measured)
         # and the patch embedding, which projects raw pixels, stay fp32; 1.2 % of vits16's matmul FLOPs at 224
         islands += [Island("backbone.patch_embed", "precision"), Island("backbone.blocks", "residual")]
-    module = DeployModule(export_model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input,
-                          feature_layers=opts.feature_layers,
-                          opset=opts.opset, normalization_folded=opts.uint8_input, **island_args(islands))
+    # int8 / fp8: traced in fp32, then quantized as a graph (quant_step.quantize_onnx_file)
+    module = DeployModule(export_model, "fp32" if quantized else opts.precision, seg_output=opts.seg_output,
+                          uint8_input=opts.uint8_input, feature_layers=opts.feature_layers,
+                          opset=opset, normalization_folded=opts.uint8_input, **island_args(islands))
     islands += [Island(name, "opset") for name in module.opset_islands]
 
     with ArtifactWriter(opts.out, overwrite=opts.overwrite) as writer:
         root = writer.path
-        with progress.step(f"exporting ONNX ({opts.precision}, batch {shapes.batch}, "
-                           f"{shapes.height}x{shapes.width})"):
+        with progress.step(f"exporting ONNX ({'fp32, to be quantized' if quantized else opts.precision}, batch "
+                           f"{shapes.batch}, {shapes.height}x{shapes.width})"):
             result = export_onnx(module, root / ONNX_NAME, shapes, external_data=opts.external_data,
                                  attention_plugin=plugin)
+        fp32_ops, quantization = module.fp32_compute_ops(), None
+        if quantized:
+            quantization = quantize_step(root / ONNX_NAME, result, quant, opts.precision, source.task, progress)
+            fp32_ops = len(quantization.kept_layers)
         with progress.step("checking the graph (onnx.checker, shape inference, hygiene)"):
-            facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes,
-                                 fp32_ops=module.fp32_compute_ops())
+            facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes, fp32_ops=fp32_ops)
         graph = facts.to_info()
         del module  # the low-precision copy is in the ONNX now
 
@@ -316,6 +334,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
             toolchain=toolchain_versions(),
             folds=[FoldInfo(**f.to_dict()) for f in folds],
             fp32_islands=[IslandInfo(**i.to_dict()) for i in islands],
+            quantization=QuantizationInfo.from_report(quantization) if quantization else None,
         )
         trained = [p for p in getattr(source, "parts", [source]) if p.head is not None]
         if trained and source.random_backbone:
@@ -375,6 +394,17 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
         manifest.export_seconds = round(time.perf_counter() - t_start, 1)
         path = writer.finish(manifest)
     return path, report
+
+
+def quantize_step(path: Path, result, quant, precision: str, task: str, progress: Progress):
+    """int8 / fp8: the traced fp32 graph at `path` becomes its QDQ graph; returns the QuantReport."""
+    from dinov3_deploy.export.quant_step import quantize_onnx_file
+
+    if result.external_data:
+        raise DeployError(f"--precision {precision}: graphs with external weights are not quantized yet")
+    with progress.step(f"{precision}: choosing the calibration method, ranking layer sensitivity, keeping the "
+                       "most sensitive in fp32 until the gates hold"):
+        return quantize_onnx_file(path, quant, precision, task, log=progress.log)
 
 
 def _dumps(d: dict) -> str:

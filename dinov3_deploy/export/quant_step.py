@@ -133,3 +133,7 @@ def quantize_onnx_file(path, inputs: QuantInputs, precision: str, task: str, log
     qdq, report = quantize_graph(model, inputs.x, precision, task, inputs.flops, inputs.migrations, log=log)
     onnx.save(qdq, str(path))
     return report
+
+
+def is_quantized(precision: str) -> bool:
+    return precision in QUANT_PRECISIONS
