@@ -53,3 +53,9 @@ def test_int8_export_records_and_prints_what_it_kept(tmp_path):
     assert "quantization" in shown and q["calibration_hash"][:16] in shown
     for k in q["kept_layers"]:
         assert k["layer"] in shown
+    # manifests written before the field existed still load (as not quantized)
+    from dinov3_deploy.manifest import Manifest
+
+    older = {k: v for k, v in manifest.items() if k != "quantization"}
+    assert Manifest.from_dict(older).quantization is None
+    assert Manifest.from_dict(manifest).quantization.kept_layers[0].layer == q["kept_layers"][0]["layer"]
