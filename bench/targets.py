@@ -43,6 +43,8 @@ def pytorch_targets(source, precisions: list[str], attn_impls: list[str], device
 
 
 def _skip_reason(precision: str, impl: str, device: str) -> str:
+    if precision in ("int8", "fp8"):
+        return f"{precision} is a Q/DQ graph: it runs in ONNX Runtime or TensorRT (the artifact's rows), not PyTorch"
     if impl == "triton" and not device.startswith("cuda"):
         return "Triton kernels need a CUDA GPU (their CPU check is the interpreter test suite)"
     if precision == "fp16" and device == "cpu":

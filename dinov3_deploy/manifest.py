@@ -237,6 +237,44 @@ class FoldInfo:
 
 
 @dataclass(kw_only=True)
+class KeptLayer:
+    """A matmul an int8 / fp8 graph keeps in fp32, and its measured sensitivity: the output's relative
+    error on the calibration images with that layer alone quantized (export/sensitivity.py)."""
+
+    layer: str
+    sensitivity: float | None
+
+
+@dataclass(kw_only=True)
+class QuantizationInfo:
+    """How an int8 / fp8 graph was quantized (export/quant_step.py): the calibration method chosen and
+    each method's score, the calibration set's sha256, the layers kept in fp32 and the share of matmul
+    FLOPs that runs quantized."""
+
+    precision: str
+    calibration_method: str
+    method_scores: dict[str, Any]
+    calibration_hash: str
+    calibration_images: int
+    calibration_shape: list[int]
+    smoothing_alpha: float
+    smoothed: int
+    kept_layers: list[KeptLayer]
+    quantized_layers: int
+    quantized_flop_share: float
+    calibration_score: dict[str, Any]
+    search_thresholds: dict[str, Any]
+    seconds: float
+
+    @classmethod
+    def from_report(cls, report) -> QuantizationInfo:
+        d = report.to_dict()
+        d.pop("sensitivity", None)  # every layer's: the kept ones carry theirs
+        d["kept_layers"] = [KeptLayer(**k) for k in d["kept_layers"]]
+        return cls(**d)
+
+
+@dataclass(kw_only=True)
 class IslandInfo:
     """A module kept in fp32 in a low-precision graph (export/calibration.py), the reason, and the
     max |output| measured on the calibration images (None when the reason is not a range; for
@@ -269,6 +307,7 @@ class Manifest:
     notes: list[str] = field(default_factory=list)
     folds: list[FoldInfo] = field(default_factory=list)
     fp32_islands: list[IslandInfo] = field(default_factory=list)
+    quantization: QuantizationInfo | None = None  # int8 / fp8 only
     export_seconds: float | None = None
     files: dict[str, FileEntry] = field(default_factory=dict)
 

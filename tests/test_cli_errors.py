@@ -17,7 +17,7 @@ def _cases(tmp: str) -> list[tuple[list[str], str]]:
         (["models", "--bogus"], "--bogus"),
         (["convert", f"{tmp}/nonexistent.pth", f"{tmp}/o.pth", "--to", "official"], "not found"),
         (["convert", f"{tmp}/nonexistent.pth", f"{tmp}/o.pth", "--to", "onnx"], "--to"),
-        (["export", "--precision", "fp8"], "--precision"),
+        (["export", "--precision", "int4"], "--precision"),
         (["export", "--weights", f"{tmp}/nothere.pth"], "--weights"),
         (["export", "--weights", tmp], "--weights"),  # a folder that is no HF model folder
         (["export", "--height", "65"], "--height"),

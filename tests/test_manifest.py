@@ -55,6 +55,8 @@ SCHEMA_PLACES = {
     mf.EngineTensor: ("$defs", "tensorrt", "properties", "io", "items"), mf.TritonInfo: ("$defs", "triton"),
     mf.TritonModel: ("$defs", "triton", "properties", "models", "items"), mf.FileEntry: ("$defs", "file"),
     mf.FoldInfo: ("$defs", "fold"), mf.IslandInfo: ("$defs", "island"),
+    mf.QuantizationInfo: ("$defs", "quantization"),
+    mf.KeptLayer: ("$defs", "quantization", "properties", "kept_layers", "items"),
 }
 
 

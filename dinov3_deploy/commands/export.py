@@ -31,7 +31,8 @@ from dinov3_deploy.options import (
               help="Classes of a random seg/cls head (default 6).")
 @click.option("--layers", type=click.Choice(["last", "four_last", "four_even"]), default="last", show_default=True,
               help="Backbone blocks a random head reads.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default="fp32", show_default=True,
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16", "int8", "fp8"]), default="fp32",
+              show_default=True,
               help="Decided in the graph (LayerNorm statistics, softmax and RoPE stay fp32).")
 @click.option("--opset", type=click.IntRange(18, 22), default=None,
               help="ONNX opset. Default 18 (TensorRT 10.0 parses 9-20): bf16 convs then become MatMul "

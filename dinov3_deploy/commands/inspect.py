@@ -72,7 +72,16 @@ def command(artifact, as_json, show_log) -> None:
         for f in m.folds:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1
         t.add_row("folded", ", ".join(f"{n} {k}" for k, n in kinds.items()) + " (exact; into the layers before them)")
-    if m.precision != "fp32":
+    q = m.quantization
+    if q is not None:
+        scores = ", ".join(f"{k} rel {v['rel_fro']:.3g}" for k, v in q.method_scores.items())
+        t.add_row("quantization", f"{q.precision}, calibration {q.calibration_method} ({scores}) on "
+                  f"{q.calibration_images} images {'x'.join(map(str, q.calibration_shape))}, sha256 "
+                  f"{q.calibration_hash[:16]}; {100 * q.quantized_flop_share:.1f} % of matmul FLOPs quantized "
+                  f"({q.quantized_layers} layers), SmoothQuant on {q.smoothed} inputs")
+        t.add_row("kept in fp32", "; ".join(f"{k.layer} (sensitivity {k.sensitivity:.3g})" for k in q.kept_layers)
+                  or "none")
+    elif m.precision != "fp32":
         t.add_row("fp32 islands", "; ".join(
             f"{i.module} ({i.reason}" + (f", max |{'q.k' if i.reason == 'scores' else 'out'}| {i.absmax:g})"
                                          if i.absmax is not None else ")")

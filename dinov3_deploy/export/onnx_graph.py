@@ -40,7 +40,9 @@ FORBIDDEN_OPS = ("If", "Tile", "Loop", "Scan")
 FP32_ISLAND_OPS = ("LayerNormalization", "Softmax", "Sin", "Cos")  # fed fp32 in every graph
 
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
-                11: "float64", 16: "bfloat16"}
+                11: "float64", 16: "bfloat16", 17: "float8e4m3fn"}
+# the compute dtype a MatMul/Conv has when its input comes through DequantizeLinear (export/quantize.py)
+QUANT_COMPUTE = {"int8": "int8", "fp8": "float8e4m3fn"}
 
 
 def needs_external_data(model: nn.Module, precision: str) -> bool:
@@ -199,11 +201,13 @@ def graph_facts(path: str | os.PathLike) -> GraphFacts:
     types.update({t.name: t.data_type for t in g.initializer})
     islands: dict[str, Counter] = {op: Counter() for op in FP32_ISLAND_OPS}
     compute: Counter = Counter()
+    dequantized = {n.output[0]: n.input[0] for n in g.node if n.op_type == "DequantizeLinear"}
     for node in g.node:
         if node.op_type in islands and node.input:
             islands[node.op_type][_ONNX_DTYPES.get(types.get(node.input[0], 0), "unknown")] += 1
         if node.op_type in ("MatMul", "Conv", "Gemm"):
-            compute[_ONNX_DTYPES.get(types.get(node.input[0], 0), "unknown")] += 1
+            x = dequantized.get(node.input[0], node.input[0])  # a quantized op computes in its Q/DQ dtype
+            compute[_ONNX_DTYPES.get(types.get(x, 0), "unknown")] += 1
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     initializer_names = {t.name for t in g.initializer}
     return GraphFacts(
@@ -232,7 +236,7 @@ def check_graph(facts: GraphFacts, precision: str, shapes: ShapeSpec | None = No
         if low:
             problems.append(f"{op} fed {low} instead of float32")
     if precision != "fp32":
-        want = {"fp16": "float16", "bf16": "bfloat16"}[precision]
+        want = {"fp16": "float16", "bf16": "bfloat16", **QUANT_COMPUTE}[precision]
         if facts.compute_dtypes.get(want, 0) == 0:
             problems.append(f"no MatMul/Conv runs in {want}: the graph is not {precision}")
         if facts.compute_dtypes.get("float32", 0) > fp32_ops:

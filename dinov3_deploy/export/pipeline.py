@@ -31,6 +31,7 @@ from dinov3_deploy.manifest import (
     OnnxInfo,
     OutputsConfig,
     OutputSpec,
+    QuantizationInfo,
     TensorRTInfo,
     head_fields,
 )
@@ -180,6 +181,7 @@ class ExportPlan:
     shapes: ShapeSpec
     plugin: bool  # attention as dinov3_deploy::attention plugin nodes
     api: Any  # the TensorRT flavour's API when an engine is built, else None
+    opset: int | None = None  # the graph's opset (None: DeployModule's default); fp8 needs 19+
 
 
 @dataclass
@@ -190,6 +192,8 @@ class Prepared:
     module: Any  # DeployModule
     folds: list
     islands: list
+    quant: Any = None  # int8 / fp8: quant_step.QuantInputs (calibration images, FLOPs, smoothing)
+    quantization: Any = None  # int8 / fp8: quant_step.QuantReport, once the graph is quantized
 
 
 def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tuple[Path, dict | None]:
@@ -201,7 +205,7 @@ def export_artifact(opts: ExportOptions, progress: Progress | None = None) -> tu
     prepared = prepare_module(opts, plan, progress)
     with ArtifactWriter(opts.out, overwrite=opts.overwrite) as writer:
         root = writer.path
-        result, graph = export_graph(prepared.module, root, opts, plan, progress)
+        result, graph = export_graph(prepared, root, opts, plan, progress)
         prepared.module = None  # the low-precision copy is in the ONNX now
         manifest = build_manifest(opts, plan, prepared, result, graph)
         if plan.api is not None:
@@ -221,21 +225,28 @@ def plan_export(opts: ExportOptions) -> ExportPlan:
     from dinov3_deploy.options import resolve_model
     from dinov3_deploy.reference.configs import get_config
 
+    from dinov3_deploy.export.quant_step import check_quant_options
+    from dinov3_deploy.export.quantize import QUANT_PRECISIONS
+
     formats = parse_formats(opts.formats)
-    if opts.precision not in PRECISIONS:
-        raise DeployError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{opts.precision}'")
+    if opts.precision not in (*PRECISIONS, *QUANT_PRECISIONS):
+        raise DeployError(f"--precision must be one of {', '.join((*PRECISIONS, *QUANT_PRECISIONS))}, "
+                          f"got '{opts.precision}'")
     # the checkpoint names its model whenever it can (metadata, config.json, Meta's file name)
     model_name = resolve_model(opts.model, opts.weights, default=None if opts.head else DEFAULT_MODEL)
     source = resolve_source(opts, model_name)
     cfg = get_config(source.backbone)
     shapes = shape_spec(opts, cfg.input_multiple)  # bad shapes fail before anything is built
+    # int8 / fp8: what cannot be quantized yet is refused here, in one line (fp8 exports at opset 19+)
+    quant_opset = check_quant_options(opts.precision, plugin=opts.attention == "plugin", family=cfg.family,
+                                      multi=source.multi, opset=opts.opset, uint8_input=opts.uint8_input)
     plugin = check_attention_option(opts, cfg.family, formats)
     api = None
     if "trt" in formats:
         from dinov3_deploy.engines.trt_api import load_api
 
         api = load_api(opts.trt_flavor)
-    return ExportPlan(formats, source, cfg, shapes, plugin, api)
+    return ExportPlan(formats, source, cfg, shapes, plugin, api, quant_opset)
 
 
 def prepare_module(opts: ExportOptions, plan: ExportPlan, progress: Progress) -> Prepared:
@@ -259,6 +270,8 @@ def prepare_module(opts: ExportOptions, plan: ExportPlan, progress: Progress) ->
         # --uint8-input: the graph's (x/255 - mean)/std goes into the first conv, which then takes
         # pixels - 127.5 (fold.PIXEL_CENTRE); calibration feeds the folded model that input
         export_model, folds = fold_all(model, normalization=(mean, std) if opts.uint8_input else None)
+    if is_quantized(opts.precision):
+        return _prepare_quantized(opts, plan, model, export_model, folds, progress)
     islands = calibrate(export_model, opts, plan, mean, std, progress)
     if opts.precision == "bf16" and plan.cfg.family == "vit":
         # bf16's 8-bit mantissa: the residual stream (deploy_module.Fp32ResidualBlock says what it measured)
@@ -269,6 +282,29 @@ def prepare_module(opts: ExportOptions, plan: ExportPlan, progress: Progress) ->
                           opset=opts.opset, normalization_folded=opts.uint8_input, **island_args(islands))
     islands += [Island(name, "opset") for name in module.opset_islands]
     return Prepared(model, module, folds, islands)
+
+
+def is_quantized(precision: str) -> bool:
+    from dinov3_deploy.export.quantize import QUANT_PRECISIONS
+
+    return precision in QUANT_PRECISIONS
+
+
+def _prepare_quantized(opts: ExportOptions, plan: ExportPlan, model, export_model, folds: list,
+                       progress: Progress) -> Prepared:
+    """int8 / fp8: smooth the folded model on the calibration images; it is traced in fp32 and
+    quantized as a graph afterwards (export_graph)."""
+    from dinov3_deploy.deploy_module import DeployModule
+    from dinov3_deploy.export.calibration import calibration_images
+    from dinov3_deploy.export.quant_step import prepare_export_model
+
+    with progress.step(f"calibration images ({opts.calib or 'built-in synthetic'}); SmoothQuant migration"):
+        x = calibration_images(opts.calib, plan.shapes.height.opt, plan.shapes.width.opt,
+                               tuple(model.mean), tuple(model.std))
+        quant = prepare_export_model(export_model, x)
+    module = DeployModule(export_model, "fp32", seg_output=opts.seg_output, feature_layers=opts.feature_layers,
+                          opset=plan.opset)
+    return Prepared(model, module, folds, [], quant=quant)
 
 
 def calibrate(export_model, opts: ExportOptions, plan: ExportPlan, mean, std, progress: Progress) -> list:
@@ -290,16 +326,29 @@ def calibrate(export_model, opts: ExportOptions, plan: ExportPlan, mean, std, pr
     return islands
 
 
-def export_graph(module, root: Path, opts: ExportOptions, plan: ExportPlan, progress: Progress):
-    """ONNX export and the graph check; returns (ExportResult, the manifest's GraphInfo)."""
+def export_graph(prepared: Prepared, root: Path, opts: ExportOptions, plan: ExportPlan, progress: Progress):
+    """ONNX export (int8 / fp8: then quantized, prepared.quantization) and the graph check; returns
+    (ExportResult, the manifest's GraphInfo)."""
     from dinov3_deploy.export.onnx_graph import ensure_clean, export_onnx
 
-    shapes = plan.shapes
-    with progress.step(f"exporting ONNX ({opts.precision}, batch {shapes.batch}, {shapes.height}x{shapes.width})"):
+    shapes, module = plan.shapes, prepared.module
+    traced = "fp32, to be quantized" if prepared.quant is not None else opts.precision
+    with progress.step(f"exporting ONNX ({traced}, batch {shapes.batch}, {shapes.height}x{shapes.width})"):
         result = export_onnx(module, root / ONNX_NAME, shapes, external_data=opts.external_data,
                              attention_plugin=plan.plugin)
+    fp32_ops = module.fp32_compute_ops()
+    if prepared.quant is not None:
+        from dinov3_deploy.export.quant_step import quantize_onnx_file
+
+        if result.external_data:
+            raise DeployError(f"--precision {opts.precision}: graphs with external weights are not quantized yet")
+        with progress.step(f"{opts.precision}: choosing the calibration method, ranking layer sensitivity, keeping "
+                           "the most sensitive in fp32 until the gates hold"):
+            prepared.quantization = quantize_onnx_file(root / ONNX_NAME, prepared.quant, opts.precision,
+                                                       plan.source.task, log=progress.log)
+        fp32_ops = len(prepared.quantization.kept_layers)
     with progress.step("checking the graph (onnx.checker, shape inference, hygiene)"):
-        facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes, fp32_ops=module.fp32_compute_ops())
+        facts = ensure_clean(root / ONNX_NAME, opts.precision, shapes, fp32_ops=fp32_ops)
     return result, facts.to_info()
 
 
@@ -354,6 +403,7 @@ def build_manifest(opts: ExportOptions, plan: ExportPlan, prepared: Prepared, re
         toolchain=toolchain_versions(),
         folds=[FoldInfo(**f.to_dict()) for f in prepared.folds],
         fp32_islands=[IslandInfo(**i.to_dict()) for i in prepared.islands],
+        quantization=QuantizationInfo.from_report(prepared.quantization) if prepared.quantization else None,
     )
     manifest.notes += random_weight_notes(source)
     return manifest

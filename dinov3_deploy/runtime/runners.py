@@ -209,6 +209,8 @@ def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "te
         backends.append(reference_backend(artifact))
     elif reference == "low-precision" and artifact.precision == "bf16":
         backends.append(reference_backend(artifact))
+    elif reference == "low-precision" and artifact.precision == "fp8":
+        backends.append(reference_backend(artifact))  # fp8 Q/DQ computed as written, beside ONNX Runtime's run
     elif reference == "low-precision" and artifact.precision == "fp16":
         backends.append(reference_backend(artifact, max_bytes=AUTO_REFERENCE_BYTES))
     return backends

@@ -123,6 +123,8 @@ def verify_artifact(
         model = reference_model(manifest, weights, head)
     ref_runner = reference_runner(manifest, model)
     for be in backends:
+        if be.name == "pytorch" and precision in ("int8", "fp8"):
+            be.skip_reason = f"{precision} is a Q/DQ graph: PyTorch does not run it"
         if be.name == "pytorch" and be.runner is None and not be.skip_reason:
             from dinov3_deploy.deploy_module import DeployModule
 

@@ -1,0 +1,190 @@
+"""Which layers an int8 / fp8 graph must keep in float: measured, not guessed.
+
+Quantizing everything (the naive baseline) costs DINOv3 its labels: a few layers (those fed by the
+massive storage-token channels, the attention's scores, the head) carry most of the error. The
+search measures each layer's effect on the OUTPUT, on the calibration images, and keeps the worst
+in fp32 until the graph passes its precision's gates there:
+
+    qm = QuantModel(model, feeds, "int8", task="seg")        # fp32 graph + calibration inputs
+    method = qm.choose_method()                              # minmax / percentile / entropy, by output error
+    plan = search(qm, flops)                                 # ranking, kept layers, share of FLOPs quantized
+    qdq = qm.build(plan.keep)
+
+Sensitivity of a layer = the output's relative Frobenius error when that layer ALONE is quantized
+(the rest in fp32). Layers are then kept in that order, most sensitive first, as few as make the
+whole graph pass (found by doubling, then bisecting the count) the thresholds (parity.THRESHOLDS[precision])
+tightened by SEARCH_MARGIN, so that the verifier's images, which calibration never sees, have room.
+Every graph here runs on ONNX Runtime's CPU provider (fp8 Q/DQ too: it rounds through float8e4m3fn
+exactly as written and computes the matmul in fp32).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from dinov3_deploy.export.quantize import CALIB_METHODS, QLayer, calibrate, insert_qdq, quantizable_layers
+from dinov3_deploy.verification.parity import THRESHOLDS, Thresholds, compare
+
+SEARCH_MARGIN = 0.5  # the search aims at half the error budget of each gate on the calibration images
+
+
+def search_thresholds(precision: str) -> Thresholds:
+    th = THRESHOLDS[precision]
+    return Thresholds(max_rel_fro=th.max_rel_fro * SEARCH_MARGIN,
+                      min_token_cos=1 - (1 - th.min_token_cos) * SEARCH_MARGIN,
+                      min_label_agreement=1 - (1 - th.min_label_agreement) * SEARCH_MARGIN)
+
+
+@dataclass
+class Score:
+    """Outputs of one graph against the fp32 graph's, on the calibration images."""
+
+    rel_fro: float
+    min_token_cos: float
+    label_agreement: float | None
+    passed: bool
+
+    def to_dict(self) -> dict:
+        return {"rel_fro": self.rel_fro, "min_token_cos": self.min_token_cos,
+                "label_agreement": self.label_agreement, "passed": self.passed}
+
+
+class QuantModel:
+    """An fp32 graph, its calibration inputs and reference outputs: builds and scores QDQ variants."""
+
+    def __init__(self, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], precision: str,
+                 task: str, method: str = "minmax") -> None:
+        self.model, self.feeds, self.precision, self.task = model, feeds, precision, task
+        self.layers: list[QLayer] = quantizable_layers(model)
+        self.output_names = [o.name for o in model.graph.output]
+        self.reference = self.run(model)
+        self._ranges: dict[str, dict[str, float]] = {}
+        self.method = method
+
+    @property
+    def ranges(self) -> dict[str, float]:
+        if self.method not in self._ranges:
+            self._ranges[self.method] = calibrate(self.model, self.feeds, self.method)
+        return self._ranges[self.method]
+
+    def build(self, keep=frozenset()) -> onnx.ModelProto:
+        return insert_qdq(self.model, self.layers, self.ranges, self.precision, keep=set(keep))
+
+    def run(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        outs = [sess.run(self.output_names, f) for f in self.feeds]
+        return {n: np.concatenate([o[i] for o in outs]) for i, n in enumerate(self.output_names)}
+
+    def score(self, model: onnx.ModelProto, thresholds: Thresholds | None = None) -> Score:
+        out = self.run(model)
+        th = thresholds or search_thresholds(self.precision)
+        ref = {k: v for k, v in self.reference.items() if np.issubdtype(v.dtype, np.floating) and v.size}
+        rows = compare(ref, out, "calibration", self.task, self.precision)
+        rel = max(r.rel_fro for r in rows if r.rel_fro is not None)
+        cos = min(r.min_token_cos for r in rows if r.min_token_cos is not None)
+        labels = [r.label_agreement for r in rows if r.label_agreement is not None]
+        label = min(labels) if labels else None
+        ok = bool(np.isfinite(rel) and rel <= th.max_rel_fro and cos >= th.min_token_cos
+                  and (label is None or label >= th.min_label_agreement))
+        return Score(rel, cos, label, ok)
+
+    def choose_method(self, methods=CALIB_METHODS) -> dict[str, Score]:
+        """Score the fully quantized graph under each calibration method; keep the lowest error."""
+        scores = {}
+        for m in methods:
+            self.method = m
+            scores[m] = self.score(self.build())
+        self.method = min(scores, key=lambda m: (-scores[m].passed, scores[m].rel_fro))
+        return scores
+
+
+@dataclass
+class Plan:
+    """The search's result: what stays fp32 and why, and what it costs."""
+
+    method: str
+    method_scores: dict[str, Score]
+    sensitivity: dict[str, float]  # layer -> rel error with only that layer quantized
+    keep: list[str]
+    score: Score
+    quantized_flop_share: float
+    naive: Score
+    seconds: float
+    steps: list[dict] = field(default_factory=list)
+
+    def kept_layers(self) -> list[dict]:
+        return [{"layer": n, "sensitivity": self.sensitivity.get(n)} for n in self.keep]
+
+
+def flop_share(flops: dict[str, int], layers: list[QLayer], keep) -> float:
+    """Share of matmul FLOPs (calibration.matmul_flops) in quantized layers."""
+    total = sum(flops.values())
+    quantized = sum(flops.get(layer.name, 0) for layer in layers if layer.name not in keep)
+    return quantized / max(total, 1)
+
+
+RANK_IMAGES = 2  # calibration images the per-layer ranking runs on (one graph run per layer)
+
+
+def rank(qm: QuantModel, images: int = RANK_IMAGES) -> dict[str, float]:
+    """Each layer's sensitivity: output rel error with that layer alone quantized, largest first,
+    on the first `images` calibration images."""
+    from dinov3_deploy.verification.parity import relative_frobenius
+
+    names = [layer.name for layer in qm.layers]
+    feeds, qm.feeds = qm.feeds, qm.feeds[:images]
+    try:
+        ref = qm.run(qm.model)
+        sens = {}
+        for name in names:
+            out = qm.run(qm.build(keep=set(names) - {name}))
+            sens[name] = max(relative_frobenius(ref[k], out[k]) for k in ref
+                             if np.issubdtype(ref[k].dtype, np.floating) and ref[k].size)
+    finally:
+        qm.feeds = feeds
+    return dict(sorted(sens.items(), key=lambda kv: -kv[1]))
+
+
+def search(qm: QuantModel, flops: dict[str, int], max_keep: int | None = None, log=None) -> Plan:
+    """Choose the calibration method, rank the layers, keep the most sensitive until the gates hold."""
+    t = time.perf_counter()
+    method_scores = qm.choose_method()
+    naive = method_scores["minmax"]
+    keep: list[str] = []
+    score = method_scores[qm.method]
+    sens: dict[str, float] = {}
+    steps = [{"keep": 0, **score.to_dict()}]
+    if not score.passed:
+        sens = rank(qm)
+        ranked = list(sens)[: max_keep or len(sens)]
+
+        def attempt(k: int) -> Score:
+            s = qm.score(qm.build(keep=set(ranked[:k])))
+            steps.append({"keep": k, "layer": ranked[k - 1], **s.to_dict()})
+            if log:
+                log(f"keeping the {k} most sensitive (last {ranked[k - 1]}, {sens[ranked[k - 1]]:.3g}): "
+                    f"rel {s.rel_fro:.3g}, labels {s.label_agreement}, {'pass' if s.passed else 'fail'}")
+            return s
+
+        # the fewest kept layers that pass: double k until a graph passes, then bisect (each try is one
+        # calibration-set run; keeping more of the ranked layers only removes quantization error)
+        lo, hi, tried = 0, 1, {}
+        while hi < len(ranked) and not (tried.setdefault(hi, attempt(hi))).passed:
+            lo, hi = hi, min(2 * hi, len(ranked))
+        if hi not in tried:
+            tried[hi] = attempt(hi)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            tried[mid] = attempt(mid)
+            lo, hi = (lo, mid) if tried[mid].passed else (mid, hi)
+        keep, score = ranked[:hi], tried[hi]
+    return Plan(qm.method, method_scores, sens, keep, score, flop_share(flops, qm.layers, keep), naive,
+                round(time.perf_counter() - t, 1), steps)
