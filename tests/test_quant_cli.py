@@ -35,7 +35,7 @@ def test_what_cannot_be_quantized_is_refused_in_one_line(tmp_path, argv, expecte
 
 def test_int8_export_records_and_prints_what_it_kept(tmp_path):
     out = tmp_path / "int8"
-    res = invoke("export", "--task", "seg", "--model", "vit_tiny_test", "--precision", "int8", "--static", "32x32",
+    res = invoke("export", "--task", "seg", "--model", "vit_tiny_test", "--precision", "int8", "--static", "64x64",
                  "--batch", "1", "--out", str(out))
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "manifest.json").read_text())

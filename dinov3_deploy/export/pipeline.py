@@ -222,11 +222,10 @@ def plan_export(opts: ExportOptions) -> ExportPlan:
     """Every check that needs no model: formats, precision, the model and its heads, shapes, the
     attention option, and the TensorRT flavour (a missing TensorRT fails now, not after the export)."""
     from dinov3_deploy.deploy_module import PRECISIONS
-    from dinov3_deploy.options import resolve_model
-    from dinov3_deploy.reference.configs import get_config
-
     from dinov3_deploy.export.quant_step import check_quant_options
     from dinov3_deploy.export.quantize import QUANT_PRECISIONS
+    from dinov3_deploy.options import resolve_model
+    from dinov3_deploy.reference.configs import get_config
 
     formats = parse_formats(opts.formats)
     if opts.precision not in (*PRECISIONS, *QUANT_PRECISIONS):
@@ -295,12 +294,13 @@ def _prepare_quantized(opts: ExportOptions, plan: ExportPlan, model, export_mode
     """int8 / fp8: smooth the folded model on the calibration images; it is traced in fp32 and
     quantized as a graph afterwards (export_graph)."""
     from dinov3_deploy.deploy_module import DeployModule
-    from dinov3_deploy.export.calibration import calibration_images
+    from dinov3_deploy.export.calibration import CALIB_IMAGES, calibration_images
     from dinov3_deploy.export.quant_step import prepare_export_model
 
     with progress.step(f"calibration images ({opts.calib or 'built-in synthetic'}); SmoothQuant migration"):
+        # twice the fp16 set: the search calibrates on one half and judges on the other (sensitivity.QuantModel)
         x = calibration_images(opts.calib, plan.shapes.height.opt, plan.shapes.width.opt,
-                               tuple(model.mean), tuple(model.std))
+                               tuple(model.mean), tuple(model.std), n=2 * CALIB_IMAGES)
         quant = prepare_export_model(export_model, x)
     module = DeployModule(export_model, "fp32", seg_output=opts.seg_output, feature_layers=opts.feature_layers,
                           opset=plan.opset)
