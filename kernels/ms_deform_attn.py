@@ -98,7 +98,7 @@ def _ms_deform_attn_kernel(
         hf = tl.cast(h, tl.float32)
         wf = tl.cast(w, tl.float32)
         for p in tl.static_range(N_POINTS):
-            k: tl.constexpr = lvl * N_POINTS + p
+            k = lvl * N_POINTS + p
             x = tl.load(LOC + (wrow + k) * 2, mask=q_ok, other=0.0).to(tl.float32)
             y = tl.load(LOC + (wrow + k) * 2 + 1, mask=q_ok, other=0.0).to(tl.float32)
             a = tl.load(WEIGHT + wrow + k, mask=q_ok, other=0.0).to(tl.float32)
