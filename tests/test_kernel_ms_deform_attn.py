@@ -161,3 +161,21 @@ def test_small_segmentor_forward_with_the_kernel():
                     else [got]):
         if isinstance(a, torch.Tensor):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_bench_summary_quotes_the_goals_against_the_plain_core(tmp_path):
+    """gpu_check.sh's summary reads the msda rows of kernels.json: speedup over the plain core
+    (eager and compiled) and peak memory, next to the goals."""
+    import json
+
+    from dinov3_deploy.bench.kernels_bench import msda_cases, summarize
+
+    name, levels, q, heads, hd, points = msda_cases(False)[0]
+    assert levels == [(112, 112), (56, 56), (28, 28)] and q == 16464 and (heads, hd, points) == (16, 128, 4)
+    shape = f"{name} B=1 Q={q}"
+    rows = [{"section": "msda", "target": t, "shape": shape, "status": "ok", "median_ms": ms, "peak_mem_mb": mb}
+            for t, ms, mb in (("triton", 2.0, 300.0), ("plain_eager", 9.0, 2000.0), ("plain_compile", 7.0, 1800.0))]
+    (tmp_path / "kernels.json").write_text(json.dumps({"rows": rows}))
+    line = next(ln for ln in summarize(tmp_path).splitlines() if ln.startswith("msda"))
+    assert line.startswith("msda pixel_decoder_hidden2048:") and "4.50x plain_eager" in line
+    assert "3.50x plain_compile" in line and "triton 2.0 ms 300.0 MB" in line and "3x" in line
