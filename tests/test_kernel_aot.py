@@ -261,3 +261,49 @@ def test_register_plugins_names_the_trt_extra():
 
         assert register_plugins() == ["dinov3_deploy::attention", "dinov3_deploy::stitch",
                                       "dinov3_deploy::ms_deform_attn"]
+
+
+def test_ms_deform_attn_plugin_launch_from_the_shapes(monkeypatch):
+    """The deformable-attention plugin's output shape [B, Q, M*Dh], its kernel choice (dtype, head
+    dim, levels, points read from the inputs) and its launch: query blocks on x, (batch, head) on y,
+    Q and M as the scalar arguments, the level sizes left to the [L, 2] input."""
+    import types
+
+    from dinov3_deploy.engines import plugins as P
+
+    class Dim(int):
+        is_constant = True
+
+        def constant_value(self):
+            return int(self)
+
+    class Desc:
+        def __init__(self, shape, dtype="f16"):
+            self.shape_expr, self.dtype = [Dim(d) for d in shape], dtype
+
+        def like(self):
+            return Desc(self.shape_expr, self.dtype)
+
+    trtp = _FakeTrtp()
+    trtp.ShapeExprs = lambda n: [None] * n
+    trtp.KernelLaunchParams = types.SimpleNamespace
+    trtp.SymInt32 = int
+    trtp.SymIntExprs = types.SimpleNamespace(from_tuple=tuple)
+    trtp.cdiv = lambda a, b: -(-a // b)
+    compiled = {}
+
+    def fake_compile(dtype, hd, n_levels, n_points, arch=None, config=None):
+        compiled.update(dtype=dtype, hd=hd, levels=n_levels, points=n_points, arch=arch)
+        return P.AotKernel("msda", "ptx", config["num_warps"], 0, f"sm_{arch}")
+
+    monkeypatch.setattr(P, "compile_ms_deform_attn_ptx", fake_compile)
+    P._register_ms_deform_attn(types.SimpleNamespace(float32="f32", float16="f16", bfloat16="bf16"), trtp, 90)
+    value, shapes = Desc([2, 16464, 16, 128]), Desc([3, 2], "i32")
+    loc, weights = Desc([2, 16464, 16, 3, 4, 2]), Desc([2, 16464, 16, 3, 4])
+    out = trtp.fns[("register", P.MS_DEFORM_ATTN_PLUGIN)](value, shapes, loc, weights)
+    assert list(out.shape_expr) == [2, 16464, 2048] and out.dtype == "f16"
+    name, ptx, launch, extra = trtp.fns[("aot_impl", P.MS_DEFORM_ATTN_PLUGIN)](value, shapes, loc, weights, (out,), 0)
+    assert compiled == dict(dtype="float16", hd=128, levels=3, points=4, arch=90)
+    block_q = P.ms_deform_attn_engine_config(128)["BLOCK_Q"]
+    assert (launch.grid_x, launch.grid_y, launch.block_x) == (-(-16464 // block_q), 2 * 16, 128)
+    assert extra == (16464, 16, 0, 0, 0, 0, 0, 0, 0, 0)
