@@ -114,6 +114,11 @@ def test_fake_implementation_gives_the_output_shape_without_running():
         weights = torch.empty(2, 40, 16, 3, 4, dtype=torch.bfloat16)
         out = ms_deform_attn(value, [4, 6, 2, 3, 2, 2], loc, weights)
     assert out.shape == (2, 40, 2048) and out.dtype == torch.bfloat16
+    # level sizes are SymInts: torch.export keeps them symbolic (dynamic H/W), as the plain core's
+    assert "SymInt[] level_shapes" in str(torch.ops.dinov3_deploy.ms_deform_attn.default._schema)
+    value, loc, weights = inputs([(3, 5), (2, 3)], B=1, Q=7, Dh=4, P=2)
+    torch.library.opcheck(ms_deform_attn, (value, [3, 5, 2, 3], loc, weights), test_utils=("test_schema",
+                                                                                         "test_faketensor"))
 
 
 def test_module_switch_runs_the_kernel():
