@@ -88,7 +88,7 @@ step() {
 PYTEST=($PY -m pytest -q -p no:cacheprovider -o addopts="" -rfEs)
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 90)
 KERNEL_TESTS=(tests/test_kernel_attention.py tests/test_kernel_qkv_rope.py tests/test_kernel_fused_attention.py
-              tests/test_kernel_stitch.py tests/test_engine_runtime.py)
+              tests/test_kernel_stitch.py tests/test_kernel_ms_deform_attn.py tests/test_engine_runtime.py)
 GPU_TESTS=(tests/test_predictor.py tests/test_device_window.py tests/test_image_stream.py)
 if [ "$SMOKE" = 1 ]; then
   step tests "$TESTS_S" "${PYTEST[@]}" --collect-only "${KERNEL_TESTS[@]}" "${GPU_TESTS[@]}"
