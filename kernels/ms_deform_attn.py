@@ -29,7 +29,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .attention import check_device, interpreting, on_device
+from dinov3_deploy.errors import DeployError
+
+from .attention import interpreting, on_device
 
 MAX_LEVELS = 4  # Deformable DETR's 4; the Mask2Former pixel decoder and the ViT-Adapter use 3
 
@@ -134,6 +136,15 @@ def ms_deform_attn_config(head_dim: int, device: torch.device) -> dict:
     if interpreting() or device.type != "cuda":
         return dict(BLOCK_Q=8, num_warps=4)
     return dict(BLOCK_Q=64 if head_dim <= 64 else 32, num_warps=4)
+
+
+def check_device(*tensors: torch.Tensor) -> None:
+    if interpreting():
+        return
+    if any(t.device.type != "cuda" for t in tensors):
+        raise DeployError("the Triton deformable-attention kernel needs CUDA tensors: run on a GPU, use "
+                          "deform_impl='plain', or set TRITON_INTERPRET=1 (before importing triton) for the CPU "
+                          "interpreter")
 
 
 def _check(value: torch.Tensor, shapes, locations: torch.Tensor, weights: torch.Tensor) -> None:

@@ -198,3 +198,13 @@ def test_plugin_node_schema_for_the_exporter():
     assert [p.name for p in schema.inputs] == ["value", "level_shapes", "locations", "weights"]
     assert schema.inputs[1].type_str == "tensor(int32)" and schema.outputs[0].type_str == "T"
     assert set(schema.attributes) == {"plugin_namespace", "plugin_version"}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU tensors are refused only without the interpreter")
+def test_cpu_tensors_without_the_interpreter_say_what_to_do(monkeypatch):
+    from dinov3_deploy.errors import DeployError
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    value, loc, weights = inputs([(2, 2)], B=1, Q=2, M=1, Dh=4, P=1)
+    with pytest.raises(DeployError, match="deform_impl='plain'"):
+        ms_deform_attn_flat(value, [(2, 2)], loc, weights)
