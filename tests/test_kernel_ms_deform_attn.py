@@ -205,6 +205,6 @@ def test_cpu_tensors_without_the_interpreter_say_what_to_do(monkeypatch):
     from dinov3_deploy.errors import DeployError
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    value, loc, weights = inputs([(2, 2)], B=1, Q=2, M=1, Dh=4, P=1)
+    value, loc, weights = inputs([(2, 2)], B=1, Q=5, M=1, Dh=4, P=2)
     with pytest.raises(DeployError, match="deform_impl='plain'"):
         ms_deform_attn_flat(value, [(2, 2)], loc, weights)
