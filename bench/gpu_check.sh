@@ -8,7 +8,7 @@
 #   tests   TESTS_S=130  the kernel/engine test files in full, then the GPU-marked tests of the rest
 #                        (-x off, per-test timeout where pytest-timeout is installed)
 #   host    HOST_S=40    host cost per call of dinov3_deploy::rope_attention (torch.profiler)
-#   kernels KERNEL_S=100 attention (incl. B=1), fused, stitch, configs
+#   kernels KERNEL_S=100 attention (incl. B=1), fused, stitch, msda (deformable attention), configs
 #   model   MODEL_S=170  whole backbone 512x512 bf16: compile vs compile+Triton, default and
 #                        reduce-overhead, vitl16/vitb16, B=1/8
 #   e2e     E2E_S=90     infer's path vs torch.compile + device stitch (and the others) on 2048x1024
@@ -88,7 +88,7 @@ step() {
 PYTEST=($PY -m pytest -q -p no:cacheprovider -o addopts="" -rfEs)
 $PY -c "import pytest_timeout" 2>/dev/null && PYTEST+=(--timeout 90)
 KERNEL_TESTS=(tests/test_kernel_attention.py tests/test_kernel_qkv_rope.py tests/test_kernel_fused_attention.py
-              tests/test_kernel_stitch.py tests/test_engine_runtime.py)
+              tests/test_kernel_stitch.py tests/test_kernel_ms_deform_attn.py tests/test_engine_runtime.py)
 GPU_TESTS=(tests/test_predictor.py tests/test_device_window.py tests/test_image_stream.py)
 if [ "$SMOKE" = 1 ]; then
   step tests "$TESTS_S" "${PYTEST[@]}" --collect-only "${KERNEL_TESTS[@]}" "${GPU_TESTS[@]}"
@@ -101,7 +101,7 @@ fi
 
 KB=($PY -m dinov3_deploy.bench.kernels_bench "${SMOKEARG[@]}")
 step host "$HOST_S" "${KB[@]}" --sections host --out "$RES/host.json" --budget-s $((HOST_S - 10))
-step kernels "$KERNEL_S" "${KB[@]}" --sections attention,fused,stitch,configs --out "$RES/kernels.json" \
+step kernels "$KERNEL_S" "${KB[@]}" --sections attention,fused,stitch,msda,configs --out "$RES/kernels.json" \
   --budget-s $((KERNEL_S - 25))
 step model "$MODEL_S" "${KB[@]}" --sections e2e --out "$RES/model.json" --budget-s $((MODEL_S - 45))
 E2E_ARGS=()

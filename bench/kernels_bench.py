@@ -18,6 +18,12 @@ Sections (random data; kernels timed with triton.testing.do_bench, models with C
              slide_inference accumulation
   configs    a few block/warp/stage configurations of the attention and stitch kernels beside the
              launcher's own choice ("heuristic"), so one run shows whether the heuristic picked well
+  msda       multi-scale deformable attention at 896x896, bf16, B=1 (queries = all tokens of the
+             3 levels 112x112 / 56x56 / 28x28, 4 points): the pixel decoder's (hidden 2048, 16 heads,
+             head dim 128: vit7b16 and vitl16 alike) and the adapter extractors' (value = the 56x56
+             patch map, width D/2: head dim 128 for vit7b16, 32 for vitl16). The Triton kernel vs the
+             plain PyTorch core (grid_sample per level) eager and (pixel decoder) under torch.compile; time and peak
+             memory (CUDA events, so inputs are counted too)
   e2e        vitl16 / vitb16 backbone forward at 512x512, B = 1 / 8, bf16: torch.compile (SDPA) and
              attn_impl="triton" under torch.compile, each in mode "default" and "reduce-overhead"
              (Inductor's CUDA graphs); --smoke: eager and triton eager on a tiny ViT
@@ -51,7 +57,7 @@ from dinov3_deploy.bench.timing import measure, measure_kernel
 from dinov3_deploy.kernels.precision import dot_precision  # the one definition (Triton-free)
 from dinov3_deploy.verification.parity import THRESHOLDS, OutputParity, compare_output
 
-SECTIONS = ("attention", "fused", "stitch", "configs", "e2e")  # the default run; "host" runs when named
+SECTIONS = ("attention", "fused", "stitch", "configs", "msda", "e2e")  # the default run; "host" runs when named
 PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -450,15 +456,58 @@ def bench_host(run: Run) -> None:
     run.save()
 
 
+def msda_cases(smoke: bool) -> list[tuple[str, list[tuple[int, int]], int, int, int, int]]:
+    """(name, value level shapes, queries, heads, head dim, points): the M2F segmentor's deformable
+    attentions at 896x896 (DINOV3-FACTS.md), or toy sizes for --smoke."""
+    if smoke:
+        return [("toy", [(4, 6), (2, 3), (1, 2)], 12, 2, 8, 2)]
+    levels = [(112, 112), (56, 56), (28, 28)]  # strides 8 / 16 / 32 of 896
+    q = sum(h * w for h, w in levels)
+    return [("pixel_decoder_hidden2048", levels, q, 16, 128, 4),  # vit7b16 and vitl16 (both hidden 2048)
+            ("adapter_vit7b16", [(56, 56)], q, 16, 128, 4),  # value width 4096 / 2
+            ("adapter_vitl16", [(56, 56)], q, 16, 32, 4)]  # value width 1024 / 2
+
+
+def bench_msda(run: Run) -> None:
+    for case in msda_cases(run.smoke):
+        _msda_case(run, *case)
+        run.save()
+
+
+def _msda_case(run: Run, name: str, shapes, Q: int, M: int, Dh: int, P: int) -> None:
+    from dinov3_deploy.kernels.ms_deform_attn import ms_deform_attn_bytes, ms_deform_attn_flat
+    from dinov3_deploy.reference.models.ms_deform_attn import ms_deform_attn_core
+
+    B, L, S = 1, len(shapes), sum(h * w for h, w in shapes)
+    shape = f"{name} B={B} Q={Q} M={M} Dh={Dh} L={L} P={P} levels={'/'.join(f'{h}x{w}' for h, w in shapes)}"
+    g = torch.Generator(device=run.device).manual_seed(0)
+    value = torch.randn(B, S, M, Dh, device=run.device, generator=g).to(run.dtype)
+    # around each query's own point, a few pixels out as trained offsets put them; some off the map
+    loc = (torch.rand(B, Q, M, L, P, 2, device=run.device, generator=g) * 1.2 - 0.1).to(run.dtype)
+    weights = torch.rand(B, Q, M, L, P, device=run.device, generator=g).softmax(-1).to(run.dtype)
+    check = against(ms_deform_attn_core(value.float(), shapes, loc.float(), weights.float()), run.precision, shape)
+    dims = {"B": B, "Q": Q, "heads": M, "head_dim": Dh, "levels": L, "points": P,
+            "min_bytes": ms_deform_attn_bytes(B, S, Q, M, Dh, L, P, value.element_size())}
+    args = (value, shapes, loc, weights)
+    run.model(_row("msda", "triton", shape, run.dtype, **dims), functools.partial(ms_deform_attn_flat, *args), check)
+    run.model(_row("msda", "plain_eager", shape, run.dtype, **dims), functools.partial(ms_deform_attn_core, *args),
+              check)
+    # torch.compile: the goal's case only (one Inductor compile of a few tens of seconds); never on the
+    # CPU smoke run, where it would take minutes and mean nothing
+    if not run.smoke and name.startswith("pixel_decoder"):
+        compiled = torch.compile(ms_deform_attn_core, dynamic=False)
+        run.model(_row("msda", "plain_compile", shape, run.dtype, **dims), functools.partial(compiled, *args), check)
+
+
 BENCHES = {"host": bench_host, "attention": bench_attention, "fused": bench_fused, "stitch": bench_stitch,
-           "configs": bench_configs, "e2e": bench_e2e}
+           "configs": bench_configs, "msda": bench_msda, "e2e": bench_e2e}
 
 
 def baselines(smoke: bool) -> dict[str, str]:
     """Per section, the target the others' speedups are quoted against (the project's goals:
     attention >= cuDNN, fused >= 2x eager, stitch >= 20x the naive canvas, e2e vs torch.compile)."""
     return {"host": "op_profiled", "attention": "sdpa_math" if smoke else "cudnn", "fused": "eager_rope_sdpa",
-            "stitch": "naive_pad_add",
+            "stitch": "naive_pad_add", "msda": "plain_eager" if smoke else "plain_compile",
             "configs": "heuristic", "e2e": "eager" if smoke else "compile"}
 
 
@@ -500,6 +549,17 @@ def summarize(folder: Path) -> str:
             speed = st["naive_pad_add"].get("median_ms", 0) / r["median_ms"] if r.get("median_ms") else None
             out.append(f"stitch {t}: {r.get('median_ms')} ms, {speed and round(speed, 2)}x naive, {r.get('status')}"
                        f"  [goals: labels >= 20x, labels+probs >= 10x and ok]")
+    ms = [r for r in kern if r.get("section") == "msda"]
+    for case in dict.fromkeys(r["shape"] for r in ms):
+        got = {r["target"]: r for r in ms if r["shape"] == case}
+        tri = got.get("triton", {})
+        line = f"msda {case.split()[0]}: " + ", ".join(
+            f"{t} {r.get('median_ms')} ms {r.get('peak_mem_mb')} MB ({r.get('status')})"
+            for t, r in got.items())
+        for base in ("plain_eager", "plain_compile"):
+            if tri.get("median_ms") and got.get(base, {}).get("median_ms"):
+                line += f"; {got[base]['median_ms'] / tri['median_ms']:.2f}x {base}"
+        out.append(line + "  [goals: >= 3x the plain core, less memory]")
     model = [r for r in rows("model.json") if r.get("section") == "e2e"]
     for name in ("vitb16", "vitl16"):
         for B in (1, 8):

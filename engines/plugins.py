@@ -1,13 +1,15 @@
-"""The Triton attention and stitch kernels as TensorRT Quickly Deployable Plugins (ahead-of-time PTX).
+"""The Triton attention, stitch and deformable-attention kernels as TensorRT Quickly Deployable
+Plugins (ahead-of-time PTX).
 
 Three parts:
 
-* `compile_attention_ptx` / `compile_stitch_ptx`: compile the kernels of `dinov3_deploy.kernels`
-  to PTX for a GPU target with `triton.compile` and a `GPUTarget` -- no GPU, no driver and no
-  TensorRT needed (only triton's bundled LLVM/ptxas). They compile the engine variants: pointer
-  loads, no TMA descriptors, no scratch memory (checked), so the PTX launches with plain
-  pointer/int arguments.
-* `register_plugins()`: registers `dinov3_deploy::attention` and `dinov3_deploy::stitch` with
+* `compile_attention_ptx` / `compile_stitch_ptx` / `compile_ms_deform_attn_ptx`: compile the
+  kernels of `dinov3_deploy.kernels` to PTX for a GPU target with `triton.compile` and a
+  `GPUTarget` -- no GPU, no driver and no TensorRT needed (only triton's bundled LLVM/ptxas).
+  They compile the engine variants: pointer loads, no TMA descriptors, no scratch memory
+  (checked), so the PTX launches with plain pointer/int arguments.
+* `register_plugins()`: registers `dinov3_deploy::attention`, `dinov3_deploy::stitch` and
+  `dinov3_deploy::ms_deform_attn` with
   `tensorrt.plugin` (`@trtp.register` shape/type description + `@trtp.aot_impl` returning the PTX,
   launch grid and the integer scalar arguments as symbolic shape expressions). Needs the full
   `tensorrt` package (the `trt` extra): `tensorrt_rtx` ships no `tensorrt.plugin` module.
@@ -30,7 +32,9 @@ checked numerically in ONNX Runtime (tests/test_kernel_onnx.py). Two assumptions
   1. the type-string syntax given to `AutoTuneCombination`;
   2. that TensorRT launches the kernels without the two trailing scratch pointers Triton adds
      (unused, size 0, asserted) - if it passes them, the parameter lists need two dummies.
-The stitch plugin writes int32 labels (the PyTorch op writes int64).
+The stitch plugin writes int32 labels (the PyTorch op writes int64). The deformable-attention plugin
+takes its level sizes as an int32 [L, 2] (h, w) input tensor, read by the kernel, so one engine
+serves every H/W of its profile; the torch op passes them as ints.
 
 Target. The PTX is compiled for the compute capability of the GPU that builds the engine (or the
 `arch` given to `register_plugins`): Triton compiles capability 9.0 to sm_90a, which loads on
@@ -49,6 +53,7 @@ from dinov3_deploy.errors import DeployError, require
 
 ATTENTION_PLUGIN = "dinov3_deploy::attention"
 STITCH_PLUGIN = "dinov3_deploy::stitch"
+MS_DEFORM_ATTN_PLUGIN = "dinov3_deploy::ms_deform_attn"
 _TRITON_TYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32", "int32": "i32", "int64": "i64"}
 
 
@@ -180,6 +185,37 @@ def compile_stitch_ptx(logits_dtype: str = "float32", labels_dtype: str = "int32
                     num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
 
 
+# the deformable-attention kernel's integer parameters, in order (H0..W3 unused by the plugin's
+# variant, which reads the level sizes from its [L, 2] input)
+MS_DEFORM_ATTN_INTS = ["Q", "M", "H0", "W0", "H1", "W1", "H2", "W2", "H3", "W3"]
+
+
+def ms_deform_attn_engine_config(head_dim: int) -> dict:
+    """As the torch launcher's GPU choice (kernels/ms_deform_attn.py): BLOCK_Q x head_dim fp32
+    accumulator in registers, no shared memory pipeline."""
+    return dict(BLOCK_Q=64 if head_dim <= 64 else 32, num_warps=4, num_stages=1)
+
+
+def compile_ms_deform_attn_ptx(dtype: str = "float16", head_dim: int = 128, n_levels: int = 3, n_points: int = 4,
+                               arch: int | None = None, config: dict | None = None) -> AotKernel:
+    """PTX of the deformable-attention kernel, level sizes read from an int32 [L, 2] tensor, for
+    contiguous value [B, S, M, head_dim], locations [B, Q, M, L, P, 2], weights [B, Q, M, L, P]
+    and out [B, Q, M*head_dim], all of `dtype`, for `arch` (default: the current device's)."""
+    import triton
+
+    from dinov3_deploy.kernels.ms_deform_attn import _ms_deform_attn_kernel as kernel
+
+    if _interpreted(kernel):
+        raise RuntimeError("TRITON_INTERPRET=1 is set: compile PTX in a process without it")
+    t = "*" + _TRITON_TYPES[dtype]
+    cfg = dict(config or ms_deform_attn_engine_config(head_dim))
+    sig = {"VALUE": t, "SHAPES": "*i32", "LOC": t, "WEIGHT": t, "OUT": t, **dict.fromkeys(MS_DEFORM_ATTN_INTS, "i32")}
+    constexprs = dict(DH=head_dim, N_LEVELS=n_levels, N_POINTS=n_points, BLOCK_Q=cfg["BLOCK_Q"],
+                      BLOCK_D=triton.next_power_of_2(head_dim), SHAPES_FROM_TENSOR=True)
+    return _compile(kernel, sig, constexprs, ["VALUE", "SHAPES", "LOC", "WEIGHT", "OUT"],
+                    device_arch() if arch is None else arch, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
+
+
 # ----------------------------------------------------------------------------------------------
 # TensorRT Quickly Deployable Plugins (full `tensorrt` only)
 # ----------------------------------------------------------------------------------------------
@@ -187,7 +223,7 @@ _registered: list[str] = []
 
 
 def register_plugins(arch: int | None = None) -> list[str]:
-    """Register both plugins with `tensorrt.plugin` (idempotent); returns their ids. Their PTX is
+    """Register the plugins with `tensorrt.plugin` (idempotent); returns their ids. Their PTX is
     compiled when TensorRT builds an engine, for `arch` (e.g. 90), by default for the current
     CUDA device: the GPU building the engine.
 
@@ -199,7 +235,8 @@ def register_plugins(arch: int | None = None) -> list[str]:
         return list(_registered)
     _register_attention(trt, trtp, arch)
     _register_stitch(trt, trtp, arch)
-    _registered.extend([ATTENTION_PLUGIN, STITCH_PLUGIN])
+    _register_ms_deform_attn(trt, trtp, arch)
+    _registered.extend([ATTENTION_PLUGIN, STITCH_PLUGIN, MS_DEFORM_ATTN_PLUGIN])
     return list(_registered)
 
 
@@ -282,6 +319,65 @@ def _register_stitch(trt, trtp, arch: int | None) -> None:
                     n_cols=g.n_cols, win_h=g.win_h, win_w=g.win_w, OH=out_h, OW=out_w)
         extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(vals[n]) for n in STITCH_INTS])
         return kern.name, kern.ptx, launch, extra
+
+
+def _register_ms_deform_attn(trt, trtp, arch: int | None) -> None:
+    dtypes = {trt.float32: "float32", trt.float16: "float16", trt.bfloat16: "bfloat16"}
+    aot_return = _aot_return(trtp)
+
+    @trtp.register(MS_DEFORM_ATTN_PLUGIN)
+    def ms_deform_attn_desc(value: trtp.TensorDesc, level_shapes: trtp.TensorDesc, locations: trtp.TensorDesc,
+                            weights: trtp.TensorDesc) -> trtp.TensorDesc:
+        out = value.like()
+        out.shape_expr = trtp.ShapeExprs(3)
+        out.shape_expr[0] = value.shape_expr[0]
+        out.shape_expr[1] = locations.shape_expr[1]
+        out.shape_expr[2] = value.shape_expr[2] * value.shape_expr[3]
+        return out
+
+    @trtp.autotune(MS_DEFORM_ATTN_PLUGIN)
+    def ms_deform_attn_autotune(value, level_shapes, locations, weights, outputs):
+        # value, locations, weights and out share one float type; the level sizes are int32
+        return [trtp.AutoTuneCombination("FP32|FP16|BF16, INT32, FP32|FP16|BF16, FP32|FP16|BF16, FP32|FP16|BF16",
+                                         "LINEAR")]
+
+    @trtp.aot_impl(MS_DEFORM_ATTN_PLUGIN)
+    def ms_deform_attn_aot(value: trtp.TensorDesc, level_shapes: trtp.TensorDesc, locations: trtp.TensorDesc,
+                           weights: trtp.TensorDesc, outputs: tuple[trtp.TensorDesc], tactic: int) -> aot_return:
+        hd = _const(value.shape_expr[3], "the deformable attention head dim")
+        n_levels = _const(locations.shape_expr[3], "the number of levels")
+        n_points = _const(locations.shape_expr[4], "the number of points")
+        cfg = ms_deform_attn_engine_config(hd)
+        kern = compile_ms_deform_attn_ptx(dtypes[value.dtype], hd, n_levels, n_points, arch=arch, config=cfg)
+        B, M, Q = value.shape_expr[0], value.shape_expr[2], locations.shape_expr[1]
+        launch = trtp.KernelLaunchParams()
+        launch.grid_x = trtp.cdiv(Q, cfg["BLOCK_Q"])  # query blocks on x (CUDA caps y at 65535)
+        launch.grid_y = B * M
+        launch.block_x = kern.block_x
+        launch.shared_mem = kern.shared
+        vals = dict(Q=Q, M=M, H0=0, W0=0, H1=0, W1=0, H2=0, W2=0, H3=0, W3=0)
+        extra = trtp.SymIntExprs.from_tuple([trtp.SymInt32(vals[n]) for n in MS_DEFORM_ATTN_INTS])
+        return kern.name, kern.ptx, launch, extra
+
+
+def ms_deform_attn_onnx_schema():
+    """ONNX schema of the deformable-attention plugin node, `dinov3_deploy.ms_deform_attn(value,
+    level_shapes, locations, weights)`, for the exporter that emits it (kept local: nothing is
+    registered in onnx's global table)."""
+    from onnx.defs import OpSchema
+
+    string = OpSchema.AttrType.STRING
+    return OpSchema(
+        "ms_deform_attn", "dinov3_deploy", 1,
+        doc="multi-scale deformable attention: value [B, S, M, Dh] (levels flattened row-major, concatenated), "
+            "level_shapes int32 [L, 2] (h, w), locations [B, Q, M, L, P, 2] (x, y in [0, 1]), weights "
+            "[B, Q, M, L, P] -> [B, Q, M*Dh] (TensorRT plugin)",
+        inputs=[OpSchema.FormalParameter("value", "T"), OpSchema.FormalParameter("level_shapes", "tensor(int32)"),
+                OpSchema.FormalParameter("locations", "T"), OpSchema.FormalParameter("weights", "T")],
+        outputs=[OpSchema.FormalParameter("out", "T")],
+        type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
+        attributes=[OpSchema.Attribute(name, string, "") for name in ("plugin_namespace", "plugin_version")],
+    )
 
 
 # ----------------------------------------------------------------------------------------------

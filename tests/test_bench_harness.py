@@ -56,7 +56,7 @@ def test_kernel_and_model_bench_write_the_same_envelope(kernel_report, model_rep
         assert ROW_KEYS <= set(r), (r["target"], ROW_KEYS - set(r))
         assert r["status"] == "ok" and r["clock"] == timing.CLOCK_CPU and r["median_ms"] > 0
     sections = {r["section"] for r in kernel["rows"]}
-    assert sections == {"attention", "fused", "stitch", "configs", "e2e"}
+    assert sections == {"attention", "fused", "stitch", "configs", "msda", "e2e"}
 
 
 def test_kernel_rows_say_how_they_computed(kernel_report):

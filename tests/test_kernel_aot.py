@@ -58,6 +58,18 @@ import dinov3_deploy.engines.plugins as P
 P.driver_cuda_version = lambda: "12.4"
 k = P.compile_attention_ptx("float16", 64, arch=80)
 out["attn_sm80_driver124"] = dict(ptx=k.ptx, target=k.target)
+
+# the deformable-attention plugin's kernel (level sizes from a tensor) for Hopper and Ampere, and
+# the torch op's JIT variant (level sizes as ints)
+from dinov3_deploy.engines.plugins import MS_DEFORM_ATTN_INTS, compile_ms_deform_attn_ptx
+from dinov3_deploy.kernels.ms_deform_attn import _ms_deform_attn_kernel
+for dt, hd, arch in [("bfloat16", 128, 90), ("float16", 64, 90), ("float32", 32, 80)]:
+    k = compile_ms_deform_attn_ptx(dt, hd, 3, 4, arch=arch)
+    out[f"msda_{dt}_{hd}_{arch}"] = dict(name=k.name, shared=k.shared, block_x=k.block_x, ptx=k.ptx, target=k.target)
+sig = {"VALUE": "*bf16", "LOC": "*bf16", "WEIGHT": "*bf16", "OUT": "*bf16", **dict.fromkeys(MS_DEFORM_ATTN_INTS, "i32")}
+k = _compile(_ms_deform_attn_kernel, sig, dict(SHAPES=None, DH=128, N_LEVELS=3, N_POINTS=4, BLOCK_Q=32, BLOCK_D=128,
+             SHAPES_FROM_TENSOR=False), ["VALUE", "LOC", "WEIGHT", "OUT"], 90, num_warps=4)
+out["msda_jit"] = dict(name=k.name, ptx=k.ptx)
 print(json.dumps(out))
 """
 
@@ -105,7 +117,20 @@ def test_stitch_ptx_for_sm90_without_gpu(aot):
     assert _entry_params(k["ptx"], k["name"]) == 1 + 15 + 1 + 2
 
 
+def test_ms_deform_attn_ptx_for_the_plugin_targets_without_gpu(aot):
+    for key in ("msda_bfloat16_128_90", "msda_float16_64_90", "msda_float32_32_80"):
+        k = aot[key]
+        assert f".target {k['target']}" in k["ptx"]
+        assert k["shared"] <= 48 * 1024 and k["block_x"] == 128
+        assert ".local" not in k["ptx"]  # the fp32 accumulator stays in registers
+        # value, level shapes, locations, weights, 10 int32 scalars, out (+ Triton's two scratch pointers)
+        assert _entry_params(k["ptx"], k["name"]) == 4 + 10 + 1 + 2
+    assert ".target sm_80" in aot["msda_float32_32_80"]["ptx"]
+
+
 def test_jit_paths_compile_for_sm90(aot):
+    assert ".target sm_90" in aot["msda_jit"]["ptx"]
+    assert _entry_params(aot["msda_jit"]["ptx"], aot["msda_jit"]["name"]) == 3 + 10 + 1 + 2  # no shapes tensor
     assert ".target sm_90" in aot["qkv_rope"]["ptx"]
     assert ".target sm_90" in aot["stitch_probs"]["ptx"] and "ex2.approx" in aot["stitch_probs"]["ptx"]  # softmax
 
@@ -181,11 +206,12 @@ def test_plugin_functions_carry_real_annotations():
 
     from dinov3_deploy.engines import plugins as P
 
-    trt = types.SimpleNamespace(float16=1, bfloat16=2, int32=3)
+    trt = types.SimpleNamespace(float16=1, bfloat16=2, int32=3, float32=4)
     trtp = _FakeTrtp()
     P._register_attention(trt, trtp, 90)
     P._register_stitch(trt, trtp, 90)
-    for plugin, n_tensors in ((P.ATTENTION_PLUGIN, 3), (P.STITCH_PLUGIN, 1)):
+    P._register_ms_deform_attn(trt, trtp, 90)
+    for plugin, n_tensors in ((P.ATTENTION_PLUGIN, 3), (P.STITCH_PLUGIN, 1), (P.MS_DEFORM_ATTN_PLUGIN, 4)):
         desc = inspect.signature(trtp.fns[("register", plugin)])
         params = list(desc.parameters.values())
         assert all(issubclass(p.annotation, trtp.TensorDesc) for p in params[:n_tensors])
@@ -233,4 +259,51 @@ def test_register_plugins_names_the_trt_extra():
     else:  # pragma: no cover - full TensorRT present (GPU machines)
         from dinov3_deploy.engines.plugins import register_plugins
 
-        assert register_plugins() == ["dinov3_deploy::attention", "dinov3_deploy::stitch"]
+        assert register_plugins() == ["dinov3_deploy::attention", "dinov3_deploy::stitch",
+                                      "dinov3_deploy::ms_deform_attn"]
+
+
+def test_ms_deform_attn_plugin_launch_from_the_shapes(monkeypatch):
+    """The deformable-attention plugin's output shape [B, Q, M*Dh], its kernel choice (dtype, head
+    dim, levels, points read from the inputs) and its launch: query blocks on x, (batch, head) on y,
+    Q and M as the scalar arguments, the level sizes left to the [L, 2] input."""
+    import types
+
+    from dinov3_deploy.engines import plugins as P
+
+    class Dim(int):
+        is_constant = True
+
+        def constant_value(self):
+            return int(self)
+
+    class Desc:
+        def __init__(self, shape, dtype="f16"):
+            self.shape_expr, self.dtype = [Dim(d) for d in shape], dtype
+
+        def like(self):
+            return Desc(self.shape_expr, self.dtype)
+
+    trtp = _FakeTrtp()
+    trtp.ShapeExprs = lambda n: [None] * n
+    trtp.KernelLaunchParams = types.SimpleNamespace
+    trtp.SymInt32 = int
+    trtp.SymIntExprs = types.SimpleNamespace(from_tuple=tuple)
+    trtp.cdiv = lambda a, b: -(-a // b)
+    compiled = {}
+
+    def fake_compile(dtype, hd, n_levels, n_points, arch=None, config=None):
+        compiled.update(dtype=dtype, hd=hd, levels=n_levels, points=n_points, arch=arch)
+        return P.AotKernel("msda", "ptx", config["num_warps"], 0, f"sm_{arch}")
+
+    monkeypatch.setattr(P, "compile_ms_deform_attn_ptx", fake_compile)
+    P._register_ms_deform_attn(types.SimpleNamespace(float32="f32", float16="f16", bfloat16="bf16"), trtp, 90)
+    value, shapes = Desc([2, 16464, 16, 128]), Desc([3, 2], "i32")
+    loc, weights = Desc([2, 16464, 16, 3, 4, 2]), Desc([2, 16464, 16, 3, 4])
+    out = trtp.fns[("register", P.MS_DEFORM_ATTN_PLUGIN)](value, shapes, loc, weights)
+    assert list(out.shape_expr) == [2, 16464, 2048] and out.dtype == "f16"
+    name, ptx, launch, extra = trtp.fns[("aot_impl", P.MS_DEFORM_ATTN_PLUGIN)](value, shapes, loc, weights, (out,), 0)
+    assert compiled == dict(dtype="float16", hd=128, levels=3, points=4, arch=90)
+    block_q = P.ms_deform_attn_engine_config(128)["BLOCK_Q"]
+    assert (launch.grid_x, launch.grid_y, launch.block_x) == (-(-16464 // block_q), 2 * 16, 128)
+    assert extra == (16464, 16, 0, 0, 0, 0, 0, 0, 0, 0)

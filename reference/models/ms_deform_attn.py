@@ -8,8 +8,8 @@ release's semantics) and sums them with softmax weights. The release wraps its c
 autograd Function, keeps level sizes in tensors and asserts on their values; none of that exports
 (ONNX/TensorRT), so here level sizes are Python ints derived from H and W (symbolic sizes under
 torch.export: the graph computes them from the input's shape) and the core is one plain function:
-`ms_deform_attn_core`. The Triton kernel of a later issue is compared with it and plugs in
-through `MSDeformAttn.impl`.
+`ms_deform_attn_core`. The Triton kernel (kernels/ms_deform_attn.py, forward only) is compared
+with it and plugs in through `MSDeformAttn.impl` ("triton"; `M2FSegmentor.set_deform_impl`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-DEFORM_IMPLS = ("plain",)
+DEFORM_IMPLS = ("plain", "triton")  # "triton": dinov3_deploy.kernels.ms_deform_attn, imported lazily
 Shapes = Sequence[tuple[int, int]]  # (h, w) per level, in the order of the flattened value
 
 
@@ -101,9 +101,14 @@ class MSDeformAttn(nn.Module):
         norm = [torch.stack([offsets[:, :, :, lvl, :, 0] / w, offsets[:, :, :, lvl, :, 1] / h], dim=-1)
                 for lvl, (h, w) in enumerate(shapes)]
         locations = ref[None, :, None, None, None, :].to(offsets.dtype) + torch.stack(norm, dim=3)
-        if self.impl != "plain":
+        if self.impl == "triton":
+            from dinov3_deploy.kernels.ms_deform_attn import ms_deform_attn_flat
+
+            out = ms_deform_attn_flat(value, shapes, locations, weights)
+        elif self.impl == "plain":
+            out = ms_deform_attn_core(value, shapes, locations, weights)
+        else:
             raise ValueError(f"unknown deformable attention impl '{self.impl}', expected one of {DEFORM_IMPLS}")
-        out = ms_deform_attn_core(value, shapes, locations, weights)
         return self.output_proj(out)
 
 
