@@ -324,8 +324,9 @@ class DeployModule(nn.Module):
         if "seg" in self.tasks and self.seg_output != "logits":
             multi = self.task == MULTI_TASK
             size = x.shape[1:3] if self.uint8_input else x.shape[-2:]
-            up = F.interpolate(result[output_name("seg", "logits", multi)], size=size, mode="bilinear",
-                               align_corners=False)
+            scores = output_name("seg", "scores", multi)  # M2F: semantic scores at the input size already
+            up = result[scores] if scores in result else F.interpolate(
+                result[output_name("seg", "logits", multi)], size=size, mode="bilinear", align_corners=False)
             if self.seg_output == "probs":
                 result[output_name("seg", "probs", multi)] = up.softmax(dim=1)
             else:
