@@ -27,10 +27,17 @@ def m2f_stride(window: int, stride: int | None) -> int:
     return min(stride, window) if stride else max(1, round(window * M2F_STRIDE_RATIO))
 
 
-@torch.no_grad()
 def m2f_labels(predictor, image: np.ndarray, window: int, stride: int | None, batch_windows: int,
                tta: bool) -> np.ndarray:
     """[H, W] uint8 labels of uint8 `image` [H, W, 3] by the release's M2F protocol on the artifact."""
+    probs = m2f_probabilities(predictor, image, window, stride, batch_windows, tta)
+    return probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+@torch.no_grad()
+def m2f_probabilities(predictor, image: np.ndarray, window: int, stride: int | None, batch_windows: int,
+                      tta: bool) -> torch.Tensor:
+    """[1, C, H, W] class probabilities summed over the views (their mean's argmax is the label)."""
     from dinov3_deploy.reference.protocol.m2f import TTA_RATIOS, check_windows, tta_short_sides
     from dinov3_deploy.reference.protocol.sliding_window import slide_inference
     from dinov3_deploy.reference.training.m2f_eval import m2f_views
@@ -61,4 +68,4 @@ def m2f_labels(predictor, image: np.ndarray, window: int, stride: int | None, ba
             s = slide_inference(scores_of, x, n_classes, window, step, out_size=(H, W), batch_size=batch_windows)
             probs = F.softmax(s.flip(-1) if flipped else s, dim=1)
             total = probs if total is None else total + probs  # the mean's argmax: the sum's
-    return total.argmax(1)[0].to(torch.uint8).cpu().numpy()
+    return total
