@@ -57,13 +57,15 @@ class Fp32Island(nn.Module):
         self.inner = module
         self.dtype = dtype
 
-    def forward(self, *args):
-        def fp32(a):  # heads take lists of maps
+    def forward(self, *args, **kwargs):
+        def cast(a, dtype):  # heads take lists of maps; M2F parts take and return dicts of them
+            if isinstance(a, dict):
+                return {k: cast(v, dtype) for k, v in a.items()}
             if isinstance(a, list | tuple):
-                return type(a)(fp32(v) for v in a)
-            return a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                return type(a)(cast(v, dtype) for v in a)
+            return a.to(dtype) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
 
-        return self.inner(*[fp32(a) for a in args]).to(self.dtype)
+        return cast(self.inner(*[cast(a, torch.float32) for a in args], **kwargs), self.dtype)
 
 
 def _layer_norm_fp32(norm: nn.LayerNorm, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -323,8 +325,9 @@ class DeployModule(nn.Module):
         if "seg" in self.tasks and self.seg_output != "logits":
             multi = self.task == MULTI_TASK
             size = x.shape[1:3] if self.uint8_input else x.shape[-2:]
-            up = F.interpolate(result[output_name("seg", "logits", multi)], size=size, mode="bilinear",
-                               align_corners=False)
+            scores = output_name("seg", "scores", multi)  # M2F: semantic scores at the input size already
+            up = result[scores] if scores in result else F.interpolate(
+                result[output_name("seg", "logits", multi)], size=size, mode="bilinear", align_corners=False)
             if self.seg_output == "probs":
                 result[output_name("seg", "probs", multi)] = up.softmax(dim=1)
             else:

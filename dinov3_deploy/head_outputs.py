@@ -26,13 +26,23 @@ HEAD_OUTPUTS: dict[str | tuple[str, str], dict[str, str]] = {
     "seg": {"logits": "class scores at patch resolution [B, C, h, w] (upsample bilinearly, align_corners=False)"},
     "depth": {"depth": "depth in metres at patch resolution [B, 1, h, w]"},
     "cls": {"logits": "class scores [B, C]"},
+    # the Mask2Former segmentor (dinov3_deploy/export/m2f_model.py, reference/models/m2f_segmentor.py)
+    ("seg", "m2f"): {
+        "class_logits": "class logits per query [B, Q, C+1] (the last class is 'no object')",
+        "mask_logits": "mask logits per query at stride 4 [B, Q, H/4, W/4]",
+        "scores": "semantic scores at the input resolution [B, C, H, W]: softmax(class)[..., :-1] x "
+                  "sigmoid(mask logits upsampled bilinearly, align_corners=False)",
+    },
 }
 # outputs an export option adds after a head's own (--seg-output, --feature-layers)
 ADDED_OUTPUTS: dict[tuple[str, str], str] = {
-    ("seg", "probs"): "softmax of the bilinearly upsampled logits [B, C, H, W]",
-    ("seg", "labels"): "argmax class per pixel of the upsampled logits [B, H, W] int32",
+    ("seg", "probs"): "softmax over classes of the bilinearly upsampled logits (M2F: of the scores) [B, C, H, W]",
+    ("seg", "labels"): "argmax class per pixel of the upsampled logits (M2F: of the scores) [B, H, W] int32",
     ("features", "patch_block"): "normalised patch tokens of that block [B, h*w, D] (final norm applied)",
 }
+# where an output's spatial grid sits, in input pixels per cell (absent: no spatial grid or the patch size)
+OUTPUT_STRIDES: dict[tuple[str, str], int] = {("seg", "mask_logits"): 4, ("seg", "scores"): 1, ("seg", "probs"): 1,
+                                             ("seg", "labels"): 1}
 # backbone families without an output of the task's head (ConvNeXt has no storage tokens)
 ABSENT = {("features", "convnext"): ("storage",)}
 
@@ -71,3 +81,12 @@ def output_doc(name: str, task: str, head_type: str | None = None) -> str:
     if task not in HEAD_OUTPUTS:
         return ""
     return head_outputs(task, head_type).get(name) or ADDED_OUTPUTS.get((task, name), "")
+
+
+def output_stride(name: str, task: str, head_type: str | None = None) -> int | None:
+    """Input pixels per cell of an output's spatial grid (None: not recorded, e.g. patch-resolution logits)."""
+    if "." in name:
+        task, name = name.split(".", 1)
+    if task == "seg" and head_type == "m2f" and name in ("class_logits",):
+        return None
+    return OUTPUT_STRIDES.get((task, name))

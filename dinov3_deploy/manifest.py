@@ -131,6 +131,7 @@ class TensorInfo:
 @dataclass(kw_only=True)
 class OutputSpec(TensorInfo):
     doc: str
+    stride: int | None = None  # input pixels per cell of its spatial grid, where recorded (M2F: masks 4, scores 1)
 
 
 @dataclass(kw_only=True)

@@ -24,6 +24,7 @@ class ModelSource:
     layers: str = "last"
     seed: int = 0  # random init (backbone and/or head) is drawn from this seed
     init: str = "release-like"  # a random backbone's initialisation: "release-like" | "outliers" (stress test)
+    head_type: str | None = None  # "m2f": a Mask2Former head (Meta's file or our M2F directory), else a trainer head
 
     @property
     def random_backbone(self) -> bool:
@@ -46,6 +47,10 @@ class ModelSource:
         if self.task not in TASKS:
             raise DeployError(f"unknown task '{self.task}', expected one of {', '.join(TASKS)}")
         get_config(self.backbone)  # unknown names raise a DeployError listing the known ones
+        if self.head_type == "m2f":
+            from dinov3_deploy.export.m2f_model import build_m2f_model
+
+            return build_m2f_model(self.backbone, self.head, self.weights, self.seed, attn_impl)
         if self.head is not None:
             from dinov3_deploy.reference.head_checkpoint import load_task_model
 
@@ -78,6 +83,11 @@ class ModelSource:
         (a head checkpoint's: the seed it recorded). Equal identities build equal backbones."""
         if self.weights is not None:
             return ("weights", sha256_path(self.weights))
+        if self.head_type == "m2f":
+            from dinov3_deploy.reference.formats.m2f_checkpoint import read_m2f_head
+
+            config = read_m2f_head(self.head)[0] or {}
+            return ("random", int(config.get("backbone_seed") or self.seed), self.init)
         if self.head is not None:
             from dinov3_deploy.reference.head_checkpoint import read_head_config, recorded_init
 
@@ -96,8 +106,12 @@ class ModelSource:
 
     @classmethod
     def resolve(cls, task: str, backbone: str | None, weights=None, head=None, n_classes: int = 0,
-                layers: str = "last", seed: int = 0, init: str = "release-like") -> ModelSource:
-        """Fill the backbone name from the head checkpoint when not given; absolute paths."""
+                layers: str = "last", seed: int = 0, init: str = "release-like",
+                random_backbone_ok: bool = False) -> ModelSource:
+        """Fill the backbone name from the head checkpoint when not given; absolute paths.
+        `random_backbone_ok`: the user asked for a random backbone (Meta's M2F head file records none)."""
+        if head is not None and is_m2f_head(head):
+            return cls._resolve_m2f(task, backbone, weights, head, seed, init, random_backbone_ok)
         if head is not None:
             from dinov3_deploy.reference.head_checkpoint import read_head_spec
 
@@ -130,12 +144,36 @@ class ModelSource:
                               "(--weights, or the ones the --head was trained on); drop --random-init")
         return cls(task, backbone, weights, head, n_classes, layers, seed, init)
 
+    @classmethod
+    def _resolve_m2f(cls, task: str, backbone: str | None, weights, head, seed: int, init: str,
+                     random_backbone_ok: bool) -> ModelSource:
+        """A Mask2Former head: our directory records its backbone (seed or weights); Meta's file records
+        none, so it needs --weights unless a random backbone was asked for."""
+        from dinov3_deploy.reference.formats.m2f_checkpoint import head_backbone
+
+        if task != "seg":
+            raise DeployError(f"{head} is a Mask2Former segmentation head: it exports with --task seg, not {task}")
+        backbone, config = head_backbone(head, backbone)
+        if weights is None and config is None and not random_backbone_ok:
+            raise DeployError(f"{head} is Meta's M2F head file, which records no backbone: pass --weights BACKBONE "
+                              "(or --random-init release-like for a random backbone, a pipeline demo only)")
+        if weights is None and config is not None and (config.get("backbone_weights") or {}).get("path"):
+            weights = config["backbone_weights"]["path"]
+        if weights is not None:
+            if not Path(weights).exists():
+                raise CheckpointError(f"backbone weights not found: {weights}")
+            weights = str(Path(weights).resolve())
+        if config is not None and config.get("backbone_seed") is not None:
+            seed = int(config["backbone_seed"])
+        return cls("seg", backbone, weights, str(Path(head).resolve()), 0, "four_even", seed, init, head_type="m2f")
+
     # -- manifest ------------------------------------------------------------------------------
     def to_manifest(self) -> dict:
         head_files = None
         if self.head is not None:
             p = Path(self.head)
-            head_files = {f.name: sha256_file(f) for f in sorted(p.iterdir()) if f.is_file()}
+            files = sorted(p.iterdir()) if p.is_dir() else [p]
+            head_files = {f.name: sha256_file(f) for f in files if f.is_file()}
         return {
             "task": self.task,
             "backbone": self.backbone,
@@ -149,6 +187,7 @@ class ModelSource:
             "init": self.init,
             "random_backbone": self.random_backbone,
             "random_head": self.random_head,
+            **({"head_type": self.head_type} if self.head_type else {}),
         }
 
     @classmethod
@@ -164,14 +203,14 @@ class ModelSource:
             if d.get("weights_sha256") and sha256_path(weights) != d["weights_sha256"]:
                 raise ArtifactError(f"backbone weights {weights} differ from the ones this artifact was exported from")
         if head is not None:
-            if not Path(head).is_dir():
+            if not Path(head).exists():
                 raise ArtifactError(f"the head checkpoint {head} is gone; pass --head DIR to verify against it")
             for name, digest in (d.get("head_sha256") or {}).items():
-                f = Path(head) / name
+                f = Path(head) / name if Path(head).is_dir() else Path(head)
                 if not f.exists() or sha256_file(f) != digest:
                     raise ArtifactError(f"head checkpoint file {f} differs from the one the artifact was exported from")
         return cls(d["task"], d["backbone"], weights, head, int(d.get("n_classes", 0)), d.get("layers", "last"),
-                   int(d.get("seed", 0)), d.get("init", "release-like"))
+                   int(d.get("seed", 0)), d.get("init", "release-like"), head_type=d.get("head_type"))
 
 
 @dataclass(frozen=True)
@@ -209,17 +248,16 @@ class MultiSource:
 
     @classmethod
     def resolve(cls, tasks: list[str], backbone: str | None, weights=None, heads=(), n_classes: int = 0,
-                layers: str = "last", seed: int = 0, init: str = "release-like") -> MultiSource:
+                layers: str = "last", seed: int = 0, init: str = "release-like",
+                random_backbone_ok: bool = False) -> MultiSource:
         """From head checkpoints (their tasks) or, without heads, random heads for `tasks`. Refuses,
         before any model is built, heads of the same task twice and heads trained on different
         backbones (a head only means something on the features it was trained on)."""
         if heads:
             parts = []
             for h in heads:
-                from dinov3_deploy.reference.head_checkpoint import read_head_spec
-
-                parts.append(ModelSource.resolve(read_head_spec(h).task, backbone, weights, h, n_classes, layers, seed,
-                                                init))
+                parts.append(ModelSource.resolve(head_task(h), backbone, weights, h, n_classes, layers, seed, init,
+                                                 random_backbone_ok))
         else:
             parts = [ModelSource.resolve(t, backbone, weights, None, n_classes, layers, seed, init) for t in tasks]
         seen: dict[str, str] = {}
@@ -259,6 +297,22 @@ class MultiSource:
     @classmethod
     def from_manifest(cls, d: dict, weights: str | None = None) -> MultiSource:
         return cls(tuple(ModelSource.from_manifest(p, weights=weights) for p in d["heads"]))
+
+
+def is_m2f_head(path) -> bool:
+    """Meta's Mask2Former head file or our M2F head directory (not a trainer head)."""
+    from dinov3_deploy.reference.formats.m2f_checkpoint import is_m2f_head as _is_m2f
+
+    return _is_m2f(path)
+
+
+def head_task(path) -> str:
+    """The task a head checkpoint computes: seg for a Mask2Former head, else what its spec says."""
+    if is_m2f_head(path):
+        return "seg"
+    from dinov3_deploy.reference.head_checkpoint import read_head_spec
+
+    return read_head_spec(path).task
 
 
 def _check_one_backbone(parts: list[ModelSource]) -> None:

@@ -61,6 +61,9 @@ from dinov3_deploy.options import (
 @click.option("--trt-opt-level", type=click.IntRange(0, 5), default=3, show_default=True,
               help="Builder optimisation level: higher searches more tactics (slower builds, maybe faster engines).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="tensorrt timing cache file.")
+@click.option("--deform-attn", type=click.Choice(["onnx", "plugin"]), default="onnx", show_default=True,
+              help="Mask2Former deformable attention: standard ONNX ops (GridSample per level), or the TensorRT "
+                   "plugin (not landed yet: refused).")
 @click.option("--attention", type=click.Choice(["onnx", "plugin"]), default="onnx", show_default=True,
               help="ViT attention as standard ONNX ops, or as dinov3_deploy::attention TensorRT plugin nodes "
                    "(Triton kernels; full TensorRT, --precision fp16/bf16 only).")
@@ -72,7 +75,7 @@ from dinov3_deploy.options import (
 @out_option(None, "Artifact directory (default: artifacts/<model>-<task>-<precision>).")
 def command(task, model, weights, heads, n_classes, layers, precision, opset, calib, formats, batch, height, width,
             static, seg_output, uint8_input, feature_layers, trt_flavor, trt_targets, trt_workspace_gib, trt_opt_level,
-            timing_cache, attention, seed, random_init, no_verify, overwrite, out) -> None:
+            timing_cache, attention, deform_attn, seed, random_init, no_verify, overwrite, out) -> None:
     """Export a DINOv3 model to a verified deployment artifact."""
     from rich.markup import escape
 
@@ -86,9 +89,9 @@ def command(task, model, weights, heads, n_classes, layers, precision, opset, ca
 
         named = resolve_model(model, weights, default=None if heads else DEFAULT_MODEL) or "head"
         if task is None and heads:
-            from dinov3_deploy.reference.head_checkpoint import read_head_spec
+            from dinov3_deploy.model_source import head_task
 
-            tasks = "+".join(read_head_spec(h).task for h in heads)
+            tasks = "+".join(head_task(h) for h in heads)
         else:
             tasks = (task or "seg").replace(",", "+")
         out = f"artifacts/{named}-{tasks}-{precision}"
@@ -101,7 +104,8 @@ def command(task, model, weights, heads, n_classes, layers, precision, opset, ca
         trt_flavor=trt_flavor,
         trt_targets=trt_targets,
         trt_workspace_gib=trt_workspace_gib, trt_opt_level=trt_opt_level, timing_cache=timing_cache,
-        verify=not no_verify, overwrite=overwrite, attention=attention,
+        verify=not no_verify, overwrite=overwrite, attention=attention, deform_attn=deform_attn,
+        random_backbone_ok=click.get_current_context().get_parameter_source("random_init").name == "COMMANDLINE",
     )
     try:
         path, report = export_artifact(opts, RichProgress(console))

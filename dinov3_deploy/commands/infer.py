@@ -41,8 +41,10 @@ from dinov3_deploy.runtime.stitches import STITCHES
 @click.option("--cuda-graphs/--no-cuda-graphs", default=True, show_default=True,
               help="On a GPU, replay one CUDA graph per input shape (torch and tensorrt backends); off: launch "
                    "every call eagerly.")
+@click.option("--tta", is_flag=True, help="Mask2Former artifacts: the release's test-time augmentation (short side "
+              "x 0.9..1.1 and mirrors, probabilities averaged); without it one view.")
 def command(artifact, images, out, overwrite, backend, demo, window, stride, batch_windows, stitch, attn,
-            compile_mode, cuda_graphs) -> None:
+            compile_mode, cuda_graphs, tta) -> None:
     """Segmentation masks (official sliding-window protocol), depth maps, class scores or patch
     features for IMAGES (files, or folders read recursively), plus predictions.json in OUT.
 
@@ -68,7 +70,7 @@ def command(artifact, images, out, overwrite, backend, demo, window, stride, bat
 
     opts = InferOptions(artifact=artifact, out=out, images=tuple(images), overwrite=overwrite, backend=backend,
                         demo=demo, window=window, stride=stride, batch_windows=batch_windows, stitch=stitch,
-                        attn=attn, compile_mode=compile_mode, cuda_graphs=cuda_graphs)
+                        attn=attn, compile_mode=compile_mode, cuda_graphs=cuda_graphs, tta=tta)
     status = run_infer(opts, Console(stderr=True))
     if status:
         click.get_current_context().exit(status)

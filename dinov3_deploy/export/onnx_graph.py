@@ -36,7 +36,11 @@ __all__ = ["PRECISIONS", "SEG_OUTPUTS", "DeployModule", "output_names", "export_
 OPSET = DEFAULT_OPSET
 # Protobuf cannot hold more than 2 GiB: above this the weights go to `model.onnx.data`.
 EXTERNAL_DATA_BYTES = 1_800_000_000
-FORBIDDEN_OPS = ("If", "Tile", "Loop", "Scan")
+# data-dependent control flow or shapes, and ops TensorRT runs slowly or not at all in a dynamic graph
+FORBIDDEN_OPS = ("If", "Tile", "Loop", "Scan", "NonZero", "ScatterND")
+# from opset 20 GridSample's bilinear mode is spelt "linear", which onnx-tensorrt parses as nearest
+# (NVIDIA/TensorRT#4646): M2F's deformable-attention sampling would change silently in TensorRT
+GRIDSAMPLE_MAX_OPSET = 19
 FP32_ISLAND_OPS = ("LayerNormalization", "Softmax", "Sin", "Cos")  # fed fp32 in every graph
 
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
@@ -231,6 +235,9 @@ def check_graph(facts: GraphFacts, precision: str, shapes: ShapeSpec | None = No
     bad = {op: n for op, n in facts.op_counts.items() if op in FORBIDDEN_OPS}
     if bad:
         problems.append(f"forbidden ops in the graph: {bad}")
+    if facts.op_counts.get("GridSample") and facts.opset > GRIDSAMPLE_MAX_OPSET:
+        problems.append(f"GridSample at opset {facts.opset}: TensorRT parses opset 20's 'linear' mode as nearest; "
+                        f"export at opset <= {GRIDSAMPLE_MAX_OPSET}")
     for op, dtypes in facts.fp32_islands.items():
         low = {d: n for d, n in dtypes.items() if d != "float32"}
         if low:

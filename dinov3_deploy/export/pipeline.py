@@ -17,7 +17,7 @@ from dinov3_deploy.artifact import ENGINE_NAME, ONNX_NAME, PARITY_NAME, Artifact
 from dinov3_deploy.atomic import write_json
 from dinov3_deploy.engines.plugins import ATTENTION_PLUGIN
 from dinov3_deploy.errors import DeployError
-from dinov3_deploy.head_outputs import output_doc
+from dinov3_deploy.head_outputs import output_doc, output_stride
 from dinov3_deploy.manifest import (
     INPUT_NAMES,
     BackboneInfo,
@@ -63,6 +63,8 @@ class ExportOptions:
     layers: str = "last"
     seed: int = 0
     random_init: str = "release-like"  # a random backbone's init; "outliers" stress-tests low precision
+    random_backbone_ok: bool = False  # --random-init given: Meta's M2F head file (no backbone) may sit on a random one
+    deform_attn: str = "onnx"  # M2F deformable attention: "onnx" (standard ops, GridSample per level) | "plugin"
     precision: str = "fp32"
     opset: int | None = None  # None: the lowest that works (deploy_module.DEFAULT_OPSET), within TensorRT 10.0's
     calib: str | None = None  # folder of calibration images for fp16/bf16 (default: built-in synthetic ones)
@@ -150,16 +152,17 @@ def resolve_source(opts: ExportOptions, model_name: str | None) -> MultiSource:
     if len(set(tasks)) != len(tasks):
         raise DeployError(f"--task names a task twice: '{opts.task}'")
     if heads and tasks:
-        from dinov3_deploy.reference.head_checkpoint import read_head_spec
+        from dinov3_deploy.model_source import head_task
 
-        head_tasks = [read_head_spec(h).task for h in heads]
+        head_tasks = [head_task(h) for h in heads]
         if sorted(head_tasks) != sorted(tasks):
             raise DeployError(f"--task {opts.task} does not match the heads' tasks ({', '.join(head_tasks)}); "
                               "drop --task: the heads say what they compute")
     if opts.feature_layers and (len(heads) > 1 or len(tasks) > 1):
         raise DeployError("--feature-layers applies to a single --task features export, not a multi-head one")
     return MultiSource.resolve(tasks or ["seg"], model_name, opts.weights, heads, n_classes=opts.n_classes,
-                               layers=opts.layers, seed=opts.seed, init=opts.random_init)
+                               layers=opts.layers, seed=opts.seed, init=opts.random_init,
+                               random_backbone_ok=opts.random_backbone_ok)
 
 
 class ExportParityError(ParityError):
@@ -235,10 +238,18 @@ def plan_export(opts: ExportOptions) -> ExportPlan:
     model_name = resolve_model(opts.model, opts.weights, default=None if opts.head else DEFAULT_MODEL)
     source = resolve_source(opts, model_name)
     cfg = get_config(source.backbone)
-    shapes = shape_spec(opts, cfg.input_multiple)  # bad shapes fail before anything is built
+    m2f = any(p.head_type == "m2f" for p in source.parts)
+    if m2f:
+        from dinov3_deploy.export.m2f_model import check_m2f_options
+
+        check_m2f_options(opts, source)
+    # the M2F adapter's stride-32 level must tile the image: H and W multiples of 32
+    shapes = shape_spec(opts, 32 if m2f else cfg.input_multiple)  # bad shapes fail before anything is built
     # int8 / fp8: what cannot be quantized yet is refused here, in one line (fp8 exports at opset 19+)
     quant_opset = check_quant_options(opts.precision, plugin=opts.attention == "plugin", family=cfg.family,
                                       multi=source.multi, opset=opts.opset, uint8_input=opts.uint8_input)
+    if m2f and is_quantized(opts.precision):
+        raise DeployError(f"--precision {opts.precision}: Mask2Former heads are not quantized yet; use fp32 or fp16")
     plugin = check_attention_option(opts, cfg.family, formats)
     api = None
     if "trt" in formats:
@@ -393,7 +404,9 @@ def build_manifest(opts: ExportOptions, plan: ExportPlan, prepared: Prepared, re
         **head_fields(head_infos(source, model, names), source.multi),
         source=source.to_manifest(),
         input=input_spec(opts, plan, tuple(model.mean), tuple(model.std)),
-        outputs=[OutputSpec(name=o.name, dtype=o.dtype, shape=o.shape, doc=output_doc(o.name, source.task))
+        outputs=[OutputSpec(name=o.name, dtype=o.dtype, shape=o.shape,
+                            doc=output_doc(o.name, source.task, _head_type(model, source)),
+                            stride=output_stride(o.name, source.task, _head_type(model, source)))
                  for o in graph.outputs],
         outputs_config=OutputsConfig(seg_output=opts.seg_output, feature_layers=opts.feature_layers),
         onnx=OnnxInfo(file=ONNX_NAME, files=result.files, opset=result.opset,
@@ -407,6 +420,10 @@ def build_manifest(opts: ExportOptions, plan: ExportPlan, prepared: Prepared, re
     )
     manifest.notes += random_weight_notes(source)
     return manifest
+
+
+def _head_type(model, source: MultiSource) -> str | None:
+    return None if source.multi else model.specs[source.task].head_type if source.task != "features" else None
 
 
 def random_weight_notes(source: MultiSource) -> list[str]:

@@ -33,6 +33,7 @@ class InferOptions:
     attn: str | None = None
     compile_mode: str | None = None
     cuda_graphs: bool = True
+    tta: bool = False  # Mask2Former artifacts: the release's TTA (5 ratios x mirror)
 
 
 def run_infer(opts: InferOptions, console) -> int:
@@ -110,7 +111,8 @@ def _predict_all(opts: InferOptions, predictor, art, inputs: list, out_dir: Path
                 if isinstance(image, Exception):
                     raise image
                 pred = predict_image(predictor, item.name, image, crop=opts.window, stride=opts.stride,
-                                     batch_windows=opts.batch_windows, stitch=opts.stitch, device_image=device_image)
+                                     batch_windows=opts.batch_windows, stitch=opts.stitch, device_image=device_image,
+                                     tta=opts.tta)
                 summaries.append(save_prediction(pred, out_dir, art.manifest))
             except Exception as exc:  # noqa: BLE001 - one bad image must not cost the others their results
                 failures.append({"image": item.name, "reason": failure_reason(exc)})

@@ -133,12 +133,13 @@ def stitch_labels(logits: torch.Tensor, pixels: torch.Tensor, geometry, out_size
 
 def predict_image(predictor, name: str, image: np.ndarray, *, crop: int | None = None, stride: int | None = None,
                   batch_windows: int | None = None, stitch: str = "auto",
-                  device_image: torch.Tensor | None = None) -> Prediction:
+                  device_image: torch.Tensor | None = None, tta: bool = False) -> Prediction:
     """One image through the predictor: seg by the sliding window (cut, batched, run and stitched on the
     predictor's device), other tasks on the whole image resized to a valid input. Numpy out.
     A multi-head artifact does both: its seg output from the windows, every other task's from one
     whole-image pass (so each task's result equals its single-head artifact's).
-    `device_image`: the image already on the predictor's device (from `to_device_ahead`), else copied here."""
+    `device_image`: the image already on the predictor's device (from `to_device_ahead`), else copied here.
+    A Mask2Former artifact runs the release's M2F protocol (m2f_prediction.py); `tta`: its ratios and flips."""
     from dinov3_deploy.reference.protocol.sliding_window import window_geometry
 
     art = predictor.artifact
@@ -151,6 +152,13 @@ def predict_image(predictor, name: str, image: np.ndarray, *, crop: int | None =
     pixels = device_image.permute(2, 0, 1)[None].float()
     H, W = image.shape[:2]
     pred = Prediction(name, image, art.task, tasks=tasks)
+    from .m2f_prediction import is_m2f_artifact, m2f_labels
+
+    if is_m2f_artifact(manifest):
+        pred.labels = m2f_labels(predictor, image, size, stride, batch_windows_of(shapes, batch_windows), tta)
+        return pred
+    if tta:
+        raise DeployError("--tta applies to Mask2Former artifacts (the release's M2F protocol)")
     if "seg" in tasks:
         scaled = resize_short_side(pixels, size)
         g = window_geometry(scaled.shape[-2], scaled.shape[-1], size, stride or max(shapes.multiple, size * 2 // 3))

@@ -245,7 +245,8 @@ def compare_output(name: str, case: str, ref: np.ndarray, out: np.ndarray, task:
             res.failures.append(f"rel_fro {res.rel_fro:.2e} > {thresholds.max_rel_fro:.0e}")
         if not res.min_token_cos >= thresholds.min_token_cos:
             res.failures.append(f"min_token_cos {res.min_token_cos:.6f} < {thresholds.min_token_cos}")
-    if task == "seg" and (is_labels or ref.ndim == 4) and ref.size:
+    # a seg score map's labels are judged; not M2F's per-query mask logits (argmax over queries means nothing)
+    if task == "seg" and (is_labels or ref.ndim == 4) and ref.size and not name.endswith("mask_logits"):
         if is_labels:
             ref_scores, rel = scores if scores is not None else (None, 0.0)
             lp = judge_labels(ref_scores, rel, ref_labels=ref, out_labels=out)
@@ -278,7 +279,7 @@ def compare(ref: dict[str, np.ndarray], out: dict[str, np.ndarray], case: str, t
             continue
         # a multi-head graph names outputs "<task>.<output>": each is judged by its own task's rules
         out_task = name.split(".", 1)[0] if task == "multi" else task
-        sib = rows.get(_scores_of(name))
+        sib = rows.get(_scores_of(name)) or rows.get(_scores_of(name).replace("logits", "scores"))
         scores = (ref[sib.output], sib.rel_fro) if sib is not None and sib.rel_fro is not None else None
         rows[name] = compare_output(name, case, r, np.asarray(out[name]), out_task, th, scores)
     return [rows[name] for name in ref]

@@ -1,0 +1,113 @@
+"""The Mask2Former segmentor as a deployable head family: a TaskModel-shaped wrapper (backbone,
+tasks, specs, mean/std, forward -> named outputs) around the reference `M2FSegmentor`, so
+DeployModule, the ONNX export, verify and infer treat it as one more seg head (head_type "m2f").
+
+Its outputs (head_outputs.HEAD_OUTPUTS[("seg", "m2f")]): class logits, mask logits at stride 4, and
+the semantic scores at the input resolution, computed in the graph the release's way (mask logits
+upsampled before the sigmoid)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+HEAD_TYPE = "m2f"
+MASK_STRIDE = 4  # pred_masks are at the adapter's stride-4 level
+
+
+class M2FTaskModel(nn.Module):
+    """forward(x) -> {"class_logits": [B,Q,C+1], "mask_logits": [B,Q,H/4,W/4], "scores": [B,C,H,W]}."""
+
+    def __init__(self, segmentor: nn.Module, spec) -> None:
+        super().__init__()
+        self.segmentor = segmentor
+        self.spec = spec
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.segmentor.backbone
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return ("seg",)
+
+    @property
+    def specs(self) -> dict:
+        return {"seg": self.spec}
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.spec.mean)
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.spec.std)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        from dinov3_deploy.reference.models.m2f_segmentor import semantic_scores
+
+        out = self.segmentor(x)
+        scores = semantic_scores(out["pred_logits"], out["pred_masks"], (x.shape[-2], x.shape[-1]))
+        return {"class_logits": out["pred_logits"], "mask_logits": out["pred_masks"], "scores": scores}
+
+    def predict(self, x: torch.Tensor, rescale_to=None) -> torch.Tensor:
+        return self.forward(x)["scores"]
+
+
+def is_m2f_model(model: nn.Module) -> bool:
+    return isinstance(model, M2FTaskModel)
+
+
+def build_m2f_model(backbone: str, head: str, weights: str | None, seed: int, attn_impl: str = "math"):
+    """The fp32 M2FTaskModel of an M2F head (Meta's file or our directory) on `backbone`."""
+    from dinov3_deploy.reference import create_segmentor
+    from dinov3_deploy.reference.configs import normalization_for_weights
+    from dinov3_deploy.reference.formats.m2f_checkpoint import read_m2f_head
+    from dinov3_deploy.reference.models.task_model import HeadSpec
+    from dinov3_deploy.reference.protocol.synthetic import MAX_CLASSES, class_names, palette
+
+    segmentor = create_segmentor(backbone, weights, head_weights=head, seed=seed, attn_impl=attn_impl)
+    config, _ = read_m2f_head(head)
+    if config is not None and config.get("mean"):
+        mean, std = tuple(config["mean"]), tuple(config["std"])
+    else:
+        mean, std = normalization_for_weights(weights)
+    n = segmentor.num_classes
+    extra = {"class_names": class_names(n), "palette": palette(n)} if 2 <= n <= MAX_CLASSES else {}
+    spec = HeadSpec(task="seg", backbone=backbone, n_classes=n, layers="four_even", head_type=HEAD_TYPE,
+                    mean=tuple(mean), std=tuple(std), **extra)
+    return M2FTaskModel(segmentor, spec).eval()
+
+
+# "onnx": the reference's standard-op form, one GridSample per level (bilinear, zero padding). Chosen
+# because it is the reference's own op (exact parity) and TensorRT-RTX 1.7 builds it: measured here, the
+# vit_tiny_test hidden-32 graph (24 GridSample) builds in 39 s on the CPU. A gather-based bilinear form was
+# not measured yet. "plugin": the Triton deformable-attention kernel as a TensorRT plugin (m2f-kernel).
+DEFORM_ATTN = ("onnx", "plugin")
+# opset 20 renamed GridSample's "bilinear" to "linear", which onnx-tensorrt parses as nearest
+# (NVIDIA/TensorRT#4646): the deformable attention's sampling would silently change in TensorRT
+MAX_GRIDSAMPLE_OPSET = 19
+
+
+def check_m2f_options(opts, source) -> None:
+    """Export options a Mask2Former artifact cannot take, refused in one line before any work."""
+    from dinov3_deploy.errors import DeployError
+
+    if opts.deform_attn not in DEFORM_ATTN:
+        raise DeployError(f"--deform-attn must be one of {', '.join(DEFORM_ATTN)}, got '{opts.deform_attn}'")
+    if opts.deform_attn == "plugin":
+        raise DeployError("--deform-attn plugin: the deformable-attention TensorRT plugin has not landed yet; "
+                          "use --deform-attn onnx (standard ops)")
+    if source.multi:
+        raise DeployError("a Mask2Former head exports alone for now: the multi-head model (MultiTaskModel) feeds "
+                          "heads backbone tokens, the M2F adapter also reads the image")
+    if opts.opset is not None and opts.opset > MAX_GRIDSAMPLE_OPSET:
+        raise DeployError(f"--opset {opts.opset}: a Mask2Former graph needs opset <= {MAX_GRIDSAMPLE_OPSET} (from "
+                          "opset 20 GridSample's 'linear' mode is parsed as nearest by TensorRT's ONNX parser)")
+    if opts.precision == "bf16":
+        # TensorRT's GridSample has no bf16: a bf16 graph must keep the deformable sampling fp32 (or use the
+        # plugin), and that island is not written yet
+        raise DeployError("--precision bf16 is not available for Mask2Former yet (TensorRT's GridSample has no "
+                          "bf16 and the fp32 sampling island is not written): use fp32 or fp16")
+    if opts.uint8_input or opts.feature_layers:
+        raise DeployError("--uint8-input and --feature-layers do not apply to a Mask2Former export yet")
