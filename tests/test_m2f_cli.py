@@ -14,14 +14,7 @@ from dinov3_deploy.cli import cli
 from dinov3_deploy.reference import create_segmentor
 from dinov3_deploy.reference.formats.m2f_checkpoint import save_m2f_head
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two intra-op threads on a shared 2-core machine spin more than they compute on these small tensors.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def invoke(*args):

@@ -16,14 +16,7 @@ from dinov3_deploy.reference.models.m2f_pixel_decoder import sine_position_encod
 from dinov3_deploy.reference.models.m2f_segmentor import four_even_layers
 from dinov3_deploy.reference.models.m2f_transformer_decoder import MASK_BIAS, Attention, attention_bias
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two intra-op threads on a shared 2-core machine spin more than they compute on these small tensors.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bn(prefix: str, c: int) -> dict:

@@ -98,16 +98,21 @@ def test_fp8_on_onnxruntime_matches_the_reference_evaluator(tiny):
     np.testing.assert_allclose(ort_out, ref_out, rtol=1e-4, atol=1e-4)  # ...and the same in both
 
 
+def plant_outlier(block) -> None:
+    """Input channel 0 of the block's fc1 made 300x larger, its weight column 300x smaller: the same
+    function, and the massive-channel shape of trained DINOv3 activations."""
+    with torch.no_grad():
+        block.norm2.weight[0] *= 300
+        block.norm2.bias[0] *= 300
+        block.mlp.fc1.weight[:, 0] /= 300
+
+
 def test_sensitivity_ranks_a_planted_outlier_first(tiny, tmp_path):
     """One input channel of block 1's fc1 made 300x larger (its weight column 300x smaller: the same
     function): one per-tensor int8 scale then wipes out that linear's other channels."""
     folded, _, x = tiny
     model = copy.deepcopy(folded)
-    block = model.backbone.blocks[1]
-    with torch.no_grad():
-        block.norm2.weight[0] *= 300
-        block.norm2.bias[0] *= 300
-        block.mlp.fc1.weight[:, 0] /= 300
+    plant_outlier(model.backbone.blocks[1])
     graph = _export(model, tmp_path / "planted.onnx")
     sens = rank(QuantModel(graph, _feeds(graph, x), "int8", "seg"))
     assert next(iter(sens)) == "backbone.blocks.1.mlp.fc1"
@@ -117,10 +122,8 @@ def test_smoothing_keeps_the_function_and_shrinks_the_outlier(tiny):
     folded, _, x = tiny
     model = copy.deepcopy(folded)
     block = model.backbone.blocks[1]
+    plant_outlier(block)
     with torch.no_grad():
-        block.norm2.weight[0] *= 300
-        block.norm2.bias[0] *= 300
-        block.mlp.fc1.weight[:, 0] /= 300
         before = model(x)[0] if isinstance(model(x), tuple) else model(x)
     from dinov3_deploy.export.smooth import input_channel_absmax
 

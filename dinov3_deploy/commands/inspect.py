@@ -72,20 +72,7 @@ def command(artifact, as_json, show_log) -> None:
         for f in m.folds:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1
         t.add_row("folded", ", ".join(f"{n} {k}" for k, n in kinds.items()) + " (exact; into the layers before them)")
-    q = m.quantization
-    if q is not None:
-        scores = ", ".join(f"{k} rel {v['rel_fro']:.3g}" for k, v in q.method_scores.items())
-        t.add_row("quantization", f"{q.precision}, calibration {q.calibration_method} ({scores}) on "
-                  f"{q.calibration_images} images {'x'.join(map(str, q.calibration_shape))}, sha256 "
-                  f"{q.calibration_hash[:16]}; {100 * q.quantized_flop_share:.1f} % of matmul FLOPs quantized "
-                  f"({q.quantized_layers} layers), SmoothQuant on {q.smoothed} inputs")
-        t.add_row("kept in fp32", "; ".join(f"{k.layer} (sensitivity {k.sensitivity:.3g})" for k in q.kept_layers)
-                  or "none")
-    elif m.precision != "fp32":
-        t.add_row("fp32 islands", "; ".join(
-            f"{i.module} ({i.reason}" + (f", max |{'q.k' if i.reason == 'scores' else 'out'}| {i.absmax:g})"
-                                         if i.absmax is not None else ")")
-            for i in m.fp32_islands) or f"none (every op's calibrated range fits {m.precision})")
+    _precision_rows(t, m)
     if m.triton:
         t.add_row("triton", ", ".join(f"{x.name} ({x.backend})" for x in m.triton.models))
     t.add_row("toolchain", ", ".join(f"{k} {v}" for k, v in m.toolchain.items()))
@@ -103,6 +90,26 @@ def command(artifact, as_json, show_log) -> None:
     console.print(t)
     if show_log and trt:
         console.print(escape("\n".join(trt.build_log)))
+
+
+
+def _precision_rows(t, m) -> None:
+    """What a low-precision artifact keeps in higher precision: the quantization record (int8 / fp8)
+    or the fp32 islands (fp16 / bf16)."""
+    q = m.quantization
+    if q is not None:
+        scores = ", ".join(f"{k} rel {v['rel_fro']:.3g}" for k, v in q.method_scores.items())
+        t.add_row("quantization", f"{q.precision}, calibration {q.calibration_method} ({scores}) on "
+                  f"{q.calibration_images} images {'x'.join(map(str, q.calibration_shape))}, sha256 "
+                  f"{q.calibration_hash[:16]}; {100 * q.quantized_flop_share:.1f} % of matmul FLOPs quantized "
+                  f"({q.quantized_layers} layers), SmoothQuant on {q.smoothed} inputs")
+        t.add_row("kept in fp32", "; ".join(f"{k.layer} (sensitivity {k.sensitivity:.3g})" for k in q.kept_layers)
+                  or "none")
+    elif m.precision != "fp32":
+        t.add_row("fp32 islands", "; ".join(
+            f"{i.module} ({i.reason}" + (f", max |{'q.k' if i.reason == 'scores' else 'out'}| {i.absmax:g})"
+                                         if i.absmax is not None else ")")
+            for i in m.fp32_islands) or f"none (every op's calibrated range fits {m.precision})")
 
 
 def _worst(rows: list[dict]) -> str:

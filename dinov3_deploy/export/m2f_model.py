@@ -11,11 +11,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dinov3_deploy.reference.models.task_model import OneHead
+
 HEAD_TYPE = "m2f"
 MASK_STRIDE = 4  # pred_masks are at the adapter's stride-4 level
 
 
-class M2FTaskModel(nn.Module):
+class M2FTaskModel(OneHead, nn.Module):
     """forward(x) -> {"class_logits": [B,Q,C+1], "mask_logits": [B,Q,H/4,W/4], "scores": [B,C,H,W]}."""
 
     def __init__(self, segmentor: nn.Module, spec) -> None:
@@ -26,22 +28,6 @@ class M2FTaskModel(nn.Module):
     @property
     def backbone(self) -> nn.Module:
         return self.segmentor.backbone
-
-    @property
-    def tasks(self) -> tuple[str, ...]:
-        return ("seg",)
-
-    @property
-    def specs(self) -> dict:
-        return {"seg": self.spec}
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return tuple(self.spec.mean)
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return tuple(self.spec.std)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         from dinov3_deploy.reference.models.m2f_segmentor import semantic_scores

@@ -46,25 +46,12 @@ class HeadSpec:
         return cls(**known)
 
 
-class TaskModel(nn.Module):
-    """forward(x) -> dict of the task's low-resolution outputs (what export traces):
-      features: cls [B,D], storage [B,S,D], patch [B,HW,D]
-      seg:      logits [B,C,h,w] at patch resolution
-      depth:    depth [B,1,h,w] in metres (linear bins head: patch resolution; DPT: 4x the patch grid)
-      cls:      logits [B,C]
-    """
+class OneHead:
+    """The one-head case of MultiTaskModel's interface (tasks, specs, mean, std), read off `self.spec`,
+    so a caller reads a single head (of any family) and a multi-head model the same way."""
 
-    def __init__(self, backbone: nn.Module, spec: HeadSpec, head: nn.Module | None = None) -> None:
-        super().__init__()
-        if spec.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got '{spec.task}'")
-        self.backbone = backbone
-        self.spec = spec
-        self.layer_ids = select_layers(spec.layers, backbone.n_blocks)
-        self.head = head if head is not None else build_head(spec, backbone, self.layer_ids)
+    spec: HeadSpec
 
-    # The one-head case of MultiTaskModel's interface (tasks, specs, mean, std), so a caller reads
-    # either model the same way.
     @property
     def tasks(self) -> tuple[str, ...]:
         return (self.spec.task,)
@@ -80,6 +67,24 @@ class TaskModel(nn.Module):
     @property
     def std(self) -> tuple[float, ...]:
         return tuple(self.spec.std)
+
+
+class TaskModel(OneHead, nn.Module):
+    """forward(x) -> dict of the task's low-resolution outputs (what export traces):
+      features: cls [B,D], storage [B,S,D], patch [B,HW,D]
+      seg:      logits [B,C,h,w] at patch resolution
+      depth:    depth [B,1,h,w] in metres (linear bins head: patch resolution; DPT: 4x the patch grid)
+      cls:      logits [B,C]
+    """
+
+    def __init__(self, backbone: nn.Module, spec: HeadSpec, head: nn.Module | None = None) -> None:
+        super().__init__()
+        if spec.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got '{spec.task}'")
+        self.backbone = backbone
+        self.spec = spec
+        self.layer_ids = select_layers(spec.layers, backbone.n_blocks)
+        self.head = head if head is not None else build_head(spec, backbone, self.layer_ids)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         task = self.spec.task
