@@ -30,8 +30,6 @@ from .configs import ConvNeXtConfig, ViTConfig, get_config
 from .formats.checkpoints import detect_source, load_into, read_state_dict, to_official
 from .models.convnext import ConvNeXt
 from .models.m2f_segmentor import FFN_DIM, M2FSegmentor, release_like_head_
-
-FFN_KEY = "segmentation_model.1.predictor.transformer_ffn_layers.0.linear1.weight"  # [ffn, hidden]
 from .models.random_init import APPLY_INIT, INITS, release_like_
 from .models.task_model import HeadSpec, TaskModel
 from .models.vit import DinoVisionTransformer
@@ -140,6 +138,9 @@ def build_task_model(
         if model.head is not None:
             release_like_(model.head)
     return model.eval()
+
+
+FFN_KEY = "segmentation_model.1.predictor.transformer_ffn_layers.0.linear1.weight"  # [ffn, hidden]
 
 
 def create_segmentor(

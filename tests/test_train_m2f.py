@@ -14,8 +14,8 @@ from dinov3_deploy.cli import cli
 from dinov3_deploy.reference.training.trainer import poly_factor, train
 
 # tiny and quick: 64 x 64 crops, hidden width 32 (FFN 64), 256 loss points per mask
-_M2F = dict(head_type="m2f", hidden_dim=32, lr=1e-3, iters=4, train_size=8, batch_size=4, crop=64, base_size=64, val_size=2,
-            warmup=None)
+_M2F = dict(head_type="m2f", hidden_dim=32, lr=1e-3, iters=4, train_size=8, batch_size=4, crop=64, base_size=64,
+            val_size=2, warmup=None)
 
 
 def _m2f(out, **kw):

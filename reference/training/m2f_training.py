@@ -83,8 +83,8 @@ class M2FTrainModel(nn.Module):
 
 def build_m2f_model(cfg, class_names: list[str], palette: list[list[int]]) -> M2FTrainModel:
     """The segmentor on cfg's backbone (weights, or the random backbone of cfg.seed and cfg.init),
-    hidden width cfg.hidden_dim (FFN width ffn_dim(hidden)), the release's four evenly spaced layers, its head initialised from
-    cfg.seed + 1 with the modules' own (Deformable DETR / Mask2Former) initialisation."""
+    hidden width cfg.hidden_dim (FFN width ffn_dim(hidden)), the release's four evenly spaced layers,
+    its head initialised from cfg.seed + 1 with the modules' own (Deformable DETR / Mask2Former) init."""
     from ..configs import normalization_for_weights
     from ..factory import create_backbone, random_backbone
     from ..models.m2f_segmentor import M2FSegmentor
