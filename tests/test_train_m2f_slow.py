@@ -8,7 +8,7 @@ import sys
 import pytest
 from test_train_m2f import _m2f
 
-from dinov3_deploy.reference.training.trainer import TrainConfig, train
+from dinov3_deploy.reference.training.trainer import train
 
 
 @pytest.mark.slow
