@@ -8,7 +8,7 @@ import sys
 import pytest
 from test_train_m2f import _m2f
 
-from dinov3_deploy.reference.training.trainer import train
+from dinov3_deploy.reference.training.trainer import TrainConfig, train
 
 
 @pytest.mark.slow
@@ -40,3 +40,18 @@ def test_two_process_m2f_matches_one_process_closely(tmp_path):
     config = json.loads((tmp_path / "ddp" / "head" / "config.json").read_text())
     assert config["format"] == "dinov3-deploy-m2f-head" and config["extra"]["train"]["batch_size"] == 4
     assert "mIoU" in proc.stdout and single["step"] == 2
+
+
+@pytest.mark.slow
+def test_m2f_demo_beats_the_untrained_head_by_a_wide_margin(tmp_path):
+    """The README's CPU demo (`train --task seg --head-type m2f --lr 1e-3`: the linear demo's data,
+    backbone, steps, batch and crop). Measured on the 2-core VM: untrained 6.65 mIoU; trained
+    MIOU_MEASURED (the linear head on the same data: 68.04)."""
+    untrained = train(TrainConfig(out=str(tmp_path / "untrained"), head_type="m2f", lr=1e-3, iters=0, progress=False,
+                                  n_figure=0))
+    result = train(TrainConfig(out=str(tmp_path / "demo"), head_type="m2f", lr=1e-3, progress=False))
+    assert untrained["mIoU"] < 15
+    assert result["mIoU"] > 65, result
+    assert result["mIoU"] > 5 * untrained["mIoU"]
+    assert sum(iou > 30 for iou in result["IoU"]) >= 5  # every class but at most one is found
+    assert (tmp_path / "demo" / "predictions.png").stat().st_size > 10_000

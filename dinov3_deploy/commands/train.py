@@ -93,7 +93,8 @@ def command(**kw) -> None:
     """Train a task head on a frozen DINOv3 backbone and write a head checkpoint.
 
     The defaults train a linear segmentation head on the tiny test ViT with the built-in synthetic
-    data in well under a minute on 2 CPU cores. Multi-process (gloo on CPU, NCCL on GPU), same
+    data in well under a minute on 2 CPU cores. `--head-type m2f` trains the Mask2Former segmentor's
+    adapter and decoders instead (Mask2Former's ADE20K recipe; docs/training.md). Multi-process (gloo on CPU, NCCL on GPU), same
     result as one process with the same global --batch-size:
 
         torchrun --standalone --nproc-per-node 2 --no-python dinov3-deploy train ...
