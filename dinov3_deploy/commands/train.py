@@ -94,8 +94,9 @@ def command(**kw) -> None:
 
     The defaults train a linear segmentation head on the tiny test ViT with the built-in synthetic
     data in well under a minute on 2 CPU cores. `--head-type m2f` trains the Mask2Former segmentor's
-    adapter and decoders instead (Mask2Former's ADE20K recipe; docs/training.md). Multi-process (gloo on CPU, NCCL on GPU), same
-    result as one process with the same global --batch-size:
+    adapter and decoders instead (Mask2Former's ADE20K recipe; docs/training.md). Multi-process
+    (gloo on CPU, NCCL on GPU), same result as one process with the same global --batch-size (M2F:
+    close, not exact):
 
         torchrun --standalone --nproc-per-node 2 --no-python dinov3-deploy train ...
     """
