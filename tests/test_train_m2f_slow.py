@@ -43,15 +43,16 @@ def test_two_process_m2f_matches_one_process_closely(tmp_path):
 
 
 @pytest.mark.slow
-def test_m2f_demo_beats_the_untrained_head_by_a_wide_margin(tmp_path):
-    """The README's CPU demo (`train --task seg --head-type m2f --lr 1e-3`: the linear demo's data,
-    backbone, steps, batch and crop). Measured on the 2-core VM: untrained 6.65 mIoU; trained
-    MIOU_MEASURED (the linear head on the same data: 68.04)."""
+def test_m2f_demo_beats_the_linear_and_the_untrained_head(tmp_path):
+    """The CPU demo (`train --task seg --head-type m2f --lr 1e-3`: the linear demo's data, random tiny
+    ViT, 200 steps of 8, crop 128). Measured on the 2-core VM: untrained 6.65 mIoU, trained 94.83
+    (every class above 92 IoU); the linear head on the same backbone and data: 68.04."""
     untrained = train(TrainConfig(out=str(tmp_path / "untrained"), head_type="m2f", lr=1e-3, iters=0, progress=False,
                                   n_figure=0))
     result = train(TrainConfig(out=str(tmp_path / "demo"), head_type="m2f", lr=1e-3, progress=False))
+    linear = train(TrainConfig(out=str(tmp_path / "linear"), progress=False, n_figure=0))
     assert untrained["mIoU"] < 15
-    assert result["mIoU"] > 65, result
-    assert result["mIoU"] > 5 * untrained["mIoU"]
-    assert sum(iou > 30 for iou in result["IoU"]) >= 5  # every class but at most one is found
+    assert result["mIoU"] > 85, result
+    assert result["mIoU"] > linear["mIoU"] + 10, (result["mIoU"], linear["mIoU"])
+    assert min(result["IoU"]) > 75  # every class is found, not a few dominant ones
     assert (tmp_path / "demo" / "predictions.png").stat().st_size > 10_000
