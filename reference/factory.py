@@ -29,7 +29,7 @@ from dinov3_deploy.errors import CheckpointError
 from .configs import ConvNeXtConfig, ViTConfig, get_config
 from .formats.checkpoints import detect_source, load_into, read_state_dict, to_official
 from .models.convnext import ConvNeXt
-from .models.m2f_segmentor import M2FSegmentor, release_like_head_
+from .models.m2f_segmentor import FFN_DIM, M2FSegmentor, release_like_head_
 from .models.random_init import APPLY_INIT, INITS, release_like_
 from .models.task_model import HeadSpec, TaskModel
 from .models.vit import DinoVisionTransformer
@@ -140,6 +140,9 @@ def build_task_model(
     return model.eval()
 
 
+FFN_KEY = "segmentation_model.1.predictor.transformer_ffn_layers.0.linear1.weight"  # [ffn, hidden]
+
+
 def create_segmentor(
     backbone: str,
     weights: str | os.PathLike | dict | None = None,
@@ -177,6 +180,7 @@ def create_segmentor(
         raise DeployError(f"the Mask2Former segmentor needs a ViT backbone; '{backbone}' is a ConvNeXt (Meta's "
                           "adapter reads ViT patch tokens only). Pick one of the vit*16 models")
     backbone_sd, head_sd, what = _segmentor_weights(weights)
+    init = None  # the policy's random backbone, unless a head records another (train --random-init)
     if head_weights is not None:
         if head_sd is not None:
             raise CheckpointError(f"{what} is a whole segmentor (it holds the head): give it alone, without a head")
@@ -194,8 +198,11 @@ def create_segmentor(
                 layers = config.get("layers") if layers is None else layers
                 if weights is None:  # the backbone the head records: its random seed or its weights file
                     seed, backbone_sd = _recorded_backbone(config, head_weights, seed)
+                    init = config.get("backbone_init")
+    ffn_dim = FFN_DIM
     if head_sd is not None:
         width, hidden_dim, num_classes = head_dims(head_sd, what)
+        ffn_dim = int(head_sd.get(FFN_KEY, torch.empty(FFN_DIM)).shape[0])  # trained small heads have their own
         if width != cfg.embed_dim:
             raise CheckpointError(f"{what} is an adapter of width {width}; '{backbone}' has width {cfg.embed_dim}")
     meta = device is not None and torch.device(device).type == "meta"
@@ -204,13 +211,13 @@ def create_segmentor(
     elif backbone_sd is not None:
         bb = create_backbone(cfg, backbone_sd, attn_impl=attn_impl)
     else:
-        bb = random_backbone(cfg, seed, attn_impl=attn_impl)
+        bb = random_backbone(cfg, seed, attn_impl=attn_impl, init=init)
     # A head about to be loaded is built on the meta device (no 0.9 G random numbers for the 7B head)
     # and its tensors assigned from the checkpoint.
     on_meta = meta or head_sd is not None
     with torch.random.fork_rng(devices=[]), (torch.device("meta") if on_meta else contextlib.nullcontext()):
         torch.manual_seed(seed + 1)
-        model = M2FSegmentor(bb, layers, hidden_dim=hidden_dim, num_classes=num_classes)
+        model = M2FSegmentor(bb, layers, hidden_dim=hidden_dim, num_classes=num_classes, ffn_dim=ffn_dim)
         if not on_meta:
             release_like_head_(model)
     if head_sd is not None and not meta:

@@ -1,5 +1,5 @@
 """`dinov3-deploy train`: the reference linear-protocol trainer (frozen backbone, trained head) for
-segmentation, depth and classification heads."""
+segmentation, depth and classification heads, and the Mask2Former segmentation head."""
 
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ from dinov3_deploy.options import (
 # checking imports no torch)
 @click.command("train")
 @click.option("--task", type=click.Choice(["seg", "depth", "cls"]), default="seg", show_default=True,
-              help="Head to train: seg (linear), depth (bins or DPT, metres), cls (linear on class + mean patch "
-                   "token).")
-@click.option("--head-type", type=click.Choice(["linear", "dpt"]), default="linear", show_default=True,
-              help="depth only: linear (AdaBins-style bins on a 1x1 conv) or dpt (DPT on four layers).")
+              help="Head to train: seg (linear or Mask2Former), depth (bins or DPT, metres), cls (linear on class + "
+                   "mean patch token).")
+@click.option("--head-type", type=click.Choice(["linear", "dpt", "m2f"]), default="linear", show_default=True,
+              help="depth: linear (AdaBins-style bins on a 1x1 conv) or dpt (DPT on four layers); seg: linear or m2f "
+                   "(ViT-Adapter + Mask2Former on the release's four evenly spaced layers, ViT backbones, crop and "
+                   "base size multiples of 32).")
 @click.option("--model", "backbone", default=None,
               help="Backbone name (see `dinov3-deploy models --all`). Default: the one --weights holds, else "
                    "vit_tiny_test.")
@@ -49,11 +51,15 @@ from dinov3_deploy.options import (
 @click.option("--base-size", type=int, default=128, show_default=True, callback=positive,
               help="Short side before the 0.5-2.0 random scaling; evaluation resizes to it.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Peak learning rate (AdamW). Default: 1e-3 for seg, 1e-2 for depth and cls.")
-@click.option("--weight-decay", type=click.FloatRange(min=0), default=1e-3, show_default=True,
-              help="AdamW weight decay.")
-@click.option("--warmup", type=int, default=30, show_default=True, help="Linear warmup steps before the cosine.")
-@click.option("--grad-clip", type=float, default=0.0, show_default=True, help="Max gradient norm (0 = off).")
+              help="Peak learning rate (AdamW). Default: 1e-3 for seg, 1e-2 for depth and cls; m2f: 1e-4, "
+                   "Mask2Former's ADE20K recipe (the CPU demo passes 1e-3: docs/training.md).")
+@click.option("--weight-decay", type=click.FloatRange(min=0), default=None,
+              help="AdamW weight decay. Default: 1e-3; m2f: 0.05 (the recipe's).")
+@click.option("--warmup", type=click.IntRange(min=0), default=None,
+              help="Linear warmup steps before the decay (cosine; m2f: poly, power 0.9, the recipe's). Default: 30; "
+                   "m2f: 0 (the recipe's).")
+@click.option("--grad-clip", type=click.FloatRange(min=0), default=None,
+              help="Max gradient norm (0 = off). Default: 0; m2f: 0.01 over all trained parameters (the recipe's).")
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast for backbone and head.")
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Seed of the data order, the head's init and (without --weights) the random backbone.")
@@ -70,6 +76,12 @@ from dinov3_deploy.options import (
               help="depth: number of depth bins.")
 @click.option("--dpt-features", type=click.IntRange(min=8), default=256, show_default=True,
               help="depth, DPT: width of the fusion layers.")
+@click.option("--hidden-dim", type=click.IntRange(min=32), default=64, show_default=True,
+              help="m2f: width of the pixel decoder and transformer decoder (FFN twice it). The recipe's is 2048 "
+                   "(FFN 4096); the default is scaled for CPU demos on the tiny / vits16 backbones. A multiple of 32.")
+@click.option("--points", type=click.IntRange(min=1), default=None,
+              help="m2f: points per mask in the loss. Default: the recipe's 12544, or (crop/4)^2 when fewer "
+                   "(1024 at crop 128: the mask logits have no more pixels).")
 @click.option("--train-size", type=int, default=256, show_default=True, help="Synthetic training images.")
 @click.option("--val-size", type=int, default=24, show_default=True, help="Synthetic validation images.")
 @device_option()
@@ -81,8 +93,10 @@ def command(**kw) -> None:
     """Train a task head on a frozen DINOv3 backbone and write a head checkpoint.
 
     The defaults train a linear segmentation head on the tiny test ViT with the built-in synthetic
-    data in well under a minute on 2 CPU cores. Multi-process (gloo on CPU, NCCL on GPU), same
-    result as one process with the same global --batch-size:
+    data in well under a minute on 2 CPU cores. `--head-type m2f` trains the Mask2Former segmentor's
+    adapter and decoders instead (Mask2Former's ADE20K recipe; docs/training.md). Multi-process
+    (gloo on CPU, NCCL on GPU), same result as one process with the same global --batch-size (M2F:
+    close, not exact):
 
         torchrun --standalone --nproc-per-node 2 --no-python dinov3-deploy train ...
     """
@@ -95,7 +109,10 @@ def command(**kw) -> None:
     check_task_data(task, kw["data"])
     if kw["head_type"] == "dpt" and task != "depth":
         raise click.BadParameter(f"dpt is a depth head; --task {task} trains a linear head", param_hint="'--head-type'")
-    if kw["layers"] is None:
+    m2f = kw["head_type"] == "m2f"
+    if m2f:
+        check_m2f_options(task, kw)
+    elif kw["layers"] is None:
         kw["layers"] = "four_even" if kw["head_type"] == "dpt" else "last"
     elif kw["head_type"] == "dpt" and kw["layers"] == "last":
         raise click.BadParameter("the DPT head reads four layers: use four_even or four_last", param_hint="'--layers'")
@@ -110,7 +127,7 @@ def command(**kw) -> None:
     if kw["backbone_weights"] is not None and kw["init"] != "release-like":
         raise click.BadParameter(f"{kw['init']} draws a random backbone; drop --weights", param_hint="'--random-init'")
     kw["backbone"] = resolve_model(kw["backbone"], kw["backbone_weights"], default="vit_tiny_test")
-    multiple = get_config(kw["backbone"]).input_multiple
+    multiple = 32 if m2f else get_config(kw["backbone"]).input_multiple  # m2f: the adapter's stride 32
     for opt in ("crop", "base_size"):
         if kw[opt] % multiple:
             raise DeployError(f"--{opt.replace('_', '-')} {kw[opt]} must be a multiple of {multiple} for "
@@ -125,6 +142,22 @@ def command(**kw) -> None:
         click.echo(f"head checkpoint: {result['checkpoint']}")
         if "figure" in result:
             click.echo(f"predictions:     {result['figure']}")
+
+
+def check_m2f_options(task: str, kw: dict) -> None:
+    """The M2F head: seg only, its own four layers, no cached features, a hidden width GroupNorm takes."""
+    if task != "seg":
+        raise click.BadParameter(f"m2f is a segmentation head; --task {task} has none", param_hint="'--head-type'")
+    if kw["layers"] not in (None, "four_even"):
+        raise click.BadParameter("the M2F head reads the release's four evenly spaced layers (four_even)",
+                                 param_hint="'--layers'")
+    kw["layers"] = "four_even"
+    if kw["cache_features"]:
+        raise click.BadParameter("the M2F head reads the image and four layers at every step: nothing to cache",
+                                 param_hint="'--cache-features'")
+    if kw["hidden_dim"] % 32:
+        raise click.BadParameter(f"{kw['hidden_dim']} is not a multiple of 32 (GroupNorm's groups)",
+                                 param_hint="'--hidden-dim'")
 
 
 def print_result(task: str, result: dict, title: str) -> None:

@@ -144,19 +144,22 @@ def load_strict(model: torch.nn.Module, sd: Mapping[str, torch.Tensor], *, skip_
 
 
 def save_m2f_head(path: str | os.PathLike, segmentor, *, backbone: str, backbone_seed: int | None = None,
-                  backbone_weights: dict | None = None, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                  backbone_weights: dict | None = None, backbone_init: str | None = None,
+                  mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                   extra: dict | None = None) -> Path:
     """Write the segmentor's head (every tensor but the backbone's, Meta's keys) and its config to
     directory `path`, atomically (replacing only an earlier M2F head directory). The backbone is
     recorded as `backbone_seed` (the random backbone `factory.random_backbone(backbone, seed)`) or
-    `backbone_weights` ({"path", "sha256"}); `mean`/`std` are the input normalisation."""
+    `backbone_weights` ({"path", "sha256"}); `backbone_init` the random backbone's
+    initialisation (None: the policy's); `mean`/`std` are the input normalisation."""
     from safetensors.torch import save_file
 
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in segmentor.head_state_dict().items()}
     config = {
         "format": FORMAT, "version": VERSION, "task": "seg", "head_type": "m2f", "backbone": backbone,
         "layers": list(segmentor.layers), "hidden_dim": segmentor.hidden_dim, "num_classes": segmentor.num_classes,
-        "backbone_seed": backbone_seed, "backbone_weights": backbone_weights, "mean": list(mean), "std": list(std),
+        "backbone_seed": backbone_seed, "backbone_init": backbone_init, "backbone_weights": backbone_weights,
+        "mean": list(mean), "std": list(std),
         "extra": dict(extra or {}),
     }
     target = Path(path)

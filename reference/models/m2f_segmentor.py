@@ -27,6 +27,7 @@ from .vit_adapter import ViTAdapter
 
 INPUT_MULTIPLE = 32  # the adapter's stride-32 level must tile the image exactly
 N_QUERIES = 100
+FFN_DIM = 4096  # the release's FFN width in the pixel decoder's encoder and the transformer decoder
 
 
 def four_even_layers(n_blocks: int) -> list[int]:
@@ -38,10 +39,10 @@ def four_even_layers(n_blocks: int) -> list[int]:
 
 
 class Mask2FormerHead(nn.Module):
-    def __init__(self, in_dim: int, hidden: int, num_classes: int) -> None:
+    def __init__(self, in_dim: int, hidden: int, num_classes: int, ffn: int = FFN_DIM) -> None:
         super().__init__()
-        self.pixel_decoder = MSDeformAttnPixelDecoder(in_dim, hidden)
-        self.predictor = MultiScaleMaskedTransformerDecoder(hidden, num_classes, n_queries=N_QUERIES)
+        self.pixel_decoder = MSDeformAttnPixelDecoder(in_dim, hidden, ffn=ffn)
+        self.predictor = MultiScaleMaskedTransformerDecoder(hidden, num_classes, n_queries=N_QUERIES, ffn=ffn)
 
     def forward(self, features: dict[str, torch.Tensor], *, aux: bool = False) -> dict:
         mask_features, levels = self.pixel_decoder(features)
@@ -60,7 +61,7 @@ class M2FSegmentor(nn.Module):
     predict(images) -> [B, C, H, W] semantic scores. H and W must be multiples of 32."""
 
     def __init__(self, backbone: nn.Module, layers: list[int] | None = None, *, hidden_dim: int = 2048,
-                 num_classes: int = 150) -> None:
+                 num_classes: int = 150, ffn_dim: int = FFN_DIM) -> None:
         super().__init__()
         if getattr(getattr(backbone, "cfg", None), "family", "vit") != "vit":
             from dinov3_deploy.errors import DeployError
@@ -75,7 +76,7 @@ class M2FSegmentor(nn.Module):
         self.hidden_dim, self.num_classes, self.layers = hidden_dim, num_classes, layers
         self.segmentation_model = nn.ModuleList([
             ViTAdapter(backbone, layers),
-            Mask2FormerHead(backbone.embed_dim, hidden_dim, num_classes),
+            Mask2FormerHead(backbone.embed_dim, hidden_dim, num_classes, ffn_dim),
         ])
 
     @property

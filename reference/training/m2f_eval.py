@@ -27,9 +27,11 @@ def m2f_views(image, short_sides: Sequence[int], mean=IMAGENET_MEAN, std=IMAGENE
 
 def evaluate_m2f(segmentor, dataset, *, short_side: int = SHORT_SIDE, crop: int = CROP, stride: int = STRIDE,
                  ratios: Sequence[float] = TTA_RATIOS, flip: bool = True, mean=IMAGENET_MEAN, std=IMAGENET_STD,
-                 max_images: int | None = None, keep: int = 0, progress=None) -> tuple[dict, list]:
+                 max_images: int | None = None, keep: int = 0, progress=None, rank: int = 0,
+                 world: int = 1) -> tuple[dict, list]:
     """mIoU / aAcc / per-class IoU of `segmentor` (M2FSegmentor) over a segmentation dataset with
-    the M2F protocol. Returns (metrics, up to `keep` (image, gt, pred) triples)."""
+    the M2F protocol. Returns (metrics, up to `keep` (image, gt, pred) triples). With `world` processes
+    each evaluates images rank, rank + world, ... and the metrics are summed over them."""
     sides = tta_short_sides(short_side, ratios)
     n_classes = segmentor.num_classes
     device = next(segmentor.parameters()).device
@@ -45,4 +47,4 @@ def evaluate_m2f(segmentor, dataset, *, short_side: int = SHORT_SIDE, crop: int 
 
     return _each_image(segmentor, dataset, as_tensor, SegMetrics(n_classes), predict,
                        lambda image, mask, target, pred: (image, mask, pred.to(torch.uint8).numpy()),
-                       max_images=max_images, rank=0, world=1, keep=keep, progress=progress)
+                       max_images=max_images, rank=rank, world=world, keep=keep, progress=progress)

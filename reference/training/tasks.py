@@ -5,6 +5,11 @@ order, augmentation seeds, optimizer, schedule, resume, processes, checkpoints) 
     seg    linear head on patch maps; per-pixel cross entropy (255 ignored); sliding-window mIoU
     depth  bins head (linear) or DPT on patch maps, metres; SILog loss; AbsRel/RMSE/log10/delta
     cls    linear head on the class token + mean patch token; cross entropy; top-1/top-5
+    seg, head type m2f: ViT-Adapter + Mask2Former on the image (m2f_training.py); Hungarian-matched
+           class + mask losses on all 10 predictions; M2F-protocol mIoU (one scale, no flip)
+
+A recipe also brings its optimizer defaults (HEAD_DEFAULTS): the linear probe's, or Mask2Former's
+ADE20K recipe for the M2F head.
 
 A loss returns (sum over this process's share, count of the same) so the loop can divide by the
 count over all processes: N processes then compute what one process with the whole batch does.
@@ -22,7 +27,16 @@ import torch.nn.functional as F
 from ..models.task_model import TaskModel
 from .metrics import IGNORE_INDEX, ClsMetrics, SegMetrics
 
-HEAD_TYPES = {"seg": ("linear",), "depth": ("linear", "dpt"), "cls": ("linear",)}
+HEAD_TYPES = {"seg": ("linear", "m2f"), "depth": ("linear", "dpt"), "cls": ("linear",)}
+
+# Optimizer defaults per head (None in TrainConfig takes these). Linear heads: the probe's (lr by
+# task in trainer.DEFAULT_LR). M2F: Mask2Former's ADE20K recipe: AdamW lr 1e-4, weight decay 0.05, poly
+# schedule (power 0.9) without warmup, full-model gradient-norm clipping at 0.01.
+HEAD_DEFAULTS = {
+    "linear": dict(weight_decay=1e-3, warmup=30, grad_clip=0.0, schedule="cosine"),
+    "dpt": dict(weight_decay=1e-3, warmup=30, grad_clip=0.0, schedule="cosine"),
+    "m2f": dict(lr=1e-4, weight_decay=0.05, warmup=0, grad_clip=0.01, schedule="poly"),
+}
 
 
 # -- frozen backbone features ----------------------------------------------------------------------
@@ -52,7 +66,7 @@ def _tokens(model, x, bf16):
 
 
 # -- losses ----------------------------------------------------------------------------------------
-def seg_loss(head, feats, target, masks, amp: Callable[[], AbstractContextManager]):
+def seg_loss(head, feats, target, masks, amp: Callable[[], AbstractContextManager], **_):
     with amp():
         logits = head(feats, masks) if masks is not None else head(feats)
     logits = F.interpolate(logits.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
@@ -60,7 +74,7 @@ def seg_loss(head, feats, target, masks, amp: Callable[[], AbstractContextManage
     return loss_sum, (target != IGNORE_INDEX).sum().float()
 
 
-def depth_loss(head, feats, target, masks, amp):
+def depth_loss(head, feats, target, masks, amp, **_):
     from .depth_metrics import silog_loss
 
     with amp():
@@ -70,7 +84,7 @@ def depth_loss(head, feats, target, masks, amp):
     return silog_loss(depth[:, 0], target)
 
 
-def cls_loss(head, feats, target, masks, amp):
+def cls_loss(head, feats, target, masks, amp, **_):
     with amp():
         logits = head(*feats)
     return F.cross_entropy(logits.float(), target, reduction="sum"), torch.tensor(float(target.shape[0]))
@@ -227,12 +241,14 @@ def cls_transform(crop: int, base_size: int, spec):
 class Recipe:
     transform: Callable  # (crop, base_size, spec) -> (image, target, rng) -> (x [3,crop,crop], target tensor)
     features: Callable  # (model, x, bf16) -> list of frozen-backbone tensors the head reads
-    loss: Callable  # (head, features, target, dropout masks | None, amp) -> (loss sum, count)
+    loss: Callable  # (head, features, target, dropout masks | None, amp, seed=step seed) -> (loss sum, count)
     evaluate: Callable  # evaluate_* above
     figure: Callable  # (path, kept, model, title)
     scalars: tuple[str, ...]  # metrics logged at every evaluation and recorded in the head checkpoint
     lists: tuple[str, ...] = ()  # per-class metrics, logged at the final evaluation
     fmt: tuple[tuple[str, str, str], ...] = ()  # (key, label, format) of the one-line summary
+    build: Callable | None = None  # (cfg, class_names, palette) -> model; None: trainer.build_model (TaskModel)
+    save: Callable | None = None  # (path, model, cfg, extra) -> checkpoint dir; None: the head checkpoint
 
     def summary(self, metrics: dict) -> str:
         return "  ".join(f"{label} {format(metrics[key], f)}" for key, label, f in self.fmt)
@@ -248,3 +264,14 @@ RECIPES: dict[str, Recipe] = {
     "cls": Recipe(cls_transform, _tokens, cls_loss, evaluate_cls, cls_figure, scalars=("top1", "top5"), lists=("acc",),
                   fmt=(("top1", "top-1", ".2f"), ("top5", "top-5", ".2f"))),
 }
+
+
+def recipe_for(task: str, head_type: str) -> Recipe:
+    """The recipe of a task's head: RECIPES[task], or the Mask2Former one for seg + m2f."""
+    if task == "seg" and head_type == "m2f":
+        from . import m2f_training as m2f
+
+        return Recipe(seg_transform, m2f.images, m2f.m2f_loss, m2f.evaluate_m2f_train, seg_figure,
+                      scalars=RECIPES["seg"].scalars, lists=RECIPES["seg"].lists, fmt=RECIPES["seg"].fmt,
+                      build=m2f.build_m2f_model, save=m2f.save_m2f_train_head)
+    return RECIPES[task]

@@ -6,9 +6,13 @@ head: segmentation, depth (bins or DPT, metres) and classification.
     train(TrainConfig(task="depth", out="runs/depth"))   # -> {"AbsRel": ..., "delta1": ..., ...}
 
 - One loop for every task: a task differs only in its data transform, the backbone features its
-  head reads, its loss, its metrics and its figure (tasks.py).
+  head reads, its loss, its metrics and its figure (tasks.py), and its optimizer defaults.
 - The backbone is frozen and runs under torch.inference_mode; only the head trains (AdamW, lr DEFAULT_LR,
   wd 1e-3, linear warmup then cosine to 0, optional gradient clipping and bf16 autocast).
+- `head_type="m2f"` (seg) trains a ViT-Adapter + Mask2Former head on the same loop
+  (m2f_training.py): the frozen backbone runs inside the adapter on each crop (not cached), the
+  Mask2Former criterion is the loss, defaults are Mask2Former's ADE20K recipe (tasks.HEAD_DEFAULTS:
+  lr 1e-4, wd 0.05, poly schedule, clip 0.01), the checkpoint is an M2F head directory.
 - Reproducible by construction: sample k of step s uses the data order of its epoch (a permutation
   seeded by `seed` and the epoch) and its own augmentation and dropout seeds `(seed, s, k)`. A
   resumed run therefore equals an uninterrupted one, and N processes (torchrun, DDP, gloo on CPU)
@@ -28,13 +32,14 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dinov3_deploy.atomic import atomic_write
 from dinov3_deploy.errors import CheckpointError, DeployError
 
 from ..models.task_model import TaskModel
-from .tasks import HEAD_TYPES, RECIPES
+from .tasks import HEAD_DEFAULTS, HEAD_TYPES, RECIPES, recipe_for
 
 STATE_NAME = "train_state.pt"
 # Peak AdamW learning rates. The depth bins read-out needs large logits (every one of its 256 bins
@@ -51,13 +56,15 @@ class TrainConfig:
     backbone_weights: str | None = None
     init: str | None = None  # a random backbone's initialisation (None: the policy's, factory.RANDOM_INIT)
     layers: str = "last"
-    head_type: str = "linear"  # depth: linear (bins) | dpt (needs four layers)
+    head_type: str = "linear"  # depth: linear (bins) | dpt (needs four layers); seg: linear | m2f
     data: str = "synthetic"
     n_classes: int = 6  # synthetic data only; other datasets bring their classes
     min_depth: float = 0.001  # depth heads: the bins span [min_depth, max_depth] metres
     max_depth: float = 10.0
     n_bins: int = 256
     dpt_features: int = 256  # DPT head width
+    hidden_dim: int = 64  # M2F head width (the release's 2048; a multiple of 32); small for CPU demos
+    points: int | None = None  # M2F loss points per mask; None: m2f_training.default_points(crop)
     train_size: int = 256  # synthetic data only
     val_size: int = 24  # synthetic data only
     iters: int = 200
@@ -65,9 +72,9 @@ class TrainConfig:
     crop: int = 128
     base_size: int = 128  # short side before the 0.5-2.0 random scaling; eval resizes to it
     lr: float | None = None  # None: DEFAULT_LR of the task
-    weight_decay: float = 1e-3
-    warmup: int = 30
-    grad_clip: float = 0.0  # max gradient norm; 0 = off
+    weight_decay: float | None = None  # None: the head's default (tasks.HEAD_DEFAULTS)
+    warmup: int | None = None  # None: the head's default (30; M2F 0)
+    grad_clip: float | None = None  # max gradient norm; 0 = off; None: the head's default (0; M2F 0.01)
     bf16: bool = False
     seed: int = 0
     eval_every: int = 0  # 0 = evaluate at the end only
@@ -84,6 +91,28 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def resolve_defaults(cfg: TrainConfig) -> TrainConfig:
+    """cfg with the head's defaults filled in where a field is None (lr stays None: DEFAULT_LR or the
+    head's lr is applied at the optimizer, as runs saved before head defaults existed recorded it)."""
+    from dataclasses import replace
+
+    defaults = HEAD_DEFAULTS.get(cfg.head_type, HEAD_DEFAULTS["linear"])
+    fill = {k: defaults[k] for k in ("weight_decay", "warmup", "grad_clip") if getattr(cfg, k) is None}
+    if cfg.head_type == "m2f":
+        from .m2f_training import default_points
+
+        if cfg.points is None:
+            fill["points"] = default_points(cfg.crop)
+        fill["layers"] = "four_even"  # the segmentor reads the release's four evenly spaced blocks
+    return replace(cfg, **fill)
+
+
+def peak_lr(cfg: TrainConfig) -> float:
+    if cfg.lr is not None:
+        return cfg.lr
+    return HEAD_DEFAULTS.get(cfg.head_type, {}).get("lr", DEFAULT_LR[cfg.task])
 
 
 # -- distributed -----------------------------------------------------------------------------------
@@ -127,6 +156,22 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def poly_factor(step: int, total: int, warmup: int, power: float = 0.9) -> float:
+    """Linear warmup over `warmup` steps, then (1 - progress)^power to 0 at `total` (Mask2Former's poly)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return max(0.0, 1 - min(1.0, progress)) ** power
+
+
+SCHEDULES = {"cosine": lr_factor, "poly": poly_factor}
+
+
+def loss_seed(seed: int, step: int, rank: int) -> int:
+    """Seed of the loss's own random draws (M2F point sampling) at `step` on process `rank`."""
+    return int(np.random.SeedSequence([seed, step, rank, 5]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def sample_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -187,7 +232,7 @@ class _Batches:
     def __init__(self, cfg: TrainConfig, dataset, model: TaskModel, rank: int, world: int, device) -> None:
         self.cfg, self.dataset, self.model = cfg, dataset, model
         self.rank, self.world, self.device = rank, world, device
-        self.recipe = RECIPES[cfg.task]
+        self.recipe = recipe_for(cfg.task, cfg.head_type)
         self.tf = self.recipe.transform(cfg.crop, cfg.base_size, model.spec)
         self.cache: dict[int, tuple[list[torch.Tensor], torch.Tensor]] = {}
 
@@ -242,7 +287,8 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict:
     # The process count may change: N processes compute what one does.
     for key in ("task", "backbone", "backbone_weights", "init", "layers", "head_type", "data", "n_classes",
                 "train_size", "batch_size", "crop", "base_size", "seed", "cache_features", "iters", "lr",
-                "weight_decay", "warmup", "min_depth", "max_depth", "n_bins", "dpt_features"):
+                "weight_decay", "warmup", "min_depth", "max_depth", "n_bins", "dpt_features", "hidden_dim",
+                "points"):
         if saved.get(key, defaults[key]) != getattr(cfg, key):
             raise CheckpointError(
                 f"cannot resume from {path}: it was trained with {key}={saved.get(key)!r}, this run has "
@@ -322,7 +368,11 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
         raise DeployError(f"a {cfg.task} head is {' or '.join(HEAD_TYPES[cfg.task])}, not '{cfg.head_type}'")
     if cfg.head_type == "dpt" and cfg.layers == "last":
         raise DeployError("the DPT head reads four layers: use layers four_even or four_last")
-    recipe = RECIPES[cfg.task]
+    if cfg.head_type == "m2f" and cfg.cache_features:
+        raise DeployError("the M2F head cannot train on cached features: its adapter reads the image and four "
+                          "backbone layers at every step (drop --cache-features)")
+    cfg = resolve_defaults(cfg)
+    recipe = recipe_for(cfg.task, cfg.head_type)
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     apply_threads(cfg.threads, cfg.backbone, device.type)
     rank, world = init_distributed(device.type)
@@ -333,7 +383,7 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
         raise DeployError(f"batch size {cfg.batch_size} is not divisible by the {world} processes")
     train_set = open_dataset(cfg.data, "train", synthetic_size=cfg.train_size, n_classes=cfg.n_classes, task=cfg.task)
     val_set = open_dataset(cfg.data, "val", synthetic_size=cfg.val_size, n_classes=cfg.n_classes, task=cfg.task)
-    model = build_model(cfg, train_set.class_names, train_set.palette).to(device)
+    model = (recipe.build or build_model)(cfg, train_set.class_names, train_set.palette).to(device)
     model.backbone.requires_grad_(False)
     head = model.head
     out = Path(cfg.out)
@@ -343,9 +393,9 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
             _clear_run(out)  # prepare_out vouched: only a run's own files are there
         out.mkdir(parents=True, exist_ok=True)
 
-    lr = cfg.lr if cfg.lr is not None else DEFAULT_LR[cfg.task]
-    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.iters, cfg.warmup))
+    optimizer = torch.optim.AdamW(head.parameters(), lr=peak_lr(cfg), weight_decay=cfg.weight_decay)
+    schedule = SCHEDULES[HEAD_DEFAULTS.get(cfg.head_type, HEAD_DEFAULTS["linear"])["schedule"]]
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: schedule(s, cfg.iters, cfg.warmup))
     start = 0
     if resume:
         state = _load_state(out / STATE_NAME, cfg)
@@ -384,7 +434,7 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
             if dropout_p > 0:  # the head's Dropout2d, drawn from each sample's own seed
                 channels = sum(m.shape[1] for m in feats)
                 masks = torch.stack([_dropout_mask(cfg.seed, step, k, channels, dropout_p) for k in ks]).to(device)
-            loss_sum, count = recipe.loss(ddp_head, feats, target, masks, amp)
+            loss_sum, count = recipe.loss(ddp_head, feats, target, masks, amp, seed=loss_seed(cfg.seed, step, rank))
             valid = _all_reduce(count.detach().float().to(device), world).clamp(min=1)
             # DDP averages gradients over ranks: scale so the result is the global mean (per pixel / image).
             (loss_sum * world / valid).backward()
@@ -422,9 +472,12 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
         extra = {**{k: metrics[k] for k in recipe.scalars}, "train": cfg.to_dict(), "train_s": train_s,
                  "dataset": getattr(train_set, "name", cfg.data)}
         seed = cfg.seed if cfg.backbone_weights is None else None
-        result["checkpoint"] = str(save_head_checkpoint(out / "head", model, extra=extra, backbone_seed=seed,
-                                                        backbone_weights=cfg.backbone_weights,
-                                                        backbone_init=cfg.init))
+        if recipe.save is not None:
+            result["checkpoint"] = str(recipe.save(out / "head", model, cfg, extra))
+        else:
+            result["checkpoint"] = str(save_head_checkpoint(out / "head", model, extra=extra, backbone_seed=seed,
+                                                            backbone_weights=cfg.backbone_weights,
+                                                            backbone_init=cfg.init))
         if kept:
             fig = out / "predictions.png"
             recipe.figure(fig, kept, model, f"{cfg.backbone} + {head_name(cfg.task, cfg.head_type)} head, "
@@ -436,10 +489,10 @@ def _train(cfg: TrainConfig, *, resume: bool, stop_after: int | None, console) -
 
 
 def head_name(task: str, head_type: str) -> str:
-    """How reports name a head: 'linear', 'bins' (the linear depth head) or 'DPT'."""
+    """How reports name a head: 'linear', 'bins' (the linear depth head), 'DPT' or 'Mask2Former'."""
     if task == "depth":
         return "DPT" if head_type == "dpt" else "bins"
-    return head_type
+    return "Mask2Former" if head_type == "m2f" else head_type
 
 
 def _progress(enabled: bool, console=None):
