@@ -1,7 +1,16 @@
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
+
+# `python -m pytest` puts the repository root on sys.path, where our `kernels/` folder would pass for
+# Hugging Face's `kernels` package, which transformers imports when it finds one. The project is
+# imported through its install (`dinov3_deploy.kernels`), so the root is taken off the path.
+_ROOT = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if p not in ("", ".") and Path(p).resolve() != _ROOT]
+
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton: kernels run on the CPU
