@@ -37,7 +37,8 @@ def command(artifact, weights, head, backend, per_block, per_block_out, no_write
 
     from dinov3_deploy.artifact import load_artifact
     from dinov3_deploy.commands._progress import RichProgress, make_console
-    from dinov3_deploy.runtime.backends import parse_backend_names, select_backends
+    from dinov3_deploy.runtime.backends import parse_backend_names
+    from dinov3_deploy.runtime.runners import select_backends
     from dinov3_deploy.verification.verify import failure_message, render_report, verify_artifact
 
     parse_backend_names(backend)  # a bad name fails before anything is loaded

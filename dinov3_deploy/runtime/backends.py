@@ -189,26 +189,6 @@ def resolve_for_predictor(artifact, name: str, gpu: bool) -> tuple[str, str]:
     return kind, detail
 
 
-def select_backends(artifact, spec: str | None, option: str = "--backend") -> list:
-    """verify's selection (numpy faces, runners.Backend): every runnable one for `auto` (skipped ones
-    reported), else those named: a named backend that cannot run here is reported skipped with why."""
-    from .runners import Backend, artifact_backends
-
-    names = parse_backend_names(spec, option)
-    if names is None:
-        return artifact_backends(artifact, reference="low-precision")
-    available = {b.name: b for b in artifact_backends(artifact, reference="always")}
-    chosen = []
-    for name in names:
-        if name == "pytorch":
-            chosen.append(Backend(name, None))  # verify gives it the model it builds for the reference
-        elif name in available:
-            chosen.append(available[name])
-        elif name in ENGINE_BACKENDS:
-            chosen.append(Backend(name, None, skip_reason(artifact, name)))
-    return chosen
-
-
 def select_bench_targets(targets: list, spec: str) -> list:
     """bench's selection among an artifact's targets (numpy faces): all; auto: the first that runs
     here; or names (long names, or the families: onnxruntime = its runnable providers, tensorrt = its

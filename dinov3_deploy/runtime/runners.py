@@ -30,7 +30,7 @@ from .backends import (  # noqa: F401 - the one name table and resolver, re-expo
     ort_providers,
     ort_skip_reason,
     parse_backend_names,
-    select_backends,
+    skip_reason,
 )
 
 
@@ -245,3 +245,21 @@ def ort_session(onnx_path: str | Path, provider: str):
     session = ort.InferenceSession(str(onnx_path), opts, providers=ort_providers(provider))
     check_provider(session, provider)
     return session
+
+
+def select_backends(artifact, spec: str | None, option: str = "--backend") -> list:
+    """verify's selection (numpy faces, runners.Backend): every runnable one for `auto` (skipped ones
+    reported), else those named: a named backend that cannot run here is reported skipped with why."""
+    names = parse_backend_names(spec, option)
+    if names is None:
+        return artifact_backends(artifact, reference="low-precision")
+    available = {b.name: b for b in artifact_backends(artifact, reference="always")}
+    chosen = []
+    for name in names:
+        if name == "pytorch":
+            chosen.append(Backend(name, None))  # verify gives it the model it builds for the reference
+        elif name in available:
+            chosen.append(available[name])
+        elif name in ENGINE_BACKENDS:
+            chosen.append(Backend(name, None, skip_reason(artifact, name)))
+    return chosen

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from ..protocol.m2f import CROP, SHORT_SIDE, STRIDE, TTA_RATIOS, tta_probabilities, tta_short_sides
+from .eval_loop import each_image
 from .metrics import SegMetrics
-from .tasks import _each_image
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, normalize, rescale_size, resize
 
 
@@ -45,6 +45,6 @@ def evaluate_m2f(segmentor, dataset, *, short_side: int = SHORT_SIDE, crop: int 
     def as_tensor(image, raw):
         return torch.from_numpy(np.ascontiguousarray(image).copy()), torch.as_tensor(np.asarray(raw), dtype=torch.int64)
 
-    return _each_image(segmentor, dataset, as_tensor, SegMetrics(n_classes), predict,
+    return each_image(segmentor, dataset, as_tensor, SegMetrics(n_classes), predict,
                        lambda image, mask, target, pred: (image, mask, pred.to(torch.uint8).numpy()),
                        max_images=max_images, rank=rank, world=world, keep=keep, progress=progress)

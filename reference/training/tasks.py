@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.task_model import TaskModel
+from .eval_loop import each_image, model_device
 from .metrics import IGNORE_INDEX, ClsMetrics, SegMetrics
 
 HEAD_TYPES = {"seg": ("linear", "m2f"), "depth": ("linear", "dpt"), "cls": ("linear",)}
@@ -101,33 +102,6 @@ def seg_logits_fn(model: TaskModel, bf16: bool = False):
     return fn
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _each_image(model: TaskModel, dataset, transform, metrics, predict, kept_item, *, max_images, rank, world, keep,
-                progress) -> tuple[dict, list]:
-    """The per-image evaluation loop of seg and depth: this rank's images (i = rank, rank + world,
-    ...), `predict(x, target)` in eval mode, metrics reduced over ranks, up to `keep` figure items."""
-    kept = []
-    was_training = model.training
-    model.eval()
-    device = _device(model)
-    n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    for i in range(rank, n, world):
-        image, raw = dataset[i]
-        x, target = transform(image, raw)
-        pred = predict(x[None].to(device), target)
-        metrics.update(pred, target)
-        if len(kept) < keep:
-            kept.append(kept_item(image, raw, target, pred))
-        if progress is not None:
-            progress()
-    metrics.all_reduce()
-    model.train(was_training)
-    return metrics.compute(), kept
-
-
 def evaluate_seg(model: TaskModel, dataset, *, size: int, crop: int, stride: int | None = None, bf16: bool = False,
                  max_images: int | None = None, rank: int = 0, world: int = 1, keep: int = 0, progress=None
                  ) -> tuple[dict, list]:
@@ -143,7 +117,7 @@ def evaluate_seg(model: TaskModel, dataset, *, size: int, crop: int, stride: int
         logits = slide_inference(seg_logits_fn(model, bf16), x, n_classes, crop, stride, out_size=tuple(target.shape))
         return logits.argmax(1)[0].cpu()
 
-    return _each_image(model, dataset, SegEvalTransform(size, model.spec.mean, model.spec.std), SegMetrics(n_classes),
+    return each_image(model, dataset, SegEvalTransform(size, model.spec.mean, model.spec.std), SegMetrics(n_classes),
                        predict, lambda image, mask, target, pred: (image, mask, pred.to(torch.uint8).numpy()),
                        max_images=max_images, rank=rank, world=world, keep=keep, progress=progress)
 
@@ -162,7 +136,7 @@ def evaluate_depth(model: TaskModel, dataset, *, size: int, crop: int | None = N
             pred = model.predict(x, rescale_to=tuple(target.shape))
         return pred.float()[0, 0].cpu()
 
-    return _each_image(model, dataset, DepthEvalTransform(size, model.spec.mean, model.spec.std), DepthMetrics(),
+    return each_image(model, dataset, DepthEvalTransform(size, model.spec.mean, model.spec.std), DepthMetrics(),
                        predict, lambda image, depth, target, pred: (image, target.numpy(), pred.numpy()),
                        max_images=max_images, rank=rank, world=world, keep=keep, progress=progress)
 
@@ -179,7 +153,7 @@ def evaluate_cls(model: TaskModel, dataset, *, size: int, crop: int, stride: int
     kept = []
     was_training = model.training
     model.eval()
-    device = _device(model)
+    device = model_device(model)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     mine = list(range(rank, n, world))
     for start in range(0, len(mine), batch_size):
