@@ -113,12 +113,37 @@ def export_onnx(module: DeployModule, path: str | os.PathLike, shapes: ShapeSpec
         program = torch.onnx.export(
             module, (x,), dynamo=True, dynamic_shapes=_dynamic_shapes(module, shapes),
             input_names=[module.input_name], output_names=module.output_names,
-            opset_version=opset, verbose=False, report=False, **extra,
+            opset_version=opset, verbose=False, report=False, optimize=False, **extra,
         )
+        _optimize(program)
     program.save(str(path), external_data=external_data)
     _name_grid_dims(path)
     files = [path.name] + ([path.name + ".data"] if external_data and Path(str(path) + ".data").exists() else [])
     return ExportResult(path, files, opset, external_data, list(x.shape))
+
+
+# onnxscript rewrite rules the exporter's optimisation runs that we leave out. SlicesSplit (several Slices of
+# one tensor -> one Split) matches pairwise over every Slice: on the Mask2Former graph (hundreds of Slices in
+# the deformable attention and the adapter) it took 324 of a 458 s export of the tiny segmentor on this 2-core
+# CPU, for a rewrite neither ONNX Runtime nor TensorRT needs (both run the Slices as they are).
+SLOW_REWRITES = ("SlicesSplit",)
+
+
+def _optimize(program) -> None:
+    """torch.onnx's own optimisation (constant folding, onnxscript's default rewrites, clean-up passes),
+    without the rules in SLOW_REWRITES. onnxscript's optimize_ir reads the rule list from the rewriter module
+    when it runs, so the list is narrowed around the call and restored."""
+    from onnxscript import rewriter
+
+    rules = getattr(rewriter, "_DEFAULT_REWRITE_RULES", None)
+    if rules is None:  # another onnxscript layout: its optimisation as it is
+        program.optimize()
+        return
+    rewriter._DEFAULT_REWRITE_RULES = tuple(r for r in rules if getattr(r, "name", None) not in SLOW_REWRITES)
+    try:
+        program.optimize()
+    finally:
+        rewriter._DEFAULT_REWRITE_RULES = rules
 
 
 # torch.onnx's op registry looks up the torchvision ops it has ONNX functions for (nms, roi_align,
