@@ -210,3 +210,7 @@ def test_segmentor_plugin_export_passes_fp32_parity_on_the_reference_evaluator(h
     assert set(rows) == {"class_logits", "mask_logits", "scores"}
     assert all(o["rel_fro"] <= 1e-4 for o in rows.values())
     assert rows["scores"]["label_agreement"] == 1.0
+    # `verify` on the written artifact picks the evaluator by itself
+    res = CliRunner().invoke(cli, ["verify", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "PASSED on onnx-reference" in res.output and "only TensorRT runs" in res.output
