@@ -15,8 +15,10 @@ Three parts:
   `tensorrt` package (the `trt` extra): `tensorrt_rtx` ships no `tensorrt.plugin` module.
 * `onnx_translation_table()`: for `torch.onnx.export(dynamo=True)` of an attn_impl="triton" model:
   split + RoPE as standard ONNX ops around one `dinov3_deploy.attention` node per block (with
-  `plugin_namespace`/`plugin_version` attributes), which TensorRT's ONNX parser resolves to the
-  registered plugin.
+  `plugin_namespace`/`plugin_version`/`aot` attributes), which TensorRT's ONNX parser resolves to the
+  registered plugin's ahead-of-time implementation. `ms_deform_attn_translation_table()`: the same for
+  a Mask2Former with set_deform_impl("triton"): one `dinov3_deploy.ms_deform_attn` node per
+  deformable-attention core (`--deform-attn plugin`).
 
 Calling convention. TensorRT launches an AOT plugin kernel as (inputs..., extra int32 scalars...,
 outputs...); the kernels' parameters are declared in that order and every float (softmax scale,
@@ -360,13 +362,28 @@ def _register_ms_deform_attn(trt, trtp, arch: int | None) -> None:
         return kern.name, kern.ptx, launch, extra
 
 
+# The attributes of every plugin node. TensorRT's ONNX parser resolves a node it has no importer for to the
+# plugin named by its op_type in the namespace `plugin_namespace`; `aot` (a bool, written as an int) makes it
+# take the plugin's ahead-of-time implementation (@trtp.aot_impl, the PTX compiled here) instead of looking
+# for a JIT @trtp.impl, which these plugins do not register (TensorRT's quickly_deployable_plugins sample,
+# "ONNX model with an AOT plugin").
+PLUGIN_NODE_ATTRS = {"plugin_namespace": "dinov3_deploy", "plugin_version": "1", "aot": 1}
+
+
+def _plugin_node_attributes() -> list:
+    from onnx.defs import OpSchema
+
+    string, integer = OpSchema.AttrType.STRING, OpSchema.AttrType.INT
+    return [OpSchema.Attribute(name, string if isinstance(v, str) else integer, "")
+            for name, v in PLUGIN_NODE_ATTRS.items()]
+
+
 def ms_deform_attn_onnx_schema():
     """ONNX schema of the deformable-attention plugin node, `dinov3_deploy.ms_deform_attn(value,
     level_shapes, locations, weights)`, for the exporter that emits it (kept local: nothing is
     registered in onnx's global table)."""
     from onnx.defs import OpSchema
 
-    string = OpSchema.AttrType.STRING
     return OpSchema(
         "ms_deform_attn", "dinov3_deploy", 1,
         doc="multi-scale deformable attention: value [B, S, M, Dh] (levels flattened row-major, concatenated), "
@@ -376,7 +393,7 @@ def ms_deform_attn_onnx_schema():
                 OpSchema.FormalParameter("locations", "T"), OpSchema.FormalParameter("weights", "T")],
         outputs=[OpSchema.FormalParameter("out", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
-        attributes=[OpSchema.Attribute(name, string, "") for name in ("plugin_namespace", "plugin_version")],
+        attributes=_plugin_node_attributes(),
     )
 
 
@@ -387,14 +404,13 @@ def _attention_schema():
     """ONNX schema of the plugin node (kept local: nothing is registered in onnx's global table)."""
     from onnx.defs import OpSchema
 
-    string = OpSchema.AttrType.STRING
     return OpSchema(
         "attention", "dinov3_deploy", 1,
         doc="softmax(q k^T / sqrt(head_dim)) v for [B, H, N, head_dim] q, k, v (TensorRT plugin)",
         inputs=[OpSchema.FormalParameter(n, "T") for n in ("q", "k", "v")],
         outputs=[OpSchema.FormalParameter("out", "T")],
         type_constraints=[("T", ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"], "")],
-        attributes=[OpSchema.Attribute(name, string, "") for name in ("plugin_namespace", "plugin_version")],
+        attributes=_plugin_node_attributes(),
     )
 
 
@@ -421,7 +437,7 @@ def onnx_translation_table(plugin: bool = True) -> dict:
 
     def attention_core(q, k, v):
         if plugin:
-            return attention_node(q, k, v, plugin_namespace="dinov3_deploy", plugin_version="1")
+            return attention_node(q, k, v, **PLUGIN_NODE_ATTRS)
         hd = op.Cast(op.Slice(op.Shape(q), [-1], [2**62]), to=FLOAT)
         scale = op.Div(op.Constant(value_float=1.0), op.Sqrt(hd))
         s = op.MatMul(op.Cast(q, to=FLOAT), op.Transpose(op.Cast(k, to=FLOAT), perm=[0, 1, 3, 2]))
@@ -455,3 +471,26 @@ def onnx_translation_table(plugin: bool = True) -> dict:
         torch.ops.dinov3_deploy.rope_attention.default: rope_attention,
         torch.ops.dinov3_deploy.attention.default: attention,
     }
+
+
+def ms_deform_attn_translation_table() -> dict:
+    """`custom_translation_table` entry for a Mask2Former built with `set_deform_impl("triton")`: each
+    `dinov3_deploy::ms_deform_attn` op becomes one `dinov3_deploy.ms_deform_attn(value, level_shapes,
+    locations, weights)` node for the plugin of that name. The op's flat level sizes [h0, w0, h1, ...]
+    (symbolic under torch.export, computed in the graph from the image's H and W) arrive as one int64
+    tensor; the plugin reads them as an int32 [L, 2] input, so one engine serves every H/W of its profile."""
+    import onnxscript
+    import torch
+    from onnxscript import opset18 as op
+
+    import dinov3_deploy.kernels.ms_deform_attn  # noqa: F401  (registers the custom op)
+
+    node = onnxscript.values.Op(onnxscript.values.Opset("dinov3_deploy", 1), "ms_deform_attn",
+                                ms_deform_attn_onnx_schema())
+    INT32 = onnxscript.ir.DataType.INT32
+
+    def ms_deform_attn(value, level_shapes, locations, weights):
+        shapes = op.Cast(op.Reshape(level_shapes, op.Constant(value_ints=[-1, 2])), to=INT32)
+        return node(value, shapes, locations, weights, **PLUGIN_NODE_ATTRS)
+
+    return {torch.ops.dinov3_deploy.ms_deform_attn.default: ms_deform_attn}

@@ -197,7 +197,7 @@ def test_plugin_node_schema_for_the_exporter():
     assert f"{schema.domain}::{schema.name}" == MS_DEFORM_ATTN_PLUGIN
     assert [p.name for p in schema.inputs] == ["value", "level_shapes", "locations", "weights"]
     assert schema.inputs[1].type_str == "tensor(int32)" and schema.outputs[0].type_str == "T"
-    assert set(schema.attributes) == {"plugin_namespace", "plugin_version"}
+    assert set(schema.attributes) == {"plugin_namespace", "plugin_version", "aot"}  # aot: the PTX implementation
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="CPU tensors are refused only without the interpreter")

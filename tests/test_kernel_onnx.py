@@ -47,9 +47,9 @@ def test_export_emits_one_plugin_node_per_block(models, tmp_path):
     nodes = [n for n in g.graph.node if n.domain == "dinov3_deploy"]
     assert len(nodes) == len(tri.backbone.blocks)
     for n in nodes:
-        attrs = {a.name: a.s.decode() for a in n.attribute}
+        attrs = {a.name: a.s.decode() if a.type == onnx.AttributeProto.STRING else a.i for a in n.attribute}
         assert n.op_type == "attention" and len(n.input) == 3 and len(n.output) == 1
-        assert attrs == {"plugin_namespace": "dinov3_deploy", "plugin_version": "1"}
+        assert attrs == {"plugin_namespace": "dinov3_deploy", "plugin_version": "1", "aot": 1}
     assert {o.domain: o.version for o in g.opset_import}["dinov3_deploy"] == 1
 
 

@@ -72,7 +72,7 @@ def _invoke(*args):
 
 
 @pytest.mark.parametrize("extra,needle", [
-    (["--deform-attn", "plugin"], "plugin has not landed"),
+    (["--deform-attn", "plugin", "--format", "triton-repo"], "needs --format trt"),
     (["--opset", "20"], "opset <= 19"),
     (["--height", "48"], "32"),
     (["--precision", "bf16"], "GridSample has no bf16"),

@@ -62,8 +62,9 @@ from dinov3_deploy.options import (
               help="Builder optimisation level: higher searches more tactics (slower builds, maybe faster engines).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None, help="tensorrt timing cache file.")
 @click.option("--deform-attn", type=click.Choice(["onnx", "plugin"]), default="onnx", show_default=True,
-              help="Mask2Former deformable attention: standard ONNX ops (GridSample per level), or the TensorRT "
-                   "plugin (not landed yet: refused).")
+              help="Mask2Former deformable attention: standard ONNX ops (GridSample per level), or one "
+                   "dinov3_deploy::ms_deform_attn TensorRT plugin node per layer (Triton kernel; engines with full "
+                   "TensorRT only; verified here by the ONNX reference evaluator).")
 @click.option("--attention", type=click.Choice(["onnx", "plugin"]), default="onnx", show_default=True,
               help="ViT attention as standard ONNX ops, or as dinov3_deploy::attention TensorRT plugin nodes "
                    "(Triton kernels; full TensorRT, --precision fp16/bf16 only).")

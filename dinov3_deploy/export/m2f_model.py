@@ -68,7 +68,9 @@ def build_m2f_model(backbone: str, head: str, weights: str | None, seed: int, at
 # "onnx": the reference's standard-op form, one GridSample per level (bilinear, zero padding). Chosen
 # because it is the reference's own op (exact parity) and TensorRT-RTX 1.7 builds it: measured here, the
 # vit_tiny_test hidden-32 graph (24 GridSample) builds in 39 s on the CPU. A gather-based bilinear form was
-# not measured yet. "plugin": the Triton deformable-attention kernel as a TensorRT plugin (m2f-kernel).
+# not measured yet. "plugin": one `dinov3_deploy.ms_deform_attn` node per MSDeformAttn core, run by the
+# Triton kernel as the dinov3_deploy::ms_deform_attn TensorRT plugin (engines/plugins.py); judged on this CPU
+# by the ONNX reference evaluator (engines/plugin_reference.py).
 DEFORM_ATTN = ("onnx", "plugin")
 # opset 20 renamed GridSample's "bilinear" to "linear", which onnx-tensorrt parses as nearest
 # (NVIDIA/TensorRT#4646): the deformable attention's sampling would silently change in TensorRT
@@ -81,9 +83,6 @@ def check_m2f_options(opts, source) -> None:
 
     if opts.deform_attn not in DEFORM_ATTN:
         raise DeployError(f"--deform-attn must be one of {', '.join(DEFORM_ATTN)}, got '{opts.deform_attn}'")
-    if opts.deform_attn == "plugin":
-        raise DeployError("--deform-attn plugin: the deformable-attention TensorRT plugin has not landed yet; "
-                          "use --deform-attn onnx (standard ops)")
     if source.multi:
         raise DeployError("a Mask2Former head exports alone for now: the multi-head model (MultiTaskModel) feeds "
                           "heads backbone tokens, the M2F adapter also reads the image")
@@ -97,3 +96,20 @@ def check_m2f_options(opts, source) -> None:
                           "bf16 and the fp32 sampling island is not written): use fp32 or fp16")
     if opts.uint8_input or opts.feature_layers:
         raise DeployError("--uint8-input and --feature-layers do not apply to a Mask2Former export yet")
+
+
+def check_deform_plugin(opts, formats: tuple[str, ...], api) -> bool:
+    """Whether the deformable attention is exported as plugin nodes; refuses, in one line, the formats
+    that cannot carry them (`api`: the TensorRT flavour an engine is built with, None without one)."""
+    from dinov3_deploy.errors import DeployError
+
+    if opts.deform_attn != "plugin":
+        return False
+    if api is not None and api.flavor != "tensorrt":
+        raise DeployError("--deform-attn plugin needs full TensorRT for --format trt: TensorRT-RTX's Python "
+                          "bindings have no tensorrt.plugin (Quickly Deployable Plugins), so it cannot build the "
+                          "node. Use --deform-attn onnx for a TensorRT-RTX engine, or --trt-flavor tensorrt on a GPU")
+    if "triton-repo" in formats and api is None:
+        raise DeployError("--deform-attn plugin with --format triton-repo needs --format trt (full TensorRT): "
+                          "Triton's onnxruntime backend cannot run the plugin node")
+    return True

@@ -93,22 +93,29 @@ class ExportResult:
 
 
 def export_onnx(module: DeployModule, path: str | os.PathLike, shapes: ShapeSpec,
-                external_data: bool | None = None, attention_plugin: bool = False) -> ExportResult:
+                external_data: bool | None = None, attention_plugin: bool = False,
+                deform_plugin: bool = False) -> ExportResult:
     """Export `module` to `path`; weights go to `<path>.data` when large (or when asked).
     attention_plugin: the module runs attn_impl="triton"; each block's attention becomes one
     `dinov3_deploy.attention` node for TensorRT's dinov3_deploy::attention plugin (qkv split and
-    RoPE stay standard ops, see engines/plugins.py)."""
+    RoPE stay standard ops, see engines/plugins.py). deform_plugin: the Mask2Former runs
+    set_deform_impl("triton"); each deformable-attention core becomes one `dinov3_deploy.ms_deform_attn` node."""
     path = Path(path)
     opset = getattr(module, "opset", OPSET[module.precision])  # DeployModule's; a wrapper may not say
     if external_data is None:
         external_data = needs_external_data(module, module.precision)
     b, h, w = _example_dims(shapes)
     x = module.example_input(b, h, w)
-    extra = {}
+    table = {}
     if attention_plugin:
         from dinov3_deploy.engines.plugins import onnx_translation_table
 
-        extra["custom_translation_table"] = onnx_translation_table(plugin=True)
+        table.update(onnx_translation_table(plugin=True))
+    if deform_plugin:
+        from dinov3_deploy.engines.plugins import ms_deform_attn_translation_table
+
+        table.update(ms_deform_attn_translation_table())
+    extra = {"custom_translation_table": table} if table else {}
     with torch.no_grad(), _quiet_torchvision_probe():
         program = torch.onnx.export(
             module, (x,), dynamo=True, dynamic_shapes=_dynamic_shapes(module, shapes),

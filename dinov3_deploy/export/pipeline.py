@@ -15,7 +15,7 @@ from typing import Any
 
 from dinov3_deploy.artifact import ENGINE_NAME, ONNX_NAME, PARITY_NAME, Artifact, ArtifactWriter, toolchain_versions
 from dinov3_deploy.atomic import write_json
-from dinov3_deploy.engines.plugins import ATTENTION_PLUGIN
+from dinov3_deploy.engines.plugins import ATTENTION_PLUGIN, MS_DEFORM_ATTN_PLUGIN
 from dinov3_deploy.errors import DeployError
 from dinov3_deploy.head_outputs import output_doc, output_stride
 from dinov3_deploy.manifest import (
@@ -185,6 +185,12 @@ class ExportPlan:
     plugin: bool  # attention as dinov3_deploy::attention plugin nodes
     api: Any  # the TensorRT flavour's API when an engine is built, else None
     opset: int | None = None  # the graph's opset (None: DeployModule's default); fp8 needs 19+
+    deform_plugin: bool = False  # M2F deformable attention as dinov3_deploy::ms_deform_attn plugin nodes
+
+    @property
+    def plugins(self) -> list[str]:
+        """The TensorRT plugins the graph's custom nodes name (the manifest's onnx.plugins)."""
+        return [p for p, used in ((ATTENTION_PLUGIN, self.plugin), (MS_DEFORM_ATTN_PLUGIN, self.deform_plugin)) if used]
 
 
 @dataclass
@@ -240,7 +246,7 @@ def plan_export(opts: ExportOptions) -> ExportPlan:
     cfg = get_config(source.backbone)
     m2f = any(p.head_type == "m2f" for p in source.parts)
     if m2f:
-        from dinov3_deploy.export.m2f_model import check_m2f_options
+        from dinov3_deploy.export.m2f_model import check_deform_plugin, check_m2f_options
 
         check_m2f_options(opts, source)
     # the M2F adapter's stride-32 level must tile the image: H and W multiples of 32
@@ -256,7 +262,8 @@ def plan_export(opts: ExportOptions) -> ExportPlan:
         from dinov3_deploy.engines.trt_api import load_api
 
         api = load_api(opts.trt_flavor)
-    return ExportPlan(formats, source, cfg, shapes, plugin, api, quant_opset)
+    deform_plugin = m2f and check_deform_plugin(opts, formats, api)
+    return ExportPlan(formats, source, cfg, shapes, plugin, api, quant_opset, deform_plugin)
 
 
 def prepare_module(opts: ExportOptions, plan: ExportPlan, progress: Progress) -> Prepared:
@@ -283,6 +290,8 @@ def prepare_module(opts: ExportOptions, plan: ExportPlan, progress: Progress) ->
     if is_quantized(opts.precision):
         return _prepare_quantized(opts, plan, model, export_model, folds, progress)
     islands = calibrate(export_model, opts, plan, mean, std, progress)
+    if plan.deform_plugin:  # traced through the kernel's custom op (calibration ran the plain core)
+        export_model.segmentor.set_deform_impl("triton")
     if opts.precision == "bf16" and plan.cfg.family == "vit":
         # bf16's 8-bit mantissa: the residual stream (deploy_module.Fp32ResidualBlock says what it measured)
         # and the patch embedding, which projects raw pixels, stay fp32; 1.2 % of vits16's matmul FLOPs at 224
@@ -346,7 +355,7 @@ def export_graph(prepared: Prepared, root: Path, opts: ExportOptions, plan: Expo
     traced = "fp32, to be quantized" if prepared.quant is not None else opts.precision
     with progress.step(f"exporting ONNX ({traced}, batch {shapes.batch}, {shapes.height}x{shapes.width})"):
         result = export_onnx(module, root / ONNX_NAME, shapes, external_data=opts.external_data,
-                             attention_plugin=plan.plugin)
+                             attention_plugin=plan.plugin, deform_plugin=plan.deform_plugin)
     fp32_ops = module.fp32_compute_ops()
     if prepared.quant is not None:
         from dinov3_deploy.export.quant_step import quantize_onnx_file
@@ -410,7 +419,7 @@ def build_manifest(opts: ExportOptions, plan: ExportPlan, prepared: Prepared, re
                  for o in graph.outputs],
         outputs_config=OutputsConfig(seg_output=opts.seg_output, feature_layers=opts.feature_layers),
         onnx=OnnxInfo(file=ONNX_NAME, files=result.files, opset=result.opset,
-                      plugins=[ATTENTION_PLUGIN] if plan.plugin else [], external_data=result.external_data,
+                      plugins=plan.plugins, external_data=result.external_data,
                       exporter="torch.onnx (dynamo, torch.export)", export_example_shape=result.example_shape,
                       graph=graph),
         toolchain=toolchain_versions(),
@@ -445,7 +454,7 @@ def build_engine_step(root: Path, opts: ExportOptions, plan: ExportPlan, progres
 
     api = plan.api
     with progress.step(f"building a strongly typed {api.flavor} {api.version} engine"):
-        if plan.plugin:
+        if plan.plugins:
             from dinov3_deploy.engines.plugins import register_plugins
 
             register_plugins()
@@ -463,7 +472,8 @@ def triton_step(root: Path, manifest: Manifest, plan: ExportPlan, result, graph,
     with progress.step("writing the Triton model repository"):
         trt = manifest.tensorrt
         return write_triton_repo(root, _model_name(plan.source), graph, plan.shapes, result.files,
-                                 engine_file=trt.file if trt else None, engine_flavor=trt.flavor if trt else None)
+                                 engine_file=trt.file if trt else None, engine_flavor=trt.flavor if trt else None,
+                                 plugins=plan.plugins)
 
 
 def verify_step(root: Path, manifest: Manifest, model, opts: ExportOptions, progress: Progress) -> dict | None:

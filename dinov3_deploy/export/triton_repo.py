@@ -5,6 +5,9 @@ scales out on an existing serving engine:
     triton/<name>_trt/config.pbtxt  + 1/model.plan        backend "tensorrt" (full TensorRT engines
                                                           only: Triton cannot load TensorRT-RTX ones)
 
+A graph with TensorRT plugin nodes gets no onnxruntime model (ONNX Runtime cannot run them); its engine
+carries the plugins' ahead-of-time PTX, so Triton's tensorrt backend runs it without our Python code.
+
 Batch is the leading dimension (max_batch_size = the artifact's max batch) with dynamic
 batching; H and W are variable (-1) within the exported ranges.
 """
@@ -57,17 +60,22 @@ def _place(src: Path, dst: Path) -> None:
 
 
 def write_triton_repo(root: Path, model_name: str, graph: GraphInfo, shapes, onnx_files: list[str],
-                      engine_file: str | None = None, engine_flavor: str | None = None) -> TritonInfo:
-    """Write `root/triton`; returns the manifest entry."""
+                      engine_file: str | None = None, engine_flavor: str | None = None,
+                      plugins: list[str] | tuple[str, ...] = ()) -> TritonInfo:
+    """Write `root/triton`; returns the manifest entry. `plugins`: the TensorRT plugins the graph's custom
+    nodes need (manifest onnx.plugins)."""
     repo = root / TRITON_DIR
     models, notes = [], []
     max_b, opt_b = shapes.batch.max, shapes.batch.opt
     onnx_name = f"{model_name}_onnx"
-    for f in onnx_files:
-        _place(root / f, repo / onnx_name / "1" / f)
-    (repo / onnx_name / "config.pbtxt").write_text(
-        triton_config(onnx_name, "onnxruntime", graph.inputs, graph.outputs, max_b, opt_b))
-    models.append(TritonModel(name=onnx_name, backend="onnxruntime"))
+    if plugins:
+        notes.append(f"no onnxruntime model: the graph holds TensorRT plugin nodes ({', '.join(plugins)})")
+    else:
+        for f in onnx_files:
+            _place(root / f, repo / onnx_name / "1" / f)
+        (repo / onnx_name / "config.pbtxt").write_text(
+            triton_config(onnx_name, "onnxruntime", graph.inputs, graph.outputs, max_b, opt_b))
+        models.append(TritonModel(name=onnx_name, backend="onnxruntime"))
     if engine_file is not None:
         if engine_flavor == "tensorrt":
             trt_name = f"{model_name}_trt"

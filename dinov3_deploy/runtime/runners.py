@@ -124,7 +124,10 @@ class OnnxReferenceRunner:
                 model = onnx.load(str(model))  # external data beside the file is found
             self._input = model.graph.input[0].name
             self._outputs = [o.name for o in model.graph.output]
-            self._evaluator = ReferenceEvaluator(model)
+            from dinov3_deploy.engines.plugin_reference import plugin_ops
+
+            # plugin nodes (dinov3_deploy.ms_deform_attn) computed by the plain PyTorch core they replace
+            self._evaluator = ReferenceEvaluator(model, new_ops=plugin_ops())
         outs = self._evaluator.run(None, {self._input: np.ascontiguousarray(batch)})
         return {n: _widen(o) for n, o in zip(self._outputs, outs)}
 
@@ -169,13 +172,16 @@ def onnx_bytes(artifact) -> int:
 def reference_backend(artifact, max_bytes: int | None = None) -> Backend:
     """onnx-reference: runs any precision as written (fp16 overflow, bf16) on the CPU, at small shapes;
     skipped (saying how to run it anyway) when the graph's weights exceed `max_bytes`."""
+    from dinov3_deploy.engines.plugin_reference import unsupported_plugins
+
     reason = ""
     size = onnx_bytes(artifact)
     if max_bytes is not None and size > max_bytes:
         reason = (f"{size / 2**20:.0f} MiB of weights is slow for the numpy evaluator (the automatic limit is "
                   f"{max_bytes / 2**20:.0f} MiB); verify --backend onnx-reference runs it anyway")
-    elif artifact.manifest.onnx.plugins:
-        reason = f"the graph holds TensorRT plugin nodes ({', '.join(artifact.manifest.onnx.plugins)})"
+    elif unsupported_plugins(artifact.manifest.onnx.plugins):
+        reason = (f"the graph holds TensorRT plugin nodes the evaluator has no implementation of "
+                  f"({', '.join(unsupported_plugins(artifact.manifest.onnx.plugins))})")
     else:
         try:
             import ml_dtypes  # noqa: F401
@@ -188,7 +194,7 @@ def reference_backend(artifact, max_bytes: int | None = None) -> Backend:
 def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "tensorrt"),
                       reference: str = "never") -> list[Backend]:
     """The ONNX Runtime providers, the engine of an artifact and (`reference`: "low-precision" for
-    fp16 and bf16 artifacts, as verify asks; "always"; "never", for callers that time or serve: it
+    fp16 and bf16 artifacts and plugin graphs, as verify asks; "always"; "never", for callers that time or serve: it
     is numpy) the ONNX reference evaluator, each runnable or skipped with why. On a CPU it is the
     one backend that computes a low-precision graph as written: ONNX Runtime's CPU provider has no
     bf16 kernels and runs most fp16 nodes through fp32 casts, so an fp16 graph that overflows to
@@ -205,7 +211,8 @@ def artifact_backends(artifact, providers: tuple[str, ...] = ("cpu", "cuda", "te
         except DeployError as exc:
             runner, reason = None, str(exc)
         backends.append(Backend(f"{manifest.tensorrt.flavor}-engine", runner, reason))
-    if reference == "always":
+    if reference == "always" or (reference == "low-precision" and manifest.onnx.plugins):
+        # plugin graphs: ONNX Runtime cannot run them, the evaluator (engines/plugin_reference.py) can
         backends.append(reference_backend(artifact))
     elif reference == "low-precision" and artifact.precision == "bf16":
         backends.append(reference_backend(artifact))
