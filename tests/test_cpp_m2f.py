@@ -8,6 +8,7 @@ refusal of windows that are not multiples of 32). Then the command line end to e
 artifact (slow: its export takes minutes on 2 cores), with and without --tta, on odd sizes."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -23,8 +24,18 @@ def build(tmp_path_factory):
     return cpp_build(tmp_path_factory)  # the session's one build, shared with test_cpp_runtime.py
 
 
-def _probe(build, *args):
-    r = _cpp(build, *args, tool="dinov3-deploy-probe")
+def _probe(build, *args, threads: int | None = None, vec: int | None = None):
+    """The probe; `threads`, `vec`: the PyTorch thread count and vector width it is to match."""
+    import subprocess
+
+    if threads is None and vec is None:
+        r = _cpp(build, *args, tool="dinov3-deploy-probe")
+    else:
+        env = {**os.environ, "DINOV3_TORCH_THREADS": str(threads or 1)}
+        if vec:
+            env["DINOV3_TORCH_VEC_FLOATS"] = str(vec)
+        r = subprocess.run([str(build / "dinov3-deploy-probe"), *map(str, args)], capture_output=True, text=True,
+                           env=env, timeout=120)
     assert r.returncode == 0, r.stderr
     return r
 
@@ -42,25 +53,63 @@ def test_pil_resize_is_pil_byte_for_byte(build, tmp_path, size):
     assert (got != want).sum() == 0
 
 
+SOFTMAX_CASES = [(5, 131, 97, 30), (150, 37, 53, 3), (3, 17, 19, 1e-3), (21, 61, 67, 10), (2, 1, 3, 5)]
+
+
+def _torch_softmax(x: np.ndarray, threads: int, capability: str | None, tmp_path) -> np.ndarray:
+    """torch.softmax(dim=1) of [C, H, W] with `threads` intra-op threads, in this process or, for another
+    CPU capability (fixed when PyTorch starts), in a fresh one."""
+    import torch
+
+    if capability is None:
+        old = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            return torch.softmax(torch.from_numpy(x)[None], 1)[0].numpy()
+        finally:
+            torch.set_num_threads(old)
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", x)
+    code = (f"import numpy as np, torch; torch.set_num_threads({threads}); x = np.load({str(tmp_path / 'x.npy')!r}); "
+            f"np.save({str(tmp_path / 'want.npy')!r}, torch.softmax(torch.from_numpy(x)[None], 1)[0].numpy())")
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+    return np.load(tmp_path / "want.npy")
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_softmax_is_pytorch_bit_for_bit(build, tmp_path, threads):
     """torch.softmax(dim=1) of [1, C, H, W]: SLEEF's exp on whole vectors of pixels, the scalar exp on the
     tail of each thread's chunk; pixel counts that leave tails, 150 classes as ADE20K, logits up to +-100."""
+    rng = np.random.default_rng(threads)
+    for c, h, w, scale in SOFTMAX_CASES:
+        x = (rng.standard_normal((c, h, w)) * scale).astype(np.float32)
+        x.tofile(tmp_path / "in.bin")
+        _probe(build, "softmax", tmp_path / "in.bin", c, h, w, tmp_path / "out.bin", threads=threads)
+        got = np.fromfile(tmp_path / "out.bin", dtype=np.float32).reshape(c, h, w)
+        want = _torch_softmax(x, threads, None, tmp_path)
+        assert (got != want).sum() == 0, f"{(got != want).sum()} of {got.size} differ ({c}x{h}x{w})"
+
+
+def test_softmax_follows_pytorchs_vector_width(build, tmp_path):
+    """PyTorch under ATEN_CPU_CAPABILITY=avx2 vectorises 8 floats, so other pixels fall to the scalar tail:
+    DINOV3_TORCH_VEC_FLOATS=8 matches it, the AVX512 width does not (the width is part of the arithmetic)."""
     import torch
 
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        rng = np.random.default_rng(threads)
-        for c, h, w, scale in [(5, 131, 97, 30), (150, 37, 53, 3), (3, 17, 19, 1e-3), (21, 61, 67, 10), (2, 1, 3, 5)]:
-            x = (rng.standard_normal((c, h, w)) * scale).astype(np.float32)
-            x.tofile(tmp_path / "in.bin")
-            _probe(build, "softmax", tmp_path / "in.bin", c, h, w, tmp_path / "out.bin")
-            got = np.fromfile(tmp_path / "out.bin", dtype=np.float32).reshape(c, h, w)
-            want = torch.softmax(torch.from_numpy(x)[None], 1)[0].numpy()
-            assert (got != want).sum() == 0, f"{(got != want).sum()} of {got.size} differ ({c}x{h}x{w})"
-    finally:
-        torch.set_num_threads(old)
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        pytest.skip("needs a CPU where PyTorch runs its AVX512 kernels")
+    rng = np.random.default_rng(7)
+    differ = {8: 0, 16: 0}
+    for c, h, w, scale in SOFTMAX_CASES[:4]:
+        x = (rng.standard_normal((c, h, w)) * scale).astype(np.float32)
+        x.tofile(tmp_path / "in.bin")
+        want = _torch_softmax(x, 3, "avx2", tmp_path)
+        for width in differ:
+            _probe(build, "softmax", tmp_path / "in.bin", c, h, w, tmp_path / "out.bin", threads=3, vec=width)
+            differ[width] += int((np.fromfile(tmp_path / "out.bin", dtype=np.float32).reshape(c, h, w) != want).sum())
+    assert differ[8] == 0 and differ[16] > 0, differ
 
 
 PLANS = [(37, 53, 64, 0), (131, 97, 64, 0), (21, 300, 64, 0), (896, 1344, 896, 0), (512, 683, 896, 0),

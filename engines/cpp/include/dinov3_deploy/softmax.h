@@ -2,10 +2,10 @@
 // sums the views' probabilities, so a last-bit difference can move a near-tie. PyTorch's kernel for a
 // non-last dim (SoftMaxKernel.cpp _vec_softmax) runs per pixel: the max over the classes, exp(x - max),
 // their sum in class order, each divided by the sum. Its loop over the H*W pixels is split by
-// parallel_for into one chunk per thread (grain 0: divup(H*W, threads) pixels each); within a chunk, whole vectors of pixels use
-// the vectorised exp, SLEEF's expf_u10 (sleefsimdsp.c xexpf: a degree-6 polynomial with fused
-// multiply-adds), the last < vector-width pixels the scalar std::exp. (torch.exp itself is MKL's, not
-// this.) torch_cpu.h gives the thread count and vector width.
+// parallel_for (grain 0) into one chunk of divup(H*W, threads) pixels per thread; within a chunk, whole
+// vectors of pixels take the vectorised exp, SLEEF's expf_u10 (sleefsimdsp.c xexpf: a polynomial with
+// fused multiply-adds), the last < vector-width pixels the scalar std::exp. (torch.exp on a tensor gives
+// other values, measured: it is not the reference here.) torch_cpu.h gives the thread count and width.
 #pragma once
 
 #include "dinov3_deploy/resize.h"

@@ -8,7 +8,8 @@ namespace dinov3_deploy {
 // DINOV3_TORCH_THREADS, else the core count (PyTorch's default).
 int torch_threads();
 // Floats per vector of PyTorch's dispatched kernels: 16 where it runs its AVX512 build (avx512f/bw/vl/dq),
-// else 8 (AVX2; other CPUs: see docs/cpp.md). DINOV3_TORCH_VEC_FLOATS overrides (ATEN_CPU_CAPABILITY=avx2 -> 8).
+// else 8 (AVX2); 4 off x86 (NEON, not measured: docs/cpp.md). DINOV3_TORCH_VEC_FLOATS overrides
+// (8 for a PyTorch run under ATEN_CPU_CAPABILITY=avx2).
 int torch_vec_floats();
 
 }  // namespace dinov3_deploy
