@@ -215,6 +215,31 @@ def test_m2f_labels_identical(build, m2f_artifact, m2f_images, tmp_path, tta):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("tta", [False, True])
+def test_m2f_probabilities_bit_for_bit(build, m2f_artifact, m2f_images, tmp_path, tta):
+    """Beyond the labels: the summed view probabilities themselves equal runtime/m2f_prediction.py's
+    float32 values exactly (every resize, sum, division and exp of the chain), at two strides and batches."""
+    import torch
+
+    from dinov3_deploy.artifact import load_artifact
+    from dinov3_deploy.reference.protocol.images import read_rgb
+    from dinov3_deploy.runtime.m2f_prediction import m2f_probabilities
+    from dinov3_deploy.runtime.predictor import Predictor
+
+    predictor = Predictor(load_artifact(m2f_artifact), "onnxruntime")
+    try:
+        for name, stride, batch in (("tall.png", 0, 2), ("sub/rgba.png", 40, 1), ("odd.png", 0, 1)):
+            image = read_rgb(m2f_images / name)
+            want = m2f_probabilities(predictor, image, 64, stride or None, batch, tta)[0].numpy()
+            _probe(build, "m2f-probs", m2f_artifact, m2f_images / name, 64, stride, batch, int(tta), tmp_path / "p.bin",
+                   threads=torch.get_num_threads())
+            got = np.fromfile(tmp_path / "p.bin", dtype=np.float32).reshape(want.shape)
+            assert (got != want).sum() == 0, f"{name}: {(got != want).sum()} of {got.size} differ"
+    finally:
+        predictor.close()
+
+
+@pytest.mark.slow
 def test_m2f_window_stride_and_batch_options(build, m2f_artifact, m2f_images, tmp_path):
     c, p = _run_both(build, m2f_artifact, [m2f_images / "tall.png", m2f_images / "sub"], tmp_path, "--tta",
                      "--stride", "40", "--batch-windows", "1")

@@ -93,8 +93,8 @@ Status check_windows(int h, int w, int crop, int stride) {
                        " (use a crop that is one, and a short side >= the crop)");
 }
 
-Result<std::vector<int32_t>> m2f_labels(const Manifest& m, Backend& backend, const Image& image,
-                                        const M2FOptions& o, int* windows_run) {
+Result<Planes> m2f_probabilities(const Manifest& m, Backend& backend, const Image& image, const M2FOptions& o,
+                                 int* windows_run) {
   if (m.uint8_input())
     return Status::error("a Mask2Former artifact with --uint8-input cannot run the M2F protocol here");
   const int stride = m2f_stride(o.window, o.stride);
@@ -119,7 +119,14 @@ Result<std::vector<int32_t>> m2f_labels(const Manifest& m, Backend& backend, con
       }
     }
   }
-  return argmax_classes(total);
+  return total;
+}
+
+Result<std::vector<int32_t>> m2f_labels(const Manifest& m, Backend& backend, const Image& image,
+                                        const M2FOptions& o, int* windows_run) {
+  Result<Planes> probs = m2f_probabilities(m, backend, image, o, windows_run);
+  if (!probs.ok()) return probs.status();
+  return argmax_classes(probs.value());
 }
 
 }  // namespace dinov3_deploy

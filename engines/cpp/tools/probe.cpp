@@ -15,6 +15,7 @@
 #include "dinov3_deploy/image.h"
 #include "dinov3_deploy/m2f.h"
 #include "dinov3_deploy/manifest.h"
+#include "dinov3_deploy/onnxruntime_backend.h"
 #include "dinov3_deploy/outputs.h"
 #include "dinov3_deploy/pil_resize.h"
 #include "dinov3_deploy/resize.h"
@@ -101,6 +102,20 @@ int main(int argc, char** argv) {
     std::cout << j.dump() << "\n";
     return 0;
   }
+  if (cmd == "m2f-probs" && argc == 9) {  // ARTIFACT IMAGE WINDOW STRIDE BATCH TTA OUT: float32 [C][H][W]
+    Result<Manifest> m = read_manifest(argv[2]);
+    if (!m.ok()) return fail(m.status().message());
+    Result<Image> img = read_rgb(argv[3]);
+    if (!img.ok()) return fail(img.status().message());
+    auto backend = make_onnxruntime_backend(m.value(), "cpu");
+    if (!backend.ok()) return fail(backend.status().message());
+    int windows = 0;
+    Result<Planes> p = m2f_probabilities(m.value(), *backend.value(), img.value(),
+                                         M2FOptions{arg(argv, 4), arg(argv, 5), arg(argv, 6), arg(argv, 7) != 0}, &windows);
+    if (!p.ok()) return fail(p.status().message());
+    write_raw(argv[8], p.value().data);
+    return 0;
+  }
   if (cmd == "decode" && argc == 4) {  // IMAGE OUT.png: the RGB pixels the runtime reads
     Result<Image> img = read_rgb(argv[2]);
     if (!img.ok()) return fail(img.status().message());
@@ -127,5 +142,5 @@ int main(int argc, char** argv) {
     std::cout << h.value() << "\n";
     return 0;
   }
-  return fail("usage: dinov3-deploy-probe geometry|resize|stitch|pil-resize|softmax|m2f-plan|decode|manifest|sha256 ARGS...");
+  return fail("usage: dinov3-deploy-probe geometry|resize|stitch|pil-resize|softmax|m2f-plan|m2f-probs|decode|manifest|sha256 ARGS...");
 }

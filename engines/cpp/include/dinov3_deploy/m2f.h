@@ -37,7 +37,11 @@ struct M2FOptions {
   bool tta = false;
 };
 
-// Labels [H][W] of `image`; `*windows_run` counts the graph's windows.
+// [C][H][W] the class probabilities of `image` summed over the views (their mean's argmax is the label);
+// `*windows_run` counts the graph's windows.
+Result<Planes> m2f_probabilities(const Manifest& m, Backend& backend, const Image& image, const M2FOptions& options,
+                                 int* windows_run);
+// Labels [H][W] of `image`: the argmax of m2f_probabilities.
 Result<std::vector<int32_t>> m2f_labels(const Manifest& m, Backend& backend, const Image& image,
                                         const M2FOptions& options, int* windows_run);
 
