@@ -37,6 +37,10 @@ def _missing_deps() -> str:
 
 @pytest.fixture(scope="module")
 def build(tmp_path_factory) -> Path:
+    return cpp_build(tmp_path_factory)
+
+
+def cpp_build(tmp_path_factory) -> Path:
     """build/ with dinov3-deploy-cpp, the probe and the example, TensorRT + CUDA stitch compiled in.
     Built once per test session: xdist workers share the folder, the first one builds under a lock."""
     from filelock import FileLock
@@ -47,7 +51,10 @@ def build(tmp_path_factory) -> Path:
         if os.environ.get("CI"):
             pytest.fail(reason + " (.ci/run runs it: on CI these tests must not skip)")
         pytest.skip(reason)
-    shared = tmp_path_factory.getbasetemp().parent  # the same folder for every xdist worker of this session
+    # the same folder for every xdist worker of this session (their basetemps share a parent); a plain run's
+    # parent is shared by every session on the machine, whose builds may come from other checkouts
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     out = shared / "cpp_build"
     with FileLock(str(shared / "cpp_build.lock")):
         if not (out / "built").exists():

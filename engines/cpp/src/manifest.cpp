@@ -46,6 +46,7 @@ Classes classes_of(const json& v) {
 Head head_of(const json& v, const std::string& fallback_task) {
   Head h;
   h.task = v.contains("task") && v["task"].is_string() ? v["task"].get<std::string>() : fallback_task;
+  h.head_type = v.contains("head_type") && v["head_type"].is_string() ? v["head_type"].get<std::string>() : "";
   h.n_classes = v.value("n_classes", 0);
   if (v.contains("classes") && v["classes"].is_object()) h.classes = classes_of(v["classes"]);
   return h;

@@ -3,8 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <thread>
+
+#include "dinov3_deploy/torch_cpu.h"
 
 namespace dinov3_deploy {
 namespace {
@@ -41,17 +41,6 @@ Axis axis_weights(int in, int out) {
   return a;
 }
 
-// PyTorch's intra-op thread count in the run to match: DINOV3_TORCH_THREADS, else the core count
-// (PyTorch's default). With one thread PyTorch resizes 3-channel images with the other kernel.
-bool torch_single_thread() {
-  static const bool single = [] {
-    const char* env = std::getenv("DINOV3_TORCH_THREADS");
-    const long n = env && *env ? std::strtol(env, nullptr, 10) : static_cast<long>(std::thread::hardware_concurrency());
-    return n <= 1;
-  }();
-  return single;
-}
-
 }  // namespace
 
 Planes resize_bilinear(const Planes& src, int out_h, int out_w, int channels) {
@@ -61,7 +50,7 @@ Planes resize_bilinear(const Planes& src, int out_h, int out_w, int channels) {
   dst.w = out_w;
   dst.data.resize(static_cast<size_t>(src.n) * out_h * out_w);
   const Axis ay = axis_weights(src.h, out_h), ax = axis_weights(src.w, out_w);
-  const bool channels_last_kernel = out_h + out_w <= 128 || (torch_single_thread() && channels == 3);
+  const bool channels_last_kernel = out_h + out_w <= 128 || (torch_threads() <= 1 && channels == 3);
   for (int p = 0; p < src.n; ++p) {
     const float* in = src.plane(p);
     float* out = dst.plane(p);

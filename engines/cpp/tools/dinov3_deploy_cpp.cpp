@@ -34,17 +34,18 @@ const char* kUsage =
     "usage: dinov3-deploy-cpp ARTIFACT INPUT... -o OUT [--backend onnxruntime|onnxruntime-cuda|"
     "onnxruntime-tensorrt|tensorrt]\n"
     "                         [--window N] [--stride N] [--batch-windows N] [--stitch cpu|gpu] [--cuda-graphs]\n"
-    "                         [--overwrite]\n"
+    "                         [--tta] [--overwrite]\n"
     "INPUT: image files, or folders read recursively. Per image (NAME: its path relative to the folder\n"
     "given, extension included): NAME_labels.png + NAME_seg.png (seg), NAME_depth.npy + NAME_depth.png\n"
     "(depth), NAME_patch_tokens.npy + NAME_pca.png (features), cls in predictions.json.\n"
+    "--tta: Mask2Former artifacts, the release's test-time augmentation (short side x 0.9..1.1 and mirrors).\n"
     "Exit status: 0 ok, 1 some images failed (the others written), 2 usage error.\n";
 
 struct Args {
   std::string artifact, out, backend = "onnxruntime", stitch = "cpu";
   std::vector<std::string> inputs;
   int window = 0, stride = 0, batch_windows = 0;
-  bool overwrite = false, cuda_graphs = false;
+  bool overwrite = false, cuda_graphs = false, tta = false;
 };
 
 struct Input {
@@ -93,6 +94,8 @@ Args parse(int argc, char** argv) {
       a.overwrite = true;
     } else if (arg == "--cuda-graphs") {
       a.cuda_graphs = true;
+    } else if (arg == "--tta") {
+      a.tta = true;
     } else if (arg.size() > 1 && arg[0] == '-') {
       die("unknown option " + arg + " (see --help)");
     } else {
@@ -237,7 +240,7 @@ int main(int argc, char** argv) {
   refuse_existing(out, planned, args.overwrite);
   for (const auto& note : m.notes) std::cerr << "note: " << note << "\n";
 
-  PipelineOptions opts{args.window, args.stride, args.batch_windows, args.stitch == "gpu"};
+  PipelineOptions opts{args.window, args.stride, args.batch_windows, args.stitch == "gpu", args.tta};
   Pipeline pipeline(m, *backend, opts);
   nlohmann::json predictions = nlohmann::json::array(), failures = nlohmann::json::array();
   int windows = 0;

@@ -1,5 +1,6 @@
 // dinov3-deploy-probe: one sub-command per library header, so the Python tests can hold each part
-// to its Python counterpart (window geometry, PyTorch's resize, the stitch, decoding, the manifest).
+// to its Python counterpart (window geometry, PyTorch's and PIL's resize, the stitch, the M2F protocol's
+// views and softmax, decoding, the manifest).
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -12,10 +13,14 @@
 
 #include "dinov3_deploy/geometry.h"
 #include "dinov3_deploy/image.h"
+#include "dinov3_deploy/m2f.h"
 #include "dinov3_deploy/manifest.h"
+#include "dinov3_deploy/onnxruntime_backend.h"
 #include "dinov3_deploy/outputs.h"
+#include "dinov3_deploy/pil_resize.h"
 #include "dinov3_deploy/resize.h"
 #include "dinov3_deploy/sha256.h"
+#include "dinov3_deploy/softmax.h"
 #include "dinov3_deploy/stitch.h"
 
 using namespace dinov3_deploy;  // NOLINT: a program, not a header
@@ -74,6 +79,43 @@ int main(int argc, char** argv) {
                                           arg(argv, 10), arg(argv, 11)));
     return 0;
   }
+  if (cmd == "pil-resize" && argc == 8) {  // IN H W OH OW OUT: uint8 [H][W][3] -> [OH][OW][3], PIL's bilinear
+    const Image img{arg(argv, 3), arg(argv, 4), read_raw<uint8_t>(argv[2])};
+    write_raw(argv[7], resize_pil_bilinear(img, arg(argv, 5), arg(argv, 6)).rgb);
+    return 0;
+  }
+  if (cmd == "softmax" && argc == 7) {  // IN C H W OUT: float32 [C][H][W] -> softmax over C
+    Planes p{arg(argv, 3), arg(argv, 4), arg(argv, 5), read_raw<float>(argv[2])};
+    softmax_classes(&p);
+    write_raw(argv[6], p.data);
+    return 0;
+  }
+  if (cmd == "m2f-plan" && argc == 7) {  // H W WINDOW STRIDE TTA -> JSON: the stride and each view's size
+    const int window = arg(argv, 4), stride = m2f_stride(window, arg(argv, 5));
+    nlohmann::json j = {{"stride", stride}, {"views", nlohmann::json::array()}};
+    for (int side : tta_short_sides(window, arg(argv, 6) != 0)) {
+      int vh = 0, vw = 0;
+      m2f_view_size(arg(argv, 2), arg(argv, 3), side, &vh, &vw);
+      const Status st = check_windows(vh, vw, window, stride);
+      j["views"].push_back({{"side", side}, {"size", {vh, vw}}, {"error", st.ok() ? "" : st.message()}});
+    }
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
+  if (cmd == "m2f-probs" && argc == 9) {  // ARTIFACT IMAGE WINDOW STRIDE BATCH TTA OUT: float32 [C][H][W]
+    Result<Manifest> m = read_manifest(argv[2]);
+    if (!m.ok()) return fail(m.status().message());
+    Result<Image> img = read_rgb(argv[3]);
+    if (!img.ok()) return fail(img.status().message());
+    auto backend = make_onnxruntime_backend(m.value(), "cpu");
+    if (!backend.ok()) return fail(backend.status().message());
+    int windows = 0;
+    Result<Planes> p = m2f_probabilities(m.value(), *backend.value(), img.value(),
+                                         M2FOptions{arg(argv, 4), arg(argv, 5), arg(argv, 6), arg(argv, 7) != 0}, &windows);
+    if (!p.ok()) return fail(p.status().message());
+    write_raw(argv[8], p.value().data);
+    return 0;
+  }
   if (cmd == "decode" && argc == 4) {  // IMAGE OUT.png: the RGB pixels the runtime reads
     Result<Image> img = read_rgb(argv[2]);
     if (!img.ok()) return fail(img.status().message());
@@ -100,5 +142,5 @@ int main(int argc, char** argv) {
     std::cout << h.value() << "\n";
     return 0;
   }
-  return fail("usage: dinov3-deploy-probe geometry|resize|stitch|decode|manifest|sha256 ARGS...");
+  return fail("usage: dinov3-deploy-probe geometry|resize|stitch|pil-resize|softmax|m2f-plan|m2f-probs|decode|manifest|sha256 ARGS...");
 }

@@ -34,6 +34,7 @@ struct Classes {
 
 struct Head {
   std::string task;
+  std::string head_type;  // "linear", "m2f" (Mask2Former: m2f.h), ...
   int n_classes = 0;
   std::optional<Classes> classes;
 };

@@ -1,6 +1,6 @@
 // One image through a Backend, as `dinov3-deploy infer` does it (runtime/inference.py
 // predict_image): seg by the sliding window on the image resized (short side = the window),
-// labels at the image size; depth, cls and features from one pass over the whole image resized to
+// labels at the image size (a Mask2Former artifact: the release's M2F protocol, m2f.h); depth, cls and features from one pass over the whole image resized to
 // a valid input; a multi-head artifact does both, each task from its named output.
 #pragma once
 
@@ -12,6 +12,7 @@
 #include "dinov3_deploy/backend.h"
 #include "dinov3_deploy/image.h"
 #include "dinov3_deploy/manifest.h"
+#include "dinov3_deploy/resize.h"
 
 namespace dinov3_deploy {
 
@@ -20,6 +21,7 @@ struct PipelineOptions {
   int stride = 0;         // 0: max(multiple, 2/3 of the window)
   int batch_windows = 0;  // 0: up to 4, within the batch range
   bool gpu_stitch = false;
+  bool tta = false;       // Mask2Former artifacts: the release's TTA ratios and mirrors (m2f.h)
 };
 
 struct Prediction {
@@ -42,6 +44,9 @@ class Pipeline {
   Result<Prediction> predict(const Image& image);
 
  private:
+  // seg labels into pred: the sliding window of the linear head, or the M2F protocol
+  Status predict_labels(const Image& image, const Planes& pixels, int size, Prediction* pred);
+
   const Manifest& manifest_;
   Backend& backend_;
   PipelineOptions options_;

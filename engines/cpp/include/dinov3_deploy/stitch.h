@@ -10,11 +10,19 @@
 #include <vector>
 
 #include "dinov3_deploy/geometry.h"
+#include "dinov3_deploy/resize.h"
 #include "dinov3_deploy/status.h"
 
 namespace dinov3_deploy {
 
-// logits: [g.size()][classes][lh][lw], windows row-major. Returns labels [out_h][out_w].
+// slide_inference itself: logits [g.size()][classes][lh][lw] (windows row-major) -> the averaged
+// scores [classes][out_h][out_w] (each window's upsampled to the window, summed, divided by the count,
+// resized to the output size).
+Planes stitch_scores_cpu(const float* logits, int classes, int lh, int lw, const WindowGeometry& g, int out_h,
+                         int out_w);
+// [out_h][out_w] the class of the largest score per pixel, the first of equal maxima (torch.argmax).
+std::vector<int32_t> argmax_classes(const Planes& scores);
+// argmax_classes(stitch_scores_cpu(...)): labels [out_h][out_w].
 std::vector<int32_t> stitch_labels_cpu(const float* logits, int classes, int lh, int lw, const WindowGeometry& g,
                                        int out_h, int out_w);
 
