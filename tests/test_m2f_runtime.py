@@ -45,3 +45,50 @@ def test_bench_e2e_times_an_m2f_artifact(m2f_artifact, tmp_path):
                                    "onnxruntime", "--stitch", "triton", "--window", "64", "--warmup", "0",
                                    "--iters", "1", "--no-plot", "--out", str(tmp_path), "--name", "t"])
     assert res.exit_code == 2 and "--stitch triton is the linear head's kernel" in res.output
+
+
+SEG = "model.segmentor.segmentation_model"
+
+
+@pytest.mark.slow
+def test_per_block_covers_backbone_adapter_pixel_decoder_and_decoder(m2f_artifact):
+    from dinov3_deploy.artifact import load_artifact
+    from dinov3_deploy.runtime.runners import artifact_backends
+    from dinov3_deploy.verification.per_block import per_block_report
+
+    art = load_artifact(m2f_artifact)
+    report = per_block_report(art, artifact_backends(art))
+    assert report["family"] == "m2f" and report["first_failing_block"] is None
+    names = [r["name"] for r in report["blocks"]]
+    assert names == ([f"backbone {i}" for i in range(4)] + [f"adapter {i}" for i in range(4)]
+                     + [f"pixel decoder {i}" for i in range(6)] + ["mask features"]
+                     + [f"decoder {i}" for i in range(9)])
+    assert [r["block"] for r in report["blocks"]] == list(range(len(names)))
+    assert all(r["passed"] and r["rel_fro"] < 1e-5 for r in report["blocks"])
+    shapes = {r["name"]: r["shape"] for r in report["blocks"]}  # 2x64x64: hidden 32, 100 queries
+    assert shapes["mask features"] == [2, 32, 16, 16] and shapes["decoder 8"] == [2, 100, 32]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scope,name", [
+    (f"{SEG}.0.interactions.1.extractor.ffn.fc2", "adapter 1"),
+    (f"{SEG}.1.pixel_decoder.encoder.encoder.layers.2.linear2", "pixel decoder 2"),
+    (f"{SEG}.1.predictor.transformer_ffn_layers.4.linear2", "decoder 4"),
+])
+def test_a_fault_planted_in_one_m2f_block_is_named_by_per_block(m2f_artifact, tmp_path, scope, name):
+    from per_block_helpers import tamper_weight
+    from rich.console import Console
+
+    from dinov3_deploy.runtime.runners import artifact_backends
+    from dinov3_deploy.verification.per_block import per_block_report, render_per_block
+
+    art = tamper_weight(m2f_artifact, tmp_path / "tampered", scope)
+    report = per_block_report(art, artifact_backends(art))
+    rows = report["blocks"]
+    first = report["first_failing_block"]
+    assert report["first_failing"] == name and rows[first]["name"] == name
+    assert all(r["passed"] and r["rel_fro"] < 1e-5 for r in rows[:first])
+    assert not all(o["passed"] for o in report["outputs"])
+    console = Console(record=True, width=200)
+    render_per_block(report, console)
+    assert f"first block over threshold: {name}" in console.export_text()
