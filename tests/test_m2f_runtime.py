@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from click.testing import CliRunner
 from m2f_helpers import export_m2f, tiny_m2f_head
 
@@ -40,6 +41,11 @@ def test_bench_e2e_times_an_m2f_artifact(m2f_artifact, tmp_path):
     assert row["windows_per_pass"] == 2 * 2
     assert [p["label_agreement"] for p in row["parity"]] == [1.0, 1.0]  # the reference: torch fp32, summed scores
     assert 0 < row["stitch_share"] < 1
+    from dinov3_deploy.artifact import load_artifact
+    from dinov3_deploy.runtime.predictor import Predictor
+
+    # the CPU's torch backend: the plain deformable-attention core, and its name says so
+    assert Predictor(load_artifact(m2f_artifact), "torch").name == "torch-fp32-sdpa-deform-plain"
     # the linear head's Triton stitch is refused for M2F, in one line
     res = CliRunner().invoke(cli, ["bench", str(m2f_artifact), "--e2e", str(tmp_path / "imgs"), "--backend",
                                    "onnxruntime", "--stitch", "triton", "--window", "64", "--warmup", "0",
@@ -92,3 +98,24 @@ def test_a_fault_planted_in_one_m2f_block_is_named_by_per_block(m2f_artifact, tm
     console = Console(record=True, width=200)
     render_per_block(report, console)
     assert f"first block over threshold: {name}" in console.export_text()
+
+
+def test_torch_backend_runs_the_deform_kernel_on_cuda_and_the_plain_core_on_cpu(m2f_head, monkeypatch):
+    """This machine has no GPU: only torch.cuda.is_available is mocked, to see the device the Predictor's
+    torch backend picks and the deformable-attention core it then builds the segmentor with (the model is
+    not moved to the device; the kernel itself is tested in test_kernel_ms_deform_attn.py)."""
+    from dinov3_deploy.model_source import ModelSource
+    from dinov3_deploy.reference.models.ms_deform_attn import MSDeformAttn
+    from dinov3_deploy.runtime.device_backends import torch_backend_name, torch_model
+    from dinov3_deploy.runtime.predictor import predictor_device
+
+    source = ModelSource.resolve("seg", None, head=str(m2f_head))
+    for gpu, core in ((True, "triton"), (False, "plain")):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda gpu=gpu: gpu)
+        device = predictor_device(None)
+        assert device.type == ("cuda" if gpu else "cpu")
+        model, deform = torch_model(source, device, "sdpa")
+        cores = {m.impl for m in model.modules() if isinstance(m, MSDeformAttn)}
+        assert deform == core and cores == {core}
+        assert torch_backend_name("fp32", "sdpa", deform) == f"torch-fp32-sdpa-deform-{core}"
+    assert predictor_device("cpu").type == "cpu"  # an explicit device wins (no kernel on the CPU then)
