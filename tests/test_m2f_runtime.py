@@ -119,3 +119,31 @@ def test_torch_backend_runs_the_deform_kernel_on_cuda_and_the_plain_core_on_cpu(
         assert deform == core and cores == {core}
         assert torch_backend_name("fp32", "sdpa", deform) == f"torch-fp32-sdpa-deform-{core}"
     assert predictor_device("cpu").type == "cpu"  # an explicit device wins (no kernel on the CPU then)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tta", [False, True])
+def test_chunked_stitch_gives_the_reference_protocol_labels(m2f_artifact, m2f_head, tta):
+    """infer's default M2F stitch (chunked, from the class and mask logits) against the reference `eval`
+    protocol on the segmentor itself, and against the graph's scores summed by slide_inference."""
+    from dinov3_deploy.artifact import load_artifact
+    from dinov3_deploy.reference import create_segmentor
+    from dinov3_deploy.reference.protocol.m2f import TTA_RATIOS, tta_probabilities, tta_short_sides
+    from dinov3_deploy.reference.protocol.synthetic import make_sample
+    from dinov3_deploy.reference.training.m2f_eval import m2f_views
+    from dinov3_deploy.runtime.m2f_prediction import m2f_probabilities
+    from dinov3_deploy.runtime.predictor import Predictor
+
+    image = make_sample(5, 80, 120)[0]
+    predictor = Predictor(load_artifact(m2f_artifact), "onnxruntime")
+    chunked = m2f_probabilities(predictor, image, 64, None, 2, tta, "chunked")
+    summed = m2f_probabilities(predictor, image, 64, None, 2, tta, "torch")
+    torch.testing.assert_close(chunked, summed, rtol=0, atol=1e-5)
+
+    seg = create_segmentor("vit_tiny_test", head_weights=str(m2f_head))
+    views = m2f_views(image, tta_short_sides(64, TTA_RATIOS if tta else (1.0,)))
+    with torch.no_grad():
+        want = tta_probabilities(seg.predict, views, 5, image.shape[:2], crop=64, stride=43, flip=tta)
+    n_views = len(views) * (2 if tta else 1)
+    torch.testing.assert_close(chunked / n_views, want, rtol=0, atol=1e-5)
+    assert torch.equal(chunked.argmax(1), want.argmax(1))

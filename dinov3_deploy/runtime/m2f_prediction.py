@@ -1,7 +1,9 @@
 """One image through a Mask2Former artifact with the release's protocol (reference/protocol/m2f.py):
 views resized from the uint8 image as the reference evaluation resizes them, the sliding window over
-each view (and its mirror with TTA), the graph's per-window semantic scores summed per window on the
-predictor's device, probabilities averaged over the views, argmax.
+each view (and its mirror with TTA), the per-window semantic scores summed per window on the
+predictor's device (by default accumulated from the class and mask logits in chunks, m2f_stitch.py;
+`--stitch torch`: the graph's own scores output through the reference slide_inference), probabilities
+averaged over the views, argmax.
 
 The views and the view arithmetic are the reference's own functions (training/m2f_eval.m2f_views,
 protocol/m2f.tta_short_sides, sliding_window.slide_inference), fed the artifact's scores: so the
@@ -34,21 +36,21 @@ def m2f_stride(window: int, stride: int | None) -> int:
 
 
 def resolve_m2f_stitch(stitch: str) -> str:
-    """--stitch for a Mask2Former artifact: auto and torch sum the graph's scores (the reference
-    slide_inference); the linear head's Triton stitch does not apply (it upsamples logits, M2F sums
-    sigmoid-ed mask products)."""
+    """--stitch for a Mask2Former artifact: auto and chunked accumulate from the class and mask logits
+    (m2f_stitch.py); torch sums the graph's scores with the reference slide_inference; the linear head's
+    Triton stitch does not apply (it upsamples logits, M2F sums sigmoid-ed mask products)."""
     from .stitches import STITCHES
 
     if stitch not in STITCHES:
         raise DeployError(f"--stitch must be one of {', '.join(STITCHES)}, got '{stitch}'")
     if stitch == "triton":
-        raise DeployError("--stitch triton is the linear head's kernel; a Mask2Former artifact takes --stitch auto "
-                          "or torch")
-    return "torch"
+        raise DeployError("--stitch triton is the linear head's kernel; a Mask2Former artifact takes --stitch auto, "
+                          "chunked or torch")
+    return "torch" if stitch == "torch" else "chunked"
 
 
 def m2f_labels(predictor, image: np.ndarray, window: int, stride: int | None, batch_windows: int,
-               tta: bool, stitch: str = "torch") -> np.ndarray:
+               tta: bool, stitch: str = "chunked") -> np.ndarray:
     """[H, W] uint8 labels of uint8 `image` [H, W, 3] by the release's M2F protocol on the artifact."""
     probs = m2f_probabilities(predictor, image, window, stride, batch_windows, tta, stitch)
     return probs.argmax(1)[0].to(torch.uint8).cpu().numpy()
@@ -75,7 +77,7 @@ def m2f_inputs(predictor, image: np.ndarray, window: int, stride: int | None, tt
 
 @torch.no_grad()
 def m2f_probabilities(predictor, image: np.ndarray, window: int, stride: int | None, batch_windows: int,
-                      tta: bool, stitch: str = "torch") -> torch.Tensor:
+                      tta: bool, stitch: str = "chunked") -> torch.Tensor:
     """[1, C, H, W] class probabilities summed over the views (their mean's argmax is the label)."""
     out_size = tuple(image.shape[:2])
     total = None
@@ -89,7 +91,8 @@ def m2f_probabilities(predictor, image: np.ndarray, window: int, stride: int | N
 
 def stitch_outputs(manifest, stitch: str) -> dict[str, str]:
     """The graph outputs a stitch reads: {role: output name}."""
-    return {"scores": manifest.output_name("seg", "scores")}
+    roles = ("scores",) if stitch == "torch" else ("class_logits", "mask_logits")
+    return {role: manifest.output_name("seg", role) for role in roles}
 
 
 def window_batches(predictor, x: torch.Tensor, window: int, step: int, batch_windows: int, stitch: str,
@@ -110,13 +113,24 @@ def window_batches(predictor, x: torch.Tensor, window: int, step: int, batch_win
 def stitch_view(batches: Iterable[dict[str, torch.Tensor]], x: torch.Tensor, manifest, window: int, step: int,
                 out_size: tuple[int, int], batch_windows: int, stitch: str) -> torch.Tensor:
     """[1, C, out_h, out_w] scores of view `x` from its window batches (window_batches' order):
-    "torch" sums the graph's per-window scores with the reference slide_inference."""
-    from dinov3_deploy.reference.protocol.sliding_window import slide_inference
+    "torch" sums the graph's per-window scores with the reference slide_inference; "chunked" adds
+    each window into the view's canvas from its class and mask logits (m2f_stitch.py)."""
+    from dinov3_deploy.reference.protocol.sliding_window import slide_inference, window_geometry
+
+    from .m2f_stitch import add_windows, finish_view, m2f_canvas
 
     n_classes = manifest.head.n_classes
     it = iter(batches)
-    return slide_inference(lambda crops: next(it)["scores"], x, n_classes, window, step, out_size=out_size,
-                           batch_size=batch_windows)
+    if stitch == "torch":
+        return slide_inference(lambda crops: next(it)["scores"], x, n_classes, window, step, out_size=out_size,
+                               batch_size=batch_windows)
+    g = window_geometry(int(x.shape[-2]), int(x.shape[-1]), window, step)
+    canvas, count = m2f_canvas(g, n_classes, x.device)
+    windows = g.windows()
+    for start in range(0, len(windows), batch_windows):
+        out = next(it)
+        add_windows(canvas, out["class_logits"], out["mask_logits"], windows[start:start + batch_windows])
+    return finish_view(canvas, count, out_size)
 
 
 def stitch_seconds(predictor, image: np.ndarray, window: int, stride: int | None, batch_windows: int,

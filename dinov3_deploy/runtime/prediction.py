@@ -76,6 +76,8 @@ def resolve_stitch(stitch: str, device: torch.device, manifest=None) -> str:
         return stitch
     if stitch not in STITCHES:
         raise DeployError(f"--stitch must be one of {', '.join(STITCHES)}, got '{stitch}'")
+    if stitch == "chunked":
+        raise DeployError("--stitch chunked is the Mask2Former stitch; this artifact takes auto, triton or torch")
     if stitch == "auto":
         return "triton" if device.type == "cuda" else "torch"
     if stitch == "triton" and device.type != "cuda" and not interpreting():
