@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 from dinov3_deploy.reference.protocol.sliding_window import WindowGeometry
 
-#: Queries and classes per step. At 896 x 896: 16 masks (51 MB) and a 32-class partial sum (103 MB).
-Q_CHUNK = 16
+#: Queries and classes per step. At 896 x 896: 50 masks (160 MB) and a 32-class partial sum (103 MB): on the
+#: 2-core VM as fast as the scores path (16 queries: 2x slower for 50 MB less; bench/m2f_stitch_memory.py).
+Q_CHUNK = 50
 C_CHUNK = 32
 
 
