@@ -75,8 +75,9 @@ def e2e_rows(artifact, images: list, combos: list[tuple], *, window: int | None 
             predictor = Predictor(artifact, backend, **options)
             base["precision"] = artifact.precision if predictor.kind != "torch" else predictor._impl.precision
             compiled = f" compile {options['compile_mode']}" if options.get("compile_mode") else ""
-            base["target"] = f"e2e {predictor.name}{compiled} + stitch {stitch}"
-            stitch_used = resolve_stitch(stitch, predictor.device)
+            stitch_used = resolve_stitch(stitch, predictor.device, artifact.manifest)
+            base["target"] = f"e2e {predictor.name}{compiled} + stitch {stitch_used}"
+            base["stitch_used"] = stitch_used
         except Exception as exc:  # noqa: BLE001 - a backend that cannot run here is reported, not fatal
             rows.append({**base, "status": "skipped", "reason": f"{exc}"[:400]})
             continue
@@ -113,39 +114,45 @@ def label_rows(reference: dict[str, np.ndarray], labels: dict[str, np.ndarray], 
 
 
 def stitch_share(predictor, item, stitch: str, window, stride, batch_windows, repeats: int = 3) -> float:
-    """Fraction of one image's window work (forwards + stitch, median of `repeats`) spent stitching."""
+    """Fraction of one image's window work (forwards + stitch, median of `repeats`) spent stitching
+    (a Mask2Former artifact: its first view's windows and stitch, m2f_prediction.stitch_seconds)."""
+    from dinov3_deploy.reference.protocol.images import read_rgb
+    from dinov3_deploy.runtime.m2f_prediction import is_m2f_artifact, stitch_seconds
+    from dinov3_deploy.runtime.prediction import batch_windows_of, window_size
+
+    shapes = predictor.artifact.shapes()
+    size, per_call = window_size(shapes, window), batch_windows_of(shapes, batch_windows)
+    image = read_rgb(item.source) if isinstance(item.source, Path) else item.source
+    split = stitch_seconds if is_m2f_artifact(predictor.artifact.manifest) else linear_stitch_seconds
+    shares = []
+    for _ in range(repeats):
+        forwards, stitching = split(predictor, image, size, stride, per_call, stitch)
+        shares.append(stitching / (forwards + stitching))
+    return round(float(np.median(shares)), 4)
+
+
+def linear_stitch_seconds(predictor, image: np.ndarray, size: int, stride, batch_windows: int,
+                          stitch: str) -> tuple[float, float]:
+    """(seconds of the window forwards, seconds of the stitch) of one image through a linear-head artifact."""
     import time
 
     import torch
 
-    from dinov3_deploy.reference.protocol.images import read_rgb
     from dinov3_deploy.reference.protocol.sliding_window import window_geometry
-    from dinov3_deploy.runtime.prediction import (
-        batch_windows_of,
-        resize_short_side,
-        stitch_labels,
-        window_logits,
-        window_size,
-    )
+    from dinov3_deploy.runtime.prediction import resize_short_side, stitch_labels, window_logits
 
     shapes = predictor.artifact.shapes()
-    size = window_size(shapes, window)
-    image = read_rgb(item.source) if isinstance(item.source, Path) else item.source
     pixels = torch.from_numpy(np.array(image)).to(predictor.device).permute(2, 0, 1)[None].float()
     scaled = resize_short_side(pixels, size)
     g = window_geometry(scaled.shape[-2], scaled.shape[-1], size, stride or max(shapes.multiple, size * 2 // 3))
     sync = torch.cuda.synchronize if predictor.device.type == "cuda" else (lambda: None)
-    shares = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        logits = window_logits(predictor, scaled, g, batch_windows_of(shapes, batch_windows))
-        sync()
-        t1 = time.perf_counter()
-        stitch_labels(logits, scaled, g, tuple(image.shape[:2]), stitch).cpu()
-        t2 = time.perf_counter()
-        shares.append((t2 - t1) / (t2 - t0))
-    return round(float(np.median(shares)), 4)
+    sync()
+    t0 = time.perf_counter()
+    logits = window_logits(predictor, scaled, g, batch_windows)
+    sync()
+    t1 = time.perf_counter()
+    stitch_labels(logits, scaled, g, tuple(image.shape[:2]), stitch).cpu()
+    return t1 - t0, time.perf_counter() - t1
 
 
 def synthetic_images(folder: Path, n: int, height: int, width: int) -> None:

@@ -11,6 +11,9 @@
 #   kernels KERNEL_S=100 attention (incl. B=1), fused, stitch, msda (deformable attention), configs
 #   model   MODEL_S=170  whole backbone 512x512 bf16: compile vs compile+Triton, default and
 #                        reduce-overhead, vitl16/vitb16, B=1/8
+#   m2f     M2F_S=90     whole M2F segmentor (vitl16, hidden 2048) 896x896 bf16: the deformable-attention
+#                        kernel vs torch.compile of the plain core (goal 1.3x), peak memory; then the M2F
+#                        stitch's peak memory, chunked vs the graph's scores (bench/m2f_stitch_memory.py)
 #   e2e     E2E_S=90     infer's path vs torch.compile + device stitch (and the others) on 2048x1024
 # One failing step does not stop the others. Reports (JSON + Markdown + logs) go to
 # bench/results/gpu_<stamp>/ and, packed into one archive, to $OUT/gpu_results.tgz (a call returns at
@@ -20,12 +23,13 @@ cd "$(dirname "$0")/.."
 SMOKE=0
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
 PY=${PYTHON:-python3}
-TOTAL_S=${TOTAL_S:-530}
+TOTAL_S=${TOTAL_S:-590}
 TESTS_S=${TESTS_S:-130}
 HOST_S=${HOST_S:-40}
 KERNEL_S=${KERNEL_S:-100}
 MODEL_S=${MODEL_S:-170}
 E2E_S=${E2E_S:-90}
+M2F_S=${M2F_S:-90}
 START=$(date +%s)
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RES=bench/results/gpu_$STAMP
@@ -104,6 +108,10 @@ step host "$HOST_S" "${KB[@]}" --sections host --out "$RES/host.json" --budget-s
 step kernels "$KERNEL_S" "${KB[@]}" --sections attention,fused,stitch,msda,configs --out "$RES/kernels.json" \
   --budget-s $((KERNEL_S - 25))
 step model "$MODEL_S" "${KB[@]}" --sections e2e --out "$RES/model.json" --budget-s $((MODEL_S - 45))
+step m2f $((M2F_S - 20)) "${KB[@]}" --sections m2f --out "$RES/m2f.json" --budget-s $((M2F_S - 45))
+STITCH_MEM=(--device cuda)
+[ "$SMOKE" = 1 ] && STITCH_MEM=(--device cpu --window 64 --image 70 100 --classes 20 --queries 10)
+step m2f-stitch 20 $PY -m dinov3_deploy.bench.m2f_stitch_memory "${STITCH_MEM[@]}" --out "$RES/m2f_stitch_memory.json"
 E2E_ARGS=()
 [ "$SMOKE" = 1 ] && E2E_ARGS=(--smoke --iters 1 --combos compile-stitch,reference)
 step e2e "$E2E_S" $PY -m dinov3_deploy.bench.e2e_gpu "${E2E_ARGS[@]}" --out "$RES/e2e.json"
@@ -116,7 +124,7 @@ if [ -n "${OUT:-}" ]; then
   mkdir -p "$OUT"
   tar czf "$OUT/gpu_results.tgz" -C "$(dirname "$RES")" "$(basename "$RES")" && cp "$SUMMARY" "$OUT/summary.md"
 fi
-for json in "$RES"/host.json "$RES"/kernels.json "$RES"/model.json "$RES"/e2e.json; do
+for json in "$RES"/host.json "$RES"/kernels.json "$RES"/model.json "$RES"/m2f.json "$RES"/e2e.json; do
   [ -f "$json" ] && $PY -m dinov3_deploy.bench.report "$json" 2>&1 | tail -60
 done
 echo "== summary ($(( $(date +%s) - START ))s)"

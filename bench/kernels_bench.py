@@ -24,6 +24,9 @@ Sections (random data; kernels timed with triton.testing.do_bench, models with C
              patch map, width D/2: head dim 128 for vit7b16, 32 for vitl16). The Triton kernel vs the
              plain PyTorch core (grid_sample per level) eager and (pixel decoder) under torch.compile; time and peak
              memory (CUDA events, so inputs are counted too)
+  m2f        (only when named) the whole Mask2Former segmentor forward, vitl16 hidden 2048 at 896x896,
+             B=1, bf16: the deformable-attention kernel (eager, compiled) vs torch.compile of the plain
+             core; peak memory per row
   e2e        vitl16 / vitb16 backbone forward at 512x512, B = 1 / 8, bf16: torch.compile (SDPA) and
              attn_impl="triton" under torch.compile, each in mode "default" and "reduce-overhead"
              (Inductor's CUDA graphs); --smoke: eager and triton eager on a tiny ViT
@@ -57,7 +60,7 @@ from dinov3_deploy.bench.timing import measure, measure_kernel
 from dinov3_deploy.kernels.precision import dot_precision  # the one definition (Triton-free)
 from dinov3_deploy.verification.parity import THRESHOLDS, OutputParity, compare_output
 
-SECTIONS = ("attention", "fused", "stitch", "configs", "msda", "e2e")  # the default run; "host" runs when named
+SECTIONS = ("attention", "fused", "stitch", "configs", "msda", "e2e")  # the default run; "host", "m2f" when named
 PRECISION = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
 
 
@@ -499,8 +502,39 @@ def _msda_case(run: Run, name: str, shapes, Q: int, M: int, Dh: int, P: int) -> 
         run.model(_row("msda", "plain_compile", shape, run.dtype, **dims), functools.partial(compiled, *args), check)
 
 
+def bench_m2f(run: Run) -> None:
+    """The whole Mask2Former segmentor forward (backbone, adapter, pixel decoder, decoder) with the Triton
+    deformable-attention kernel against torch.compile of the plain core (the issue's 1.3x goal), peak
+    memory per row; backbone attention SDPA in every row, so only the deformable core differs. vitl16
+    (hidden 2048, 150 classes: the release's head shape) at 896x896, B=1; --smoke: the tiny segmentor."""
+    name, hidden, size = ("vit_tiny_test", 32, 64) if run.smoke else ("vitl16", 2048, 896)
+    shape = f"{name} hidden={hidden} B=1 {size}x{size}"
+    variants = ["plain_eager"] if run.smoke else ["plain_compile", "triton_eager", "triton_compile"]
+    if run.smoke:  # measured: 274 s per forward of the tiny segmentor under the interpreter (rel 7.5e-7 to plain)
+        run.rows.append(skipped_row(_row("m2f", "triton_eager", shape, run.dtype), "minutes under the interpreter"))
+    if time.time() > run.deadline:
+        run.rows += [skipped_row(_row("m2f", v, shape, run.dtype), "time budget of the run spent") for v in variants]
+        return
+    from dinov3_deploy.reference import create_segmentor
+
+    seg = create_segmentor(name, hidden_dim=hidden, num_classes=5 if run.smoke else 150, device=run.device)
+    x = torch.randn(1, 3, size, size, device=run.device)
+    with torch.no_grad():
+        check = against(seg(x)["pred_masks"], run.precision, shape)  # fp32, plain core
+    seg, x = seg.to(run.dtype), x.to(run.dtype)
+    for var in variants:
+        core = var.split("_")[0]
+        seg.set_deform_impl(core)
+        fwd = torch.compile(seg, dynamic=False) if var.endswith("compile") else seg
+        extra = {"model": name, "hidden": hidden, "size": size, "deform_impl": core, "compile": "compile" in var}
+        run.model(_row("m2f", var, shape, run.dtype, **extra), lambda fwd=fwd: fwd(x)["pred_masks"], check)
+        run.save()
+        if not run.smoke:
+            torch._dynamo.reset()
+
+
 BENCHES = {"host": bench_host, "attention": bench_attention, "fused": bench_fused, "stitch": bench_stitch,
-           "configs": bench_configs, "msda": bench_msda, "e2e": bench_e2e}
+           "configs": bench_configs, "msda": bench_msda, "e2e": bench_e2e, "m2f": bench_m2f}
 
 
 def baselines(smoke: bool) -> dict[str, str]:
@@ -508,7 +542,8 @@ def baselines(smoke: bool) -> dict[str, str]:
     attention >= cuDNN, fused >= 2x eager, stitch >= 20x the naive canvas, e2e vs torch.compile)."""
     return {"host": "op_profiled", "attention": "sdpa_math" if smoke else "cudnn", "fused": "eager_rope_sdpa",
             "stitch": "naive_pad_add", "msda": "plain_eager" if smoke else "plain_compile",
-            "configs": "heuristic", "e2e": "eager" if smoke else "compile"}
+            "configs": "heuristic", "e2e": "eager" if smoke else "compile",
+            "m2f": "plain_eager" if smoke else "plain_compile"}
 
 
 def _ok(rows, **match) -> dict:
@@ -560,6 +595,19 @@ def summarize(folder: Path) -> str:
             if tri.get("median_ms") and got.get(base, {}).get("median_ms"):
                 line += f"; {got[base]['median_ms'] / tri['median_ms']:.2f}x {base}"
         out.append(line + "  [goals: >= 3x the plain core, less memory]")
+    seg = {r["target"]: r for r in rows("m2f.json") if r.get("section") == "m2f"}
+    if seg:
+        line = "m2f segmentor forward: " + ", ".join(
+            f"{t} {r.get('median_ms')} ms {r.get('peak_mem_mb')} MB ({r.get('status')})" for t, r in seg.items())
+        ours = [seg[t]["median_ms"] for t in ("triton_eager", "triton_compile") if seg.get(t, {}).get("median_ms")]
+        if ours and seg.get("plain_compile", {}).get("median_ms"):
+            line += f"; {seg['plain_compile']['median_ms'] / min(ours):.2f}x plain_compile"
+        out.append(line + "  [goal: kernel >= 1.3x torch.compile of the plain core]")
+    stitch_mem = folder / "m2f_stitch_memory.json"
+    if stitch_mem.exists():
+        out.append("m2f stitch peak MiB: " + ", ".join(f"{r['name']} {r['peak_mib']} (labels equal "
+                                                       f"{r['labels_equal_scores_path']})"
+                                                       for r in json.loads(stitch_mem.read_text())["rows"]))
     model = [r for r in rows("model.json") if r.get("section") == "e2e"]
     for name in ("vitb16", "vitl16"):
         for B in (1, 8):

@@ -197,6 +197,7 @@ def run_e2e(opts: BenchOptions, console) -> None:
     from dinov3_deploy.bench.machine import machine_info
     from dinov3_deploy.runtime.backends import e2e_backends, parse_backend
     from dinov3_deploy.runtime.discovery import list_images
+    from dinov3_deploy.runtime.m2f_prediction import is_m2f_artifact, resolve_m2f_stitch
     from dinov3_deploy.runtime.prediction import batch_windows_of, window_size
     from dinov3_deploy.verification.parity import THRESHOLDS
 
@@ -207,6 +208,9 @@ def run_e2e(opts: BenchOptions, console) -> None:
         raise DeployError(f"--e2e times the sliding window of seg artifacts; this one is '{art.task}'")
     window_size(art.shapes(), opts.window)
     batch_windows_of(art.shapes(), opts.batch_windows)
+    if is_m2f_artifact(art.manifest):  # a stitch M2F has not is refused before the reference pass
+        for stitch in opts.stitches:
+            resolve_m2f_stitch(stitch)
     names = e2e_backends(art, opts.backends)
     is_torch = {n: parse_backend(n)[0] == "torch" for n in names}
     torch_options = _torch_options(opts, any(is_torch.values()))

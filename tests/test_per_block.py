@@ -4,22 +4,20 @@ fault planted in one block of a tampered artifact is found at that block, earlie
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import onnx
 import pytest
 from cli_helpers import export_tiny
 from click.testing import CliRunner
-from onnx import numpy_helper
+from per_block_helpers import tamper_weight
 
-from dinov3_deploy.artifact import file_entry, load_artifact
+from dinov3_deploy.artifact import load_artifact
 from dinov3_deploy.cli import cli
 from dinov3_deploy.errors import DeployError
 from dinov3_deploy.runtime.runners import artifact_backends
 from dinov3_deploy.verification.per_block import (
     find_block_outputs,
-    node_scopes,
     per_block_report,
     save_per_block,
 )
@@ -39,21 +37,8 @@ def vit_features(tmp_path_factory):
 
 
 def _tamper(src, dst, block: int, factor: float = 1.5):
-    """Copy the artifact, scale the weight of block `block`'s last MLP linear in model.onnx, and
-    rewrite the manifest's hash of it (the artifact still loads: only the numbers are wrong)."""
-    shutil.copytree(src, dst)
-    model = onnx.load(str(dst / "model.onnx"))
-    inits = {i.name: i for i in model.graph.initializer}
-    scope = f"model.backbone.blocks.{block}.mlp.fc2"
-    node = next(n for n in model.graph.node if scope in node_scopes(n) and any(i in inits for i in n.input))
-    name = next(i for i in node.input if i in inits and len(inits[i].dims) == 2)
-    weight = numpy_helper.to_array(inits[name])
-    inits[name].CopyFrom(numpy_helper.from_array((weight * factor).astype(weight.dtype), name))
-    onnx.save(model, str(dst / "model.onnx"))
-    art = load_artifact(dst, check_hashes=False)
-    art.manifest.files["model.onnx"] = file_entry(dst / "model.onnx")
-    art.manifest.write(dst)
-    return load_artifact(dst)
+    """The artifact with block `block`'s last MLP linear scaled (per_block_helpers.tamper_weight)."""
+    return tamper_weight(src, dst, f"model.backbone.blocks.{block}.mlp.fc2", factor)
 
 
 def test_block_outputs_match_the_reference_on_the_untouched_artifact(vit_features):

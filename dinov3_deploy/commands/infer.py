@@ -32,7 +32,8 @@ from dinov3_deploy.runtime.stitches import STITCHES
               help="seg: windows per model call, within the artifact's batch range (default: up to 4).")
 @click.option("--stitch", default="auto", show_default=True, type=click.Choice(STITCHES),
               help="seg: how window logits become labels: the Triton kernel on the device, or the reference "
-                   "(PyTorch). auto: triton on a GPU, torch on the CPU.")
+                   "(PyTorch). auto: triton on a GPU, torch on the CPU. Mask2Former: chunked (auto; from the "
+                   "class and mask logits in chunks) or torch (the graph's scores).")
 @click.option("--attn", default=None, type=click.Choice(["sdpa", "triton"]),
               help="--backend torch: attention implementation (default: triton on a GPU, sdpa on the CPU; triton "
                    "on the CPU needs TRITON_INTERPRET=1).")

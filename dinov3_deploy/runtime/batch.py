@@ -54,7 +54,7 @@ def run_infer(opts: InferOptions, console) -> int:
     predictor = Predictor(art, opts.backend, attn_impl=opts.attn, compile_mode=opts.compile_mode,
                           cuda_graphs=opts.cuda_graphs)
     try:  # closed also when a check below refuses the run
-        used_stitch = resolve_stitch(opts.stitch, predictor.device) if "seg" in tasks else None
+        used_stitch = resolve_stitch(opts.stitch, predictor.device, art.manifest) if "seg" in tasks else None
         inputs = _inputs(opts, out_dir)
         _refuse_existing(out_dir, [f for i in inputs for t in tasks for f in _output_files(t, i.name)]
                          + ["predictions.json"], opts.overwrite)

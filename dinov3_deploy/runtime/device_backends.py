@@ -3,7 +3,8 @@ device, for the Predictor. The numpy face of the same backends is runners.py (ve
 backend runs is decided in backends.py, never here.
 
   TorchFace   the artifact's model rebuilt from its manifest, optional torch.compile, and on a GPU CUDA
-              graphs for the fixed-shape calls (sliding windows), at most GraphCache.capacity shapes kept.
+              graphs for the fixed-shape calls (sliding windows), at most GraphCache.capacity shapes kept;
+              a Mask2Former model runs the Triton deformable-attention kernel on a GPU (deform_impl_for).
   OrtFace     ONNX Runtime on one provider; on a GPU provider, IOBinding on torch device buffers.
   EngineFace  the artifact's engine through engines/runtime.py EngineRunner.infer.
 """
@@ -54,6 +55,31 @@ class GraphCache:
         return list(self._entries)
 
 
+def deform_impl_for(device: torch.device) -> str:
+    """The Mask2Former deformable-attention core the torch backend runs on `device`: the Triton kernel
+    (kernels/ms_deform_attn.py) on a CUDA GPU, the plain PyTorch core elsewhere (on the CPU the kernel
+    would only run under the slow interpreter)."""
+    return "triton" if torch.device(device).type == "cuda" else "plain"
+
+
+def torch_model(source, device: torch.device, attn_impl: str):
+    """(fp32 model of `source`, its deformable-attention core or None) for the torch backend on `device`;
+    not moved there yet. A Mask2Former model runs deform_impl_for(device)."""
+    from dinov3_deploy.export.m2f_model import is_m2f_model
+
+    model = source.build(attn_impl=attn_impl)
+    if not is_m2f_model(model):
+        return model, None
+    deform = deform_impl_for(device)
+    model.segmentor.set_deform_impl(deform)
+    return model, deform
+
+
+def torch_backend_name(precision: str, attn_impl: str, deform_impl: str | None) -> str:
+    """torch-<precision>-<attention>[-deform-<core>]: what the torch backend computes with."""
+    return f"torch-{precision}-{attn_impl}" + (f"-deform-{deform_impl}" if deform_impl else "")
+
+
 class TorchFace:
     def __init__(self, artifact, device: torch.device, precision: str, attn_impl: str, compile_mode: str | None,
                  cuda_graphs: bool) -> None:
@@ -67,8 +93,8 @@ class TorchFace:
             raise DeployError(f"--attn must be one of {', '.join(ATTN_IMPLS)}, got '{attn_impl}'")
         check_attn(attn_impl, device)
         self.device, self.precision, self.attn_impl = device, precision, attn_impl
-        self.name = f"torch-{precision}-{attn_impl}"
-        model = source_from_manifest(artifact.manifest.source).build(attn_impl=attn_impl)
+        model, self.deform_impl = torch_model(source_from_manifest(artifact.manifest.source), device, attn_impl)
+        self.name = torch_backend_name(precision, attn_impl, self.deform_impl)
         self.module = DeployModule.for_artifact(model, precision, artifact.manifest).to(device).eval()
         self.names = list(self.module.output_names)
         self.fn: Callable = torch.compile(self.module, mode=compile_mode) if compile_mode else self.module

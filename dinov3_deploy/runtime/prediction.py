@@ -62,15 +62,22 @@ def resize_short_side(pixels: torch.Tensor, short: int) -> torch.Tensor:
 
 
 
-def resolve_stitch(stitch: str, device: torch.device) -> str:
+def resolve_stitch(stitch: str, device: torch.device, manifest=None) -> str:
     """auto: the Triton kernel on a GPU, the reference on the CPU. triton on the CPU needs the
-    interpreter (TRITON_INTERPRET=1, set before triton is imported)."""
+    interpreter (TRITON_INTERPRET=1, set before triton is imported). A Mask2Former artifact's
+    `manifest`: its own stitches (m2f_prediction.resolve_m2f_stitch)."""
     from dinov3_deploy.kernels.attention import interpreting
 
+    from .m2f_prediction import is_m2f_artifact, resolve_m2f_stitch
+
+    if manifest is not None and is_m2f_artifact(manifest):
+        return resolve_m2f_stitch(stitch)
     if stitch == "torch-cpu":  # the reference stitch on the host (the pre-device path, for benchmarks)
         return stitch
     if stitch not in STITCHES:
         raise DeployError(f"--stitch must be one of {', '.join(STITCHES)}, got '{stitch}'")
+    if stitch == "chunked":
+        raise DeployError("--stitch chunked is the Mask2Former stitch; this artifact takes auto, triton or torch")
     if stitch == "auto":
         return "triton" if device.type == "cuda" else "torch"
     if stitch == "triton" and device.type != "cuda" and not interpreting():
@@ -152,10 +159,11 @@ def predict_image(predictor, name: str, image: np.ndarray, *, crop: int | None =
     pixels = device_image.permute(2, 0, 1)[None].float()
     H, W = image.shape[:2]
     pred = Prediction(name, image, art.task, tasks=tasks)
-    from .m2f_prediction import is_m2f_artifact, m2f_labels
+    from .m2f_prediction import is_m2f_artifact, m2f_labels, resolve_m2f_stitch
 
     if is_m2f_artifact(manifest):
-        pred.labels = m2f_labels(predictor, image, size, stride, batch_windows_of(shapes, batch_windows), tta)
+        pred.labels = m2f_labels(predictor, image, size, stride, batch_windows_of(shapes, batch_windows), tta,
+                                 resolve_m2f_stitch(stitch))
         return pred
     if tta:
         raise DeployError("--tta applies to Mask2Former artifacts (the release's M2F protocol)")

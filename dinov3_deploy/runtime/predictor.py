@@ -16,6 +16,8 @@ device-tensor face of each is device_backends.py. Backends:
   torch        the artifact's model rebuilt from its manifest (DeployModule.from_io) at the artifact's
                precision or fp32, attention "sdpa" or "triton", optional torch.compile, and on a GPU a
                CUDA graph per window shape (at most four kept), replayed; whole-image calls run eagerly.
+               A Mask2Former model's deformable attention: the Triton kernel on a GPU, the plain core on
+               the CPU (the name ends -deform-triton / -deform-plain).
   onnxruntime  the best provider that runs here (TensorRT, CUDA, CPU), or the one named; on a GPU
                provider, IOBinding on torch device buffers, so ONNX Runtime reads and writes device memory.
   tensorrt     the artifact's engine through engines/runtime.py EngineRunner.infer (buffers bound once
@@ -37,6 +39,11 @@ def _gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def predictor_device(device: str | None) -> torch.device:
+    """The torch backend's device: the one asked for, else the GPU when there is one, else the CPU."""
+    return torch.device(device or ("cuda" if _gpu() else "cpu"))
+
+
 class Predictor:
     """The artifact's model on one backend: `predictor(x) -> {output name: tensor}` on `predictor.device`."""
 
@@ -54,7 +61,7 @@ class Predictor:
             raise DeployError(f"{given} apply to the torch backend only; this run uses {kind}"
                               f"{'-' + detail if detail else ''} (add --backend torch, or drop {given})")
         if kind == "torch":
-            device = torch.device(device or ("cuda" if _gpu() else "cpu"))
+            device = predictor_device(device)
             self._impl = TorchFace(artifact, device, precision or artifact.precision,
                                    attn_impl or ("triton" if device.type == "cuda" else "sdpa"),
                                    compile_mode, cuda_graphs and device.type == "cuda")

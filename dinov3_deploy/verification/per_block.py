@@ -35,17 +35,60 @@ from dinov3_deploy.verification.parity import THRESHOLDS, compare, min_token_cos
 
 SCHEMA = "dinov3-deploy-per-block"
 SCOPES_KEY = "pkg.torch.onnx.name_scopes"
-# backbone.blocks.N (ViT) or backbone.stages.N (ConvNeXt); not their children (stages.N.M, blocks.N.attn)
-BLOCK_SCOPE = re.compile(r"^(?:.*\.)?backbone\.(blocks|stages)\.(\d+)$")
 # ops whose outputs are shapes/indices shared across blocks by the exporter, never a block's tokens
 _NOT_TOKENS = {"Constant", "Shape", "Slice", "Gather", "Concat", "Unsqueeze", "Squeeze", "Range", "Reshape"}
 
 
 @dataclass(frozen=True)
+class BlockKind:
+    """One kind of block of a head family: `part` names it in the report ("" for the backbone of a
+    backbone-only family); `pattern` matches the module scope (the exact scope, not its children), its
+    group 1 the block's index (no group: a single block, index 0)."""
+
+    part: str
+    pattern: re.Pattern
+
+
+def _kind(part: str, scope: str) -> BlockKind:
+    return BlockKind(part, re.compile(rf"^(?:.*\.)?{scope}$"))
+
+
+_VIT_BLOCKS = _kind("", r"backbone\.blocks\.(\d+)")
+#: The blocks per-block compares, per family, in the order data flows through them. The Mask2Former
+#: segmentor (reference/models/m2f_*.py): the backbone blocks, the adapter's interaction blocks, the pixel
+#: decoder's deformable encoder layers and its mask-feature projection, the masked-attention decoder's
+#: layers (each ends with its FFN layer).
+BLOCK_TABLES: dict[str, tuple[BlockKind, ...]] = {
+    "vit": (_VIT_BLOCKS,),
+    "convnext": (_kind("", r"backbone\.stages\.(\d+)"),),
+    "m2f": (
+        _kind("backbone", r"backbone\.blocks\.(\d+)"),
+        _kind("adapter", r"segmentation_model\.0\.interactions\.(\d+)"),
+        _kind("pixel decoder", r"pixel_decoder\.encoder\.encoder\.layers\.(\d+)"),
+        _kind("mask features", r"pixel_decoder\.mask_feature"),
+        _kind("decoder", r"predictor\.transformer_ffn_layers\.(\d+)"),
+    ),
+}
+
+
+def block_family(manifest) -> str:
+    """The family whose block table applies to an artifact: m2f for a Mask2Former head, else its backbone's."""
+    if manifest.head is not None and manifest.head.head_type == "m2f":
+        return "m2f"
+    return manifest.backbone.family
+
+
+@dataclass(frozen=True)
 class BlockTensor:
     scope: str  # the module path, in the graph's metadata and in the reference module
-    index: int
+    index: int  # within its part
     tensor: str  # the ONNX tensor holding the block's output
+    part: str = ""
+    single: bool = False  # the part's only block (M2F's mask features): named without an index
+
+    @property
+    def name(self) -> str:
+        return self.part if self.single else f"{self.part} {self.index}" if self.part else str(self.index)
 
 
 def node_scopes(node) -> list[str]:
@@ -58,13 +101,27 @@ def node_scopes(node) -> list[str]:
     return []
 
 
-def find_block_outputs(model) -> list[BlockTensor]:
-    """Every block's (stage's) output tensor, in depth order; a DeployError when they cannot be found."""
+def _match(kinds: tuple[BlockKind, ...], scope: str) -> tuple[int, int] | None:
+    """(kind position, block index) of a scope that is one of the family's blocks, else None."""
+    for k, kind in enumerate(kinds):
+        m = kind.pattern.match(scope)
+        if m:
+            return k, int(m.group(1)) if m.groups() else 0
+    return None
+
+
+def find_block_outputs(model, family: str | None = None) -> list[BlockTensor]:
+    """Every block's output tensor of `family`'s table (block_family; None: the backbone's, ViT or
+    ConvNeXt as the graph's scopes say), in data-flow order; a DeployError when they cannot be found."""
+    kinds = BLOCK_TABLES[family or ("convnext" if _has_stages(model) else "vit")]
     graph = model.graph
     members: dict[str, list[int]] = {}
+    where: dict[str, tuple[int, int]] = {}
     for i, node in enumerate(graph.node):
         for scope in node_scopes(node):
-            if BLOCK_SCOPE.match(scope):
+            hit = where.get(scope) or _match(kinds, scope)
+            if hit:
+                where[scope] = hit
                 members.setdefault(scope, []).append(i)
     if not members:
         raise DeployError("--per-block: the graph names no backbone blocks (its nodes carry no "
@@ -76,24 +133,37 @@ def find_block_outputs(model) -> list[BlockTensor]:
     graph_outputs = {o.name for o in graph.output}
     found = []
     for scope, nodes in members.items():
-        inside = set(nodes)
-        tensor = None
-        for i in reversed(nodes):
-            node = graph.node[i]
-            if node.op_type in _NOT_TOKENS:
-                continue
-            leaving = [o for o in node.output if o in graph_outputs
-                       or any(c not in inside for c in consumers.get(o, []))]
-            if leaving:
-                tensor = leaving[0]
-                break
+        tensor = _leaving_tensor(graph, nodes, consumers, graph_outputs)
         if tensor is None:
             raise DeployError(f"--per-block: no output of {scope} leaves it in the graph")
-        found.append(BlockTensor(scope, int(BLOCK_SCOPE.match(scope).group(2)), tensor))
-    found.sort(key=lambda b: b.index)
-    if [b.index for b in found] != list(range(len(found))):
-        raise DeployError(f"--per-block: the graph holds blocks {[b.index for b in found]}, not 0..{len(found) - 1}")
+        k, index = where[scope]
+        found.append(BlockTensor(scope, index, tensor, kinds[k].part, not kinds[k].pattern.groups))
+    found.sort(key=lambda b: (where[b.scope], b.index))
+    for kind in kinds:
+        got = [b.index for b in found if b.part == kind.part]
+        if got != list(range(len(got))):
+            raise DeployError(f"--per-block: the graph holds {kind.part or 'blocks'} {got}, not 0..{len(got) - 1}")
     return found
+
+
+def _has_stages(model) -> bool:
+    """A backbone-only graph of ConvNeXt stages (the caller did not name the family)."""
+    kind = BLOCK_TABLES["convnext"][0]
+    return any(kind.pattern.match(s) for node in model.graph.node for s in node_scopes(node))
+
+
+def _leaving_tensor(graph, nodes: list[int], consumers: dict, graph_outputs: set) -> str | None:
+    """The output of the block's last node (graph order is topological) that a node outside the block
+    reads, or that the graph outputs: the residual Add (or norm) that ends it, or a Cast after it."""
+    inside = set(nodes)
+    for i in reversed(nodes):
+        node = graph.node[i]
+        if node.op_type in _NOT_TOKENS:
+            continue
+        leaving = [o for o in node.output if o in graph_outputs or any(c not in inside for c in consumers.get(o, []))]
+        if leaving:
+            return leaving[0]
+    return None
 
 
 def with_block_outputs(model, blocks: list[BlockTensor]):
@@ -142,10 +212,13 @@ def reference_block_outputs(module, blocks: list[BlockTensor], batch: np.ndarray
     return {n: o.numpy() for n, o in zip(module.output_names, outs)}, captured
 
 
-def block_row(b: BlockTensor, ref: np.ndarray, out: np.ndarray, precision: str) -> dict:
+def block_row(position: int, b: BlockTensor, ref: np.ndarray, out: np.ndarray, precision: str) -> dict:
+    """`block`: the position in data-flow order (a backbone-only family: the block's index); `name`:
+    the part and index within it (M2F: "adapter 2")."""
     th = THRESHOLDS[precision]
     out = np.asarray(out, dtype=np.float32)
-    row = {"block": b.index, "scope": b.scope, "tensor": b.tensor, "shape": list(ref.shape)}
+    row = {"block": position, "name": b.name, "part": b.part, "scope": b.scope, "tensor": b.tensor,
+           "shape": list(ref.shape)}
     if tuple(out.shape) != tuple(ref.shape):
         return {**row, "passed": False, "failures": [f"shape {list(out.shape)} != reference {list(ref.shape)}"]}
     nonfinite = int((~np.isfinite(out)).sum())
@@ -233,7 +306,8 @@ def per_block_report(artifact, backends, *, model=None, weights: str | None = No
     batch = make_batch(case, manifest.io)
     log("finding the block outputs in the graph")
     debug_model = onnx.load(str(artifact.onnx_path))
-    blocks = find_block_outputs(debug_model)
+    family = block_family(manifest)
+    blocks = find_block_outputs(debug_model, family)
     with_block_outputs(debug_model, blocks)
     if model is None:
         model = reference_model(manifest, weights, head)
@@ -255,20 +329,21 @@ def per_block_report(artifact, backends, *, model=None, weights: str | None = No
             close = getattr(runner, "close", None)
             if close:
                 close()
-    rows = [block_row(b, ref_blocks[b.scope], out[b.tensor], precision) for b in blocks]
-    first = next((r["block"] for r in rows if not r["passed"]), None)
+    rows = [block_row(i, b, ref_blocks[b.scope], out[b.tensor], precision) for i, b in enumerate(blocks)]
+    first = next((r for r in rows if not r["passed"]), None)
     outputs = [o.to_dict() for o in compare(ref_out, out, case.name, manifest.task, precision)]
     return {
         "schema": SCHEMA,
         "artifact": str(artifact.path),
         "backend": be.name,
         "precision": precision,
-        "family": "convnext" if blocks[0].scope.split(".")[-2] == "stages" else "vit",
+        "family": family,
         "input": asdict(case),
         "note": note,
         "thresholds": asdict(THRESHOLDS[precision]),
         "blocks": rows,
-        "first_failing_block": first,
+        "first_failing_block": first and first["block"],
+        "first_failing": first and first["name"],
         "outputs": outputs,
         "seconds": round(time.perf_counter() - t0, 2),
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -288,14 +363,14 @@ def render_per_block(report: dict, console) -> None:
     fmt = lambda v, f: "" if v is None else format(v, f)
     for r in report["blocks"]:
         mark = " [red]<- first over threshold[/]" if r["block"] == report["first_failing_block"] else ""
-        table.add_row(str(r["block"]), fmt(r.get("rel_fro"), ".2e"), fmt(r.get("min_token_cos"), ".6f"),
+        table.add_row(r.get("name", str(r["block"])), fmt(r.get("rel_fro"), ".2e"), fmt(r.get("min_token_cos"), ".6f"),
                       fmt(r.get("max_abs"), ".2e"), fmt(r.get("ref_absmax"), ".2e"),
                       ("[green]pass[/]" if r["passed"] else f"[red]FAIL[/] {escape('; '.join(r['failures']))}") + mark)
     console.print(table)
     if report["note"]:
         console.print(f"[yellow]note[/] {escape(report['backend'])}: {escape(report['note'])}", soft_wrap=True)
     th = report["thresholds"]
-    first = report["first_failing_block"]
+    first = report.get("first_failing", report["first_failing_block"])
     console.print(f"thresholds ({report['precision']}): rel fro <= {th['max_rel_fro']:.0e}, min token cos >= "
                   f"{th['min_token_cos']}; " + (f"first {unit} over threshold: {first}" if first is not None
                                                  else f"every {unit} within threshold"))
