@@ -124,7 +124,9 @@ class OnnxReferenceRunner:
                 model = onnx.load(str(model))  # external data beside the file is found
             self._input = model.graph.input[0].name
             self._outputs = [o.name for o in model.graph.output]
-            self._evaluator = ReferenceEvaluator(model)
+            from dinov3_deploy.runtime.reference_ops import REFERENCE_OPS
+
+            self._evaluator = ReferenceEvaluator(model, new_ops=REFERENCE_OPS)
         outs = self._evaluator.run(None, {self._input: np.ascontiguousarray(batch)})
         return {n: _widen(o) for n, o in zip(self._outputs, outs)}
 
