@@ -2,8 +2,8 @@
 running it: what the graph check (onnx_graph.check_graph) allows in float32.
 
 Counting the Linear / Conv modules inside an island misses what is no module and what runs twice: an
-attention's projections written as F.linear and its two activation matmuls, an einsum, and a head called
-once per decoder layer (Mask2Former's class / mask embeddings run 10 times, 10 MatMuls each in the graph).
+attention's projections written as F.linear and its two activation matmuls, and a head called once per
+decoder layer (Mask2Former's class / mask embeddings run 10 times: 10 MatMuls each in the graph).
 So the ops are counted as they are called, inside the islands' forwards, once per call.
 """
 
@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-# the torch functions that become one ONNX MatMul / Gemm / Conv each (ConvTranspose is no Conv there)
+# the torch functions that become one ONNX MatMul / Gemm / Conv each, what the graph check counts (an einsum
+# stays an Einsum node, ConvTranspose is no Conv there: neither is counted on either side)
 _COMPUTE_FNS = frozenset({
     F.linear, F.conv1d, F.conv2d, F.conv3d, torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm,
-    torch.einsum, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
+    torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
 })
 
 

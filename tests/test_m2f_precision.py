@@ -31,11 +31,14 @@ def _images(segmentor, batch=2, size=64):
 def test_every_head_layernorm_keeps_fp32_statistics_under_fp16(segmentor, monkeypatch):
     """The adapter's and both decoders' LayerNorms are the backbone's class (fp32 statistics under fp16 /
     bf16): the graph check refuses a LayerNormalization fed fp16, which refused the fp16 M2F export (67 of them
-    in the tiny segmentor). The exported graph itself: tests/test_m2f_precision_slow.py."""
-    from dinov3_deploy.reference.models.layers import LayerNorm
+    in the tiny segmentor); the pixel decoder's GroupNorms likewise (InstanceNormalization in the graph). The
+    exported graph itself: tests/test_m2f_precision_slow.py."""
+    from dinov3_deploy.reference.models.layers import GroupNorm, LayerNorm
 
     norms = [(n, m) for n, m in segmentor.named_modules() if isinstance(m, nn.LayerNorm) and "backbone" not in n]
     assert len(norms) > 20 and not [n for n, m in norms if type(m) is not LayerNorm]
+    groups = [m for m in segmentor.modules() if isinstance(m, nn.GroupNorm)]  # the pixel decoder's, likewise
+    assert groups and all(type(m) is GroupNorm for m in groups)
     norm = copy.deepcopy(norms[0][1]).half()
     captured, layer_norm = [], F.layer_norm
     monkeypatch.setattr(F, "layer_norm", lambda x, *a, **k: captured.append(x.dtype) or layer_norm(x, *a, **k))
@@ -95,7 +98,7 @@ def test_island_ops_are_counted_per_call_inside_the_islands():
         def forward(self, x):
             for _ in range(3):
                 x = self.proj(x)  # 3 MatMuls
-            return torch.einsum("bc,cd->bd", F.linear(x, self.w), self.w)  # 2 more
+            return F.linear(x, self.w) @ self.w  # 2 more
 
     class Model(nn.Module):
         def __init__(self):
@@ -138,3 +141,39 @@ def test_reference_evaluator_gridsample_equals_torch(align_corners, padding):
     want = F.grid_sample(torch.from_numpy(x), torch.from_numpy(grid), mode="bilinear", padding_mode=padding,
                          align_corners=align_corners).numpy()
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def m2f_model(tmp_path_factory):
+    from m2f_helpers import tiny_m2f_head
+
+    from dinov3_deploy.export.m2f_model import build_m2f_model
+
+    return build_m2f_model("vit_tiny_test", str(tiny_m2f_head(tmp_path_factory.mktemp("m2f"))), None, 0)
+
+
+def test_bf16_keeps_each_deformable_sampling_core_fp32_and_its_impl_switch(m2f_model, monkeypatch):
+    """bf16: every MSDeformAttn's sampling core (GridSample: no bf16 in ONNX below opset 22 nor in TensorRT)
+    computes in fp32 between casts, its projections in bf16; the module's impl switch still decides what runs
+    inside (another impl there is the TensorRT plugin's way in)."""
+    from dinov3_deploy.deploy_module import DeployModule, Fp32Island
+    from dinov3_deploy.reference.models import ms_deform_attn
+    from dinov3_deploy.reference.models.ms_deform_attn import DeformSampling, MSDeformAttn
+
+    module = DeployModule(m2f_model, "bf16")
+    attns = [n for n, m in module.model.named_modules() if isinstance(m, MSDeformAttn)]
+    assert module.sampling_islands == [f"{n}.sampling" for n in attns] and len(attns) > 6
+    assert all(type(module.model.get_submodule(n)) is Fp32Island
+               and type(module.model.get_submodule(n).inner) is DeformSampling for n in module.sampling_islands)
+    assert DeployModule(m2f_model, "fp16").sampling_islands == []
+    seen, core = [], ms_deform_attn.ms_deform_attn_core
+    monkeypatch.setattr(ms_deform_attn, "ms_deform_attn_core", lambda v, *a: seen.append(v.dtype) or core(v, *a))
+    x = module.example_input(1, 64, 64)
+    with torch.no_grad():
+        module(x)
+    assert seen and set(seen) == {torch.float32}
+    assert module.model.get_submodule(attns[0]).value_proj.weight.dtype == torch.bfloat16
+    for n in attns:
+        module.model.get_submodule(n).impl = "no-such-impl"
+    with pytest.raises(ValueError, match="no-such-impl"), torch.no_grad():
+        module(x)

@@ -264,7 +264,6 @@ def prepare_module(opts: ExportOptions, plan: ExportPlan, progress: Progress) ->
     copy in the DeployModule the graph is traced from."""
     from dinov3_deploy.deploy_module import DeployModule, island_args
     from dinov3_deploy.export.calibration import Island
-    from dinov3_deploy.export.m2f_model import is_m2f_model, precision_islands
     from dinov3_deploy.reference.models.fold import fold_all
 
     source = plan.source
@@ -288,8 +287,6 @@ def prepare_module(opts: ExportOptions, plan: ExportPlan, progress: Progress) ->
         # bf16's 8-bit mantissa: the residual stream (deploy_module.Fp32ResidualBlock says what it measured)
         # and the patch embedding, which projects raw pixels, stay fp32; 1.2 % of vits16's matmul FLOPs at 224
         islands += [Island("backbone.patch_embed", "precision"), Island("backbone.blocks", "residual")]
-    if is_m2f_model(model):
-        islands += precision_islands(opts.precision)
     module = DeployModule(export_model, opts.precision, seg_output=opts.seg_output, uint8_input=opts.uint8_input,
                           feature_layers=opts.feature_layers,
                           opset=opts.opset, normalization_folded=opts.uint8_input, **island_args(islands))

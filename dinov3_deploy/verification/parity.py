@@ -63,6 +63,9 @@ OUTPUT_THRESHOLDS: dict[tuple[str, str], Thresholds] = {
     # mask rel 3.8e-2, cos 0.859. Rows: about 3x the rel, 4x (class) / 2x (mask) the cosine's distance to 1
     ("fp16", "class_logits"): Thresholds(max_rel_fro=1e-1, min_token_cos=0.9, min_label_agreement=1.0),
     ("fp16", "mask_logits"): Thresholds(max_rel_fro=1e-1, min_token_cos=0.7, min_label_agreement=1.0),
+    # bf16 (M2F export refused for now: its scores miss bf16's gate, m2f_model.check_m2f_options), measured, worst
+    # of PyTorch / onnx-reference: class rel 6.8e-2, cos 0.968; mask rel 8.9e-2, cos 0.53 (a pixel where one of
+    # the 100 queries' logits jumps: the mask row's cosine only rules out anti-correlation, its rel gates)
     ("bf16", "class_logits"): Thresholds(max_rel_fro=2e-1, min_token_cos=0.9, min_label_agreement=1.0),
     ("bf16", "mask_logits"): Thresholds(max_rel_fro=2e-1, min_token_cos=0.0, min_label_agreement=1.0),
 }
