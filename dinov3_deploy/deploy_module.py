@@ -313,14 +313,23 @@ class DeployModule(nn.Module):
         exactly these): those computed inside the fp32 islands (range, precision, opset, sampling), counted
         per call on a forward of `x` (island_ops.py says why), and each fp32 score matmul. The count does
         not depend on the size: by default a 1x64x64 input (a multiple of every backbone's and of M2F's
-        input multiple). An attention plugin has no MatMul: an upper bound."""
+        input multiple). Triton impls (plugin nodes in the graph, no MatMul) are counted in their plain
+        forms, which need no GPU: an upper bound."""
         from dinov3_deploy.island_ops import count_island_compute
+        from dinov3_deploy.reference.models.ms_deform_attn import MSDeformAttn
 
         islands = [m for m in self.model.modules() if isinstance(m, Fp32Island)]
         if not islands:
             return len(self.fp32_scores)
         x = self.example_input(1, 64, 64) if x is None else x
-        return count_island_compute(self, islands, x) + len(self.fp32_scores)
+        triton = [m for m in self.model.modules() if getattr(m, "impl", None) == "triton"]
+        try:
+            for m in triton:
+                m.impl = "plain" if isinstance(m, MSDeformAttn) else "math"
+            return count_island_compute(self, islands, x) + len(self.fp32_scores)
+        finally:
+            for m in triton:
+                m.impl = "triton"
 
     @property
     def input_name(self) -> str:

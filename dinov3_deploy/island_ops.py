@@ -18,7 +18,7 @@ from torch.overrides import TorchFunctionMode
 # stays an Einsum node, ConvTranspose is no Conv there: neither is counted on either side)
 _COMPUTE_FNS = frozenset({
     F.linear, F.conv1d, F.conv2d, F.conv3d, torch.matmul, torch.mm, torch.bmm, torch.addmm, torch.baddbmm,
-    torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
+    torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__, F.scaled_dot_product_attention,
 })
 
 
@@ -36,7 +36,7 @@ class _Fp32ComputeCounter(TorchFunctionMode):
             operands = [a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)]
             operands += [t for a in args if isinstance(a, list | tuple) for t in a if isinstance(t, torch.Tensor)]
             if operands and operands[0].dtype == torch.float32:
-                self.count += 1
+                self.count += 2 if func is F.scaled_dot_product_attention else 1  # sdpa: q.k and softmax @ v
         return func(*args, **kwargs)
 
 

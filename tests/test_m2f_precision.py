@@ -177,3 +177,29 @@ def test_bf16_keeps_each_deformable_sampling_core_fp32_and_its_impl_switch(m2f_m
         module.model.get_submodule(n).impl = "no-such-impl"
     with pytest.raises(ValueError, match="no-such-impl"), torch.no_grad():
         module(x)
+
+
+def test_island_op_count_runs_triton_impls_in_their_plain_forms(monkeypatch):
+    """A plugin export (attention as Triton / TensorRT plugin nodes) is counted with the plain attention, which
+    runs anywhere: the count is an upper bound, and the impl switch is left as it was."""
+    import dataclasses
+
+    from dinov3_deploy.deploy_module import DeployModule
+    from dinov3_deploy.kernels import fused_attention
+    from dinov3_deploy.reference.configs import get_config
+    from dinov3_deploy.reference.factory import build_backbone, build_task_model
+
+    bb = build_backbone(dataclasses.replace(get_config("vit_tiny_test"), depth=2)).eval()
+    model = build_task_model("seg", bb, n_classes=3)
+    plain = DeployModule(model, "bf16", fp32_islands=["backbone.blocks.1.attn"]).fp32_compute_ops()  # sdpa
+    bb.set_attn_impl("math")
+    assert DeployModule(model, "bf16", fp32_islands=["backbone.blocks.1.attn"]).fp32_compute_ops() == plain
+    bb.set_attn_impl("triton")
+    module = DeployModule(model, "bf16", fp32_islands=["backbone.blocks.1.attn"])
+
+    def no_gpu_here(*_a, **_k):
+        raise RuntimeError("the Triton kernel ran")
+
+    monkeypatch.setattr(fused_attention, "rope_attention", no_gpu_here)
+    assert module.fp32_compute_ops() == plain == 4  # qkv, q.k, softmax @ v, proj
+    assert {m.impl for m in module.model.modules() if hasattr(m, "scores_fp32")} == {"triton"}
