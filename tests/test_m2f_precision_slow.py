@@ -47,3 +47,21 @@ def test_fp16_export_passes_on_onnxruntime_and_the_reference_evaluator(head, tmp
     assert set(graph["fp32_islands"]["LayerNormalization"]) == {"float32"}
     assert graph["compute_dtypes"].get("float32", 0) == 0 and graph["compute_dtypes"]["float16"] > 0
     assert manifest["fp32_islands"] == []
+
+
+def test_an_m2f_decoder_island_passes_the_graph_check_with_its_ops_counted_per_call(head, tmp_path, monkeypatch):
+    """A transformer-decoder island: its attentions' F.linear projections and activation matmuls are no Linear
+    modules and its class / mask embeddings run once per layer. Counted as modules it allowed 40 fp32 ops and
+    the graph check refused the graph; counted per call it allows what the graph holds (constants fold away)."""
+    from dinov3_deploy.export import pipeline
+    from dinov3_deploy.export.calibration import Island
+
+    island = "segmentor.segmentation_model.1.predictor"
+    calibrate = pipeline.calibrate
+    monkeypatch.setattr(pipeline, "calibrate", lambda *a, **k: calibrate(*a, **k) + [Island(island, "precision")])
+    out = tmp_path / "island"
+    pipeline.export_artifact(pipeline.ExportOptions(out=out, task="seg", head=str(head), precision="fp16",
+                                                    batch="1:1:2", height="64:64:96", width="64:64:128", verify=False))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [i["module"] for i in manifest["fp32_islands"]] == [island]
+    assert manifest["onnx"]["graph"]["compute_dtypes"]["float32"] > 40
