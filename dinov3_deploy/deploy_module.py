@@ -194,6 +194,7 @@ class DeployModule(nn.Module):
         self.model = cast_copy(task_model, self.dtype).eval()
         self._wrap_islands(task_model, fp32_islands, fp32_scores)
         self.opset_islands = self._convs_for_opset(task_model)
+        self.sampling_islands = self._sampling_fp32()
         self.residual_fp32 = residual_fp32 and self.dtype != torch.float32
         if self.residual_fp32:
             self._fp32_residual_stream(task_model)
@@ -218,7 +219,6 @@ class DeployModule(nn.Module):
         """Islands (export/calibration.py): these modules of task_model stay fp32, wrapped in casts;
         and the attentions whose score matmul alone computes in fp32."""
         self.fp32_islands = list(fp32_islands) if self.dtype != torch.float32 else []
-        self._island_ops = 0  # MatMul / Conv inside the fp32 islands (fp32_compute_ops)
         for name in self.fp32_islands:
             try:
                 original = task_model.get_submodule(name)
@@ -227,9 +227,6 @@ class DeployModule(nn.Module):
             parent_name, _, child = name.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
             setattr(parent, child, Fp32Island(copy.deepcopy(original).float(), self.dtype))
-            # counted now: below, an opset may write a patchify conv inside the island as a MatMul (one op still)
-            self._island_ops += sum(isinstance(m, nn.Linear | nn.modules.conv._ConvNd) for m in original.modules())
-            self._island_ops += 2 * sum(hasattr(m, "scores_fp32") for m in original.modules())  # q.k, softmax @ v
         # attentions whose score matmul alone computes in fp32 (calibration's "scores" islands); one inside
         # an fp32 island is fp32 already. Before the residual wrapping below, which renames the blocks.
         self.fp32_scores = [n for n in (fp32_scores if self.dtype != torch.float32 else [])
@@ -264,8 +261,9 @@ class DeployModule(nn.Module):
         if self.dtype != torch.bfloat16 or self.opset >= BF16_CONV_OPSET:
             return []
         islands = []
+        inside = self._inside_islands()
         for name, conv in list(self.model.named_modules()):
-            if not isinstance(conv, nn.modules.conv._ConvNd) or name.endswith(".inner"):
+            if not isinstance(conv, nn.modules.conv._ConvNd) or name.startswith(inside):  # in an island: fp32
                 continue
             parent_name, _, child = name.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
@@ -275,6 +273,26 @@ class DeployModule(nn.Module):
                 setattr(parent, child, Fp32Island(copy.deepcopy(task_model.get_submodule(name)).float(), self.dtype))
                 islands.append(name)
         return islands
+
+    def _inside_islands(self) -> tuple[str, ...]:
+        """Name prefixes of what the fp32 islands hold (fp32 already: no island of its own)."""
+        return tuple(n + "." for n, m in self.model.named_modules() if isinstance(m, Fp32Island))
+
+    def _sampling_fp32(self) -> list[str]:
+        """bf16: each deformable-attention sampling core (reference DeformSampling: GridSample per level, which
+        has no bf16 in ONNX below opset 22 nor in TensorRT) computes in fp32 between casts, whichever impl its
+        MSDeformAttn runs; returns their names (the manifest's "sampling" islands)."""
+        from dinov3_deploy.reference.models.ms_deform_attn import DeformSampling
+
+        if self.dtype != torch.bfloat16:
+            return []
+        inside = self._inside_islands()
+        names = [n for n, m in self.model.named_modules() if isinstance(m, DeformSampling) and not n.startswith(inside)]
+        for name in names:
+            parent_name, _, child = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name)
+            setattr(parent, child, Fp32Island(getattr(parent, child), self.dtype))
+        return names
 
     @classmethod
     def from_io(cls, task_model: nn.Module, precision: str, io: DeployIO, islands=(),
@@ -290,11 +308,29 @@ class DeployModule(nn.Module):
         fp32 scores, residual stream) and its opset (which decides how bf16 convs are written), at `precision`."""
         return cls.from_io(task_model, precision, manifest.io, manifest.fp32_islands, opset=manifest.onnx.opset)
 
-    def fp32_compute_ops(self) -> int:
+    def fp32_compute_ops(self, x: torch.Tensor | None = None) -> int:
         """The MatMul / Conv ops the exported graph keeps in fp32 on purpose (the graph check allows
-        exactly these): every Linear / Conv inside an fp32 island and its attentions' two activation
-        matmuls, each fp32 score matmul, each opset conv. An attention plugin has no MatMul: an upper bound."""
-        return self._island_ops + len(self.fp32_scores) + len(self.opset_islands)
+        up to these): those computed inside the fp32 islands (range, precision, opset, sampling), counted
+        per call on a forward of `x` (island_ops.py says why), and each fp32 score matmul. The count does
+        not depend on the size: by default a 1x64x64 input (a multiple of every backbone's and of M2F's
+        input multiple). An upper bound: the exporter folds ops on constants away (a Mask2Former transformer
+        decoder island: 166 counted, 157 in the graph, where counting Linear modules said 40), and Triton
+        impls (plugin nodes, no MatMul) are counted in their plain forms, which need no GPU."""
+        from dinov3_deploy.island_ops import count_island_compute
+        from dinov3_deploy.reference.models.ms_deform_attn import MSDeformAttn
+
+        islands = [m for m in self.model.modules() if isinstance(m, Fp32Island)]
+        if not islands:
+            return len(self.fp32_scores)
+        x = self.example_input(1, 64, 64) if x is None else x
+        triton = [m for m in self.model.modules() if getattr(m, "impl", None) == "triton"]
+        try:
+            for m in triton:
+                m.impl = "plain" if isinstance(m, MSDeformAttn) else "math"
+            return count_island_compute(self, islands, x) + len(self.fp32_scores)
+        finally:
+            for m in triton:
+                m.impl = "triton"
 
     @property
     def input_name(self) -> str:

@@ -1,4 +1,5 @@
-"""The tiny Mask2Former head and its fp32 artifact that the M2F run-time tests share."""
+"""The tiny Mask2Former head (vit_tiny_test backbone, hidden 32, 5 classes) and its fp32 artifact, shared by
+the M2F export, precision and run-time tests."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ from click.testing import CliRunner
 
 from dinov3_deploy.cli import cli
 
-M2F_SHAPE = ["--batch", "1:1:2", "--height", "64:64:96", "--width", "64:64:128"]
+M2F_SHAPE = ["--batch", "1:1:2", "--height", "64:64:96", "--width", "64:64:128"]  # verify: 2x64x64 and 96x128
+SHAPE = M2F_SHAPE  # the export tests' name
 
 
 def tiny_m2f_head(folder):

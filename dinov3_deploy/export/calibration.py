@@ -56,7 +56,8 @@ class Island:
     """A module kept in fp32 in a low-precision graph, and why ("range": its measured output
     `absmax` would leave fp16's safe range; "opset": no low-precision kernel at this opset; "scores":
     an attention module whose q*scale @ k^T, max |scores| `absmax`, computes in fp32, the rest not;
-    "residual", "precision": pipeline.py)."""
+    "residual", "precision": pipeline.py; "sampling": a deformable-attention sampling core kept fp32 in
+    bf16, deploy_module.DeployModule._sampling_fp32)."""
 
     module: str
     reason: str

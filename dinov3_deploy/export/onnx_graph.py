@@ -41,7 +41,8 @@ FORBIDDEN_OPS = ("If", "Tile", "Loop", "Scan", "NonZero", "ScatterND")
 # from opset 20 GridSample's bilinear mode is spelt "linear", which onnx-tensorrt parses as nearest
 # (NVIDIA/TensorRT#4646): M2F's deformable-attention sampling would change silently in TensorRT
 GRIDSAMPLE_MAX_OPSET = 19
-FP32_ISLAND_OPS = ("LayerNormalization", "Softmax", "Sin", "Cos")  # fed fp32 in every graph
+# fed fp32 in every graph (Instance- / GroupNormalization: GroupNorm, Mask2Former's pixel decoder)
+FP32_ISLAND_OPS = ("LayerNormalization", "InstanceNormalization", "GroupNormalization", "Softmax", "Sin", "Cos")
 
 _ONNX_DTYPES = {1: "float32", 2: "uint8", 3: "int8", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
                 11: "float64", 16: "bfloat16", 17: "float8e4m3fn"}

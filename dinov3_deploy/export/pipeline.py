@@ -300,6 +300,7 @@ def prepare_module(opts: ExportOptions, plan: ExportPlan, progress: Progress) ->
                           feature_layers=opts.feature_layers,
                           opset=opts.opset, normalization_folded=opts.uint8_input, **island_args(islands))
     islands += [Island(name, "opset") for name in module.opset_islands]
+    islands += [Island(name, "sampling") for name in module.sampling_islands]
     return Prepared(model, module, folds, islands)
 
 
@@ -356,7 +357,7 @@ def export_graph(prepared: Prepared, root: Path, opts: ExportOptions, plan: Expo
     with progress.step(f"exporting ONNX ({traced}, batch {shapes.batch}, {shapes.height}x{shapes.width})"):
         result = export_onnx(module, root / ONNX_NAME, shapes, external_data=opts.external_data,
                              attention_plugin=plan.plugin, deform_plugin=plan.deform_plugin)
-    fp32_ops = module.fp32_compute_ops()
+    fp32_ops = module.fp32_compute_ops(module.example_input(1, shapes.height.min, shapes.width.min))
     if prepared.quant is not None:
         from dinov3_deploy.export.quant_step import quantize_onnx_file
 

@@ -125,9 +125,11 @@ class OnnxReferenceRunner:
             self._input = model.graph.input[0].name
             self._outputs = [o.name for o in model.graph.output]
             from dinov3_deploy.engines.plugin_reference import plugin_ops
+            from dinov3_deploy.runtime.reference_ops import REFERENCE_OPS
 
-            # plugin nodes (dinov3_deploy.ms_deform_attn) computed by the plain PyTorch core they replace
-            self._evaluator = ReferenceEvaluator(model, new_ops=plugin_ops())
+            # GridSample vectorised (onnx's own refuses opset 18's "bilinear"); plugin nodes
+            # (dinov3_deploy.ms_deform_attn) computed by the plain PyTorch core they replace
+            self._evaluator = ReferenceEvaluator(model, new_ops=[*REFERENCE_OPS, *plugin_ops()])
         outs = self._evaluator.run(None, {self._input: np.ascontiguousarray(batch)})
         return {n: _widen(o) for n, o in zip(self._outputs, outs)}
 

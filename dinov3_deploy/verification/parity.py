@@ -50,6 +50,42 @@ THRESHOLDS: dict[str, Thresholds] = {
 }
 
 
+# Outputs with their own measured row, judged by it instead of their precision's: Mask2Former's class and mask
+# logits at fp16 / bf16 (keyed by the output's name without a "<task>." prefix). The masked attention keeps,
+# per query, the key positions where the previous mask logit has sigmoid >= 0.5: a perturbation far below the
+# precision's rounding flips entries near 0.5 and the next layers attend elsewhere, so these logits move by
+# more than the format's rounding. Measured (docs/m2f.md; vit_tiny_test, hidden 32, random head, verify's
+# images): the fp32 model with only its input rounded to fp16 already moves mask logits by rel 1.6e-2, min
+# cos 0.979, class logits by rel 1.4e-2, cos 0.990 (rows below). The semantic
+# scores they make (the output people use) keep the precision's gate with its labels.
+OUTPUT_THRESHOLDS: dict[tuple[str, str], Thresholds] = {
+    # fp16 measured, worst of PyTorch / ONNX Runtime / onnx-reference at 2x64x64: class rel 3.2e-2, cos 0.976;
+    # mask rel 3.8e-2, cos 0.859. Rows: about 3x the rel, 4x (class) / 2x (mask) the cosine's distance to 1
+    ("fp16", "class_logits"): Thresholds(max_rel_fro=1e-1, min_token_cos=0.9, min_label_agreement=1.0),
+    ("fp16", "mask_logits"): Thresholds(max_rel_fro=1e-1, min_token_cos=0.7, min_label_agreement=1.0),
+    # bf16 (M2F export refused for now: its scores miss bf16's gate, m2f_model.check_m2f_options), measured, worst
+    # of PyTorch / onnx-reference: class rel 6.8e-2, cos 0.968; mask rel 8.9e-2, cos 0.53 (a pixel where one of
+    # the 100 queries' logits jumps: the mask row's cosine only rules out anti-correlation, its rel gates)
+    ("bf16", "class_logits"): Thresholds(max_rel_fro=2e-1, min_token_cos=0.9, min_label_agreement=1.0),
+    ("bf16", "mask_logits"): Thresholds(max_rel_fro=2e-1, min_token_cos=0.0, min_label_agreement=1.0),
+}
+
+
+def gate(precision: str, output: str) -> tuple[str, Thresholds]:
+    """The gate `output` is judged by, and its name as reports print it: the output's own row in
+    OUTPUT_THRESHOLDS ("fp16 mask_logits"), else the precision's ("fp16")."""
+    own = (precision, output.rpartition(".")[2])
+    if own in OUTPUT_THRESHOLDS:
+        return " ".join(own), OUTPUT_THRESHOLDS[own]
+    return precision, THRESHOLDS[precision]
+
+
+def output_gates(precision: str, outputs) -> dict[str, dict]:
+    """The outputs among `outputs` that have their own row, with its thresholds (reports print them)."""
+    return {o: asdict(OUTPUT_THRESHOLDS[(precision, o.rpartition(".")[2])]) for o in outputs
+            if (precision, o.rpartition(".")[2]) in OUTPUT_THRESHOLDS}
+
+
 def _tokens(a: np.ndarray) -> np.ndarray:
     a = a.astype(np.float64, copy=False)
     if a.ndim == 4 and a.shape[1] > 1:
@@ -218,6 +254,7 @@ class OutputParity:
     max_abs: float | None = None
     label_agreement: float | None = None  # the gated figure: 1 - flips beyond the margin / pixels
     labels: dict | None = None  # LabelParity's fields: flips, near ties, the bound used
+    gate: str = ""  # the thresholds row it was judged by (`gate`)
     passed: bool = True
     failures: list[str] | None = None
 
@@ -268,8 +305,8 @@ def _scores_of(name: str) -> str:
 
 def compare(ref: dict[str, np.ndarray], out: dict[str, np.ndarray], case: str, task: str,
             precision: str) -> list[OutputParity]:
-    """Compare every reference output with the backend's (a missing output is a failure)."""
-    th = THRESHOLDS[precision]
+    """Compare every reference output with the backend's (a missing output is a failure), each by its
+    gate (`gate`: its own row or the precision's)."""
     rows: dict[str, OutputParity] = {}
     # score maps first: a label map's near-tie margins come from its scores' measured error
     for name in sorted(ref, key=lambda n: not np.issubdtype(np.asarray(ref[n]).dtype, np.floating)):
@@ -281,5 +318,7 @@ def compare(ref: dict[str, np.ndarray], out: dict[str, np.ndarray], case: str, t
         out_task = name.split(".", 1)[0] if task == "multi" else task
         sib = rows.get(_scores_of(name)) or rows.get(_scores_of(name).replace("logits", "scores"))
         scores = (ref[sib.output], sib.rel_fro) if sib is not None and sib.rel_fro is not None else None
+        row_name, th = gate(precision, name)
         rows[name] = compare_output(name, case, r, np.asarray(out[name]), out_task, th, scores)
+        rows[name].gate = row_name
     return [rows[name] for name in ref]

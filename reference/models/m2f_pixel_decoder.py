@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers.norm import GroupNorm, LayerNorm  # fp32 statistics under fp16/bf16, as the backbone's
 from .ms_deform_attn import MSDeformAttn, reference_points
 
 N_LEVELS = 3  # the encoder's levels: strides 32, 16, 8 (in that order)
@@ -52,7 +53,7 @@ class ConvNorm(nn.Conv2d):
 
     def __init__(self, cin: int, cout: int, kernel: int, *, relu: bool = False) -> None:
         super().__init__(cin, cout, kernel, padding=kernel // 2, bias=False)
-        self.norm = nn.GroupNorm(32, cout)
+        self.norm = GroupNorm(32, cout)
         self.relu = relu
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,10 +65,10 @@ class EncoderLayer(nn.Module):
     def __init__(self, dim: int, ffn: int, n_heads: int, n_points: int) -> None:
         super().__init__()
         self.self_attn = MSDeformAttn(dim, N_LEVELS, n_heads, n_points)
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.linear1 = nn.Linear(dim, ffn)
         self.linear2 = nn.Linear(ffn, dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
 
     def forward(self, src, pos, ref, shapes):
         src = self.norm1(src + self.self_attn(src + pos, ref, src, shapes))
@@ -106,7 +107,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
                  n_points: int = 4) -> None:
         super().__init__()
         self.input_convs = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(in_dim, hidden, 1), nn.GroupNorm(32, hidden)) for _ in range(N_LEVELS)
+            nn.Sequential(nn.Conv2d(in_dim, hidden, 1), GroupNorm(32, hidden)) for _ in range(N_LEVELS)
         )
         self.encoder = EncoderOnly(hidden, n_layers, ffn, n_heads, n_points)
         self.mask_feature = nn.Conv2d(hidden, hidden, 1)

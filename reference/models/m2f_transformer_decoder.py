@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers.norm import LayerNorm  # fp32 statistics under fp16/bf16, as the backbone's
 from .m2f_pixel_decoder import N_LEVELS, sine_position_encoding
 
 # Added to the scores of masked keys. Finite (fits fp16 too) so no row can become NaN; exp(-3e4)
@@ -61,7 +62,7 @@ class SelfAttentionLayer(nn.Module):
     def __init__(self, dim: int, n_heads: int) -> None:
         super().__init__()
         self.self_attn = Attention(dim, n_heads)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x, query_pos):
         q = x + query_pos
@@ -72,7 +73,7 @@ class CrossAttentionLayer(nn.Module):
     def __init__(self, dim: int, n_heads: int) -> None:
         super().__init__()
         self.multihead_attn = Attention(dim, n_heads)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x, memory, bias, pos, query_pos):
         return self.norm(x + self.multihead_attn(x + query_pos, memory + pos, memory, bias))
@@ -83,7 +84,7 @@ class FFNLayer(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(dim, ffn)
         self.linear2 = nn.Linear(ffn, dim)
-        self.norm = nn.LayerNorm(dim)
+        self.norm = LayerNorm(dim)
 
     def forward(self, x):
         return self.norm(x + self.linear2(F.relu(self.linear1(x))))
@@ -118,7 +119,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         self.transformer_cross_attention_layers = nn.ModuleList(CrossAttentionLayer(hidden, n_heads)
                                                                 for _ in range(n_layers))
         self.transformer_ffn_layers = nn.ModuleList(FFNLayer(hidden, ffn) for _ in range(n_layers))
-        self.post_norm = nn.LayerNorm(hidden)
+        self.post_norm = LayerNorm(hidden)
         self.query_feat = nn.Embedding(n_queries, hidden)
         self.query_embed = nn.Embedding(n_queries, hidden)
         self.level_embed = nn.Embedding(N_LEVELS, hidden)

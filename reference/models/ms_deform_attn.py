@@ -74,6 +74,7 @@ class MSDeformAttn(nn.Module):
         self.value_proj = nn.Linear(d_model, self.value_dim)
         self.output_proj = nn.Linear(self.value_dim, d_model)
         self.impl = "plain"
+        self.sampling = DeformSampling()
         self.reset_parameters()
 
     @torch.no_grad()
@@ -101,15 +102,24 @@ class MSDeformAttn(nn.Module):
         norm = [torch.stack([offsets[:, :, :, lvl, :, 0] / w, offsets[:, :, :, lvl, :, 1] / h], dim=-1)
                 for lvl, (h, w) in enumerate(shapes)]
         locations = ref[None, :, None, None, None, :].to(offsets.dtype) + torch.stack(norm, dim=3)
-        if self.impl == "triton":
+        return self.output_proj(self.sampling(value, shapes, locations, weights, self.impl))
+
+
+class DeformSampling(nn.Module):
+    """The sampling core of MSDeformAttn (no parameters) as a module of its own, so a low-precision
+    export can keep just it in fp32 (a bf16 graph: ONNX's GridSample has no bf16 below opset 22, nor has
+    TensorRT's; deploy_module.DeployModule) while the projections around it stay in the graph's precision.
+    `impl` is the MSDeformAttn's switch, honoured here whichever precision the module runs in."""
+
+    def forward(self, value: torch.Tensor, shapes: Shapes, locations: torch.Tensor, weights: torch.Tensor,
+                impl: str = "plain") -> torch.Tensor:
+        if impl == "triton":
             from dinov3_deploy.kernels.ms_deform_attn import ms_deform_attn_flat
 
-            out = ms_deform_attn_flat(value, shapes, locations, weights)
-        elif self.impl == "plain":
-            out = ms_deform_attn_core(value, shapes, locations, weights)
-        else:
-            raise ValueError(f"unknown deformable attention impl '{self.impl}', expected one of {DEFORM_IMPLS}")
-        return self.output_proj(out)
+            return ms_deform_attn_flat(value, shapes, locations, weights)
+        if impl == "plain":
+            return ms_deform_attn_core(value, shapes, locations, weights)
+        raise ValueError(f"unknown deformable attention impl '{impl}', expected one of {DEFORM_IMPLS}")
 
 
 def ring_offsets(n_heads: int, n_levels: int, n_points: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .layers.norm import LayerNorm  # fp32 statistics under fp16/bf16, as the backbone's
 from .ms_deform_attn import MSDeformAttn, reference_points
 
 LN_EPS = 1e-6
@@ -87,11 +88,11 @@ class Extractor(nn.Module):
 
     def __init__(self, dim: int, n_heads: int, n_points: int, deform_ratio: float, cffn_ratio: float) -> None:
         super().__init__()
-        self.query_norm = nn.LayerNorm(dim, eps=LN_EPS)
-        self.feat_norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.query_norm = LayerNorm(dim, eps=LN_EPS)
+        self.feat_norm = LayerNorm(dim, eps=LN_EPS)
         self.attn = MSDeformAttn(dim, n_levels=1, n_heads=n_heads, n_points=n_points, ratio=deform_ratio)
         self.ffn = ConvFFN(dim, int(dim * cffn_ratio))
-        self.ffn_norm = nn.LayerNorm(dim, eps=LN_EPS)
+        self.ffn_norm = LayerNorm(dim, eps=LN_EPS)
 
     def forward(self, c: torch.Tensor, ref: torch.Tensor, feat: torch.Tensor, feat_hw: tuple[int, int],
                 c_shapes: Sequence[tuple[int, int]]) -> torch.Tensor:
