@@ -9,7 +9,8 @@ Rows per precision, each against the fp32 PyTorch reference (the unfolded model)
 synthetic images, which calibration never sees:
   naive      every matmul quantized, min-max calibration, no smoothing (what a default PTQ does)
   smoothed   every matmul quantized, SmoothQuant migration, the calibration method the search chose
-  exported   what `export --precision int8|fp8` writes: smoothed, with the kept layers in fp32
+  exported   what `export --precision int8|fp8` writes: smoothed, the sensitive layers calibrated with
+             the method that suits each, the kept layers in fp32
 All run on ONNX Runtime's CPU provider; fp8 Q/DQ there rounds through float8e4m3fn as written and
 the matmul runs in fp32 (the ONNX reference evaluator gives the same numbers, tests/test_quant.py).
 """
@@ -30,7 +31,7 @@ import torch
 from dinov3_deploy.atomic import write_text
 from dinov3_deploy.bench.machine import machine_info
 from dinov3_deploy.deploy_module import DeployModule
-from dinov3_deploy.export.calibration import calibration_images, matmul_flops
+from dinov3_deploy.export.calibration import CALIB_IMAGES, calibration_images, matmul_flops
 from dinov3_deploy.export.onnx_graph import export_onnx
 from dinov3_deploy.export.quant_step import prepare, quantize_graph
 from dinov3_deploy.export.quantize import QUANT_PRECISIONS, calibrate, insert_qdq, quantizable_layers
@@ -87,7 +88,8 @@ def run(head: str | None, model_name: str | None, init: str, size: int, n_images
     x = _images(size, n_images)
     ref = _logits(DeployModule(model, "fp32"), x)
     folded, _ = fold_all(model)
-    xc = calibration_images(None, size, size, model.spec.mean, model.spec.std)
+    # as the export: twice the fp16 set, ranges from one half, the search judged on the other
+    xc = calibration_images(None, size, size, model.spec.mean, model.spec.std, n=2 * CALIB_IMAGES)
     flops = matmul_flops(folded, xc[:1])
     smoothed = copy.deepcopy(folded)
     migrations = prepare(smoothed, xc)
@@ -110,7 +112,8 @@ def run(head: str | None, model_name: str | None, init: str, size: int, n_images
                          {"method": report.calibration_method}))
         kept = [k["layer"] for k in report.kept_layers]
         rows.append(_row("exported", precision, ref, _run(qdq, x.numpy()), report.quantized_flop_share, kept,
-                         {"method": report.calibration_method, "search_seconds": round(search_s, 1)}))
+                         {"method": report.calibration_method, "layer_methods": report.layer_methods,
+                          "search_seconds": round(search_s, 1)}))
         details[precision] = report.to_dict()
     return {"model": source.backbone, "init": source.init, "task": "seg", "input": f"{n_images} x 3 x {size} x {size}",
             "head": "random" if head is None else _trained_head(head), "smoothed_inputs": len(migrations),

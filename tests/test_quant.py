@@ -19,7 +19,7 @@ from dinov3_deploy.export.quantize import (
     quantizable_layers,
     quantized_layers,
 )
-from dinov3_deploy.export.sensitivity import QuantModel, rank
+from dinov3_deploy.export.sensitivity import QuantModel, rank, refine_methods
 from dinov3_deploy.export.smooth import smooth_
 from dinov3_deploy.model_source import ModelSource
 from dinov3_deploy.reference.models.fold import fold_all
@@ -137,3 +137,35 @@ def test_smoothing_keeps_the_function_and_shrinks_the_outlier(tiny):
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
     # the planted channel no longer sets the tensor's range alone
     assert (peak.max() / peak.median()) > 50 * (peak_after.max() / peak_after.median())
+
+
+def _act_scales(qdq: onnx.ModelProto, node: str) -> list[float]:
+    """The activation scales in front of a node (its QuantizeLinear inputs)."""
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    return [float(inits[n.input[1]]) for n in qdq.graph.node
+            if n.op_type == "QuantizeLinear" and n.name.startswith(f"{node}_in")]
+
+
+def test_a_layer_calibrated_otherwise_gets_its_own_scale(tiny):
+    _, graph, x = tiny
+    layers = quantizable_layers(graph)
+    feeds = _feeds(graph, x)
+    minmax, pct = calibrate(graph, feeds, "minmax"), calibrate(graph, feeds, "percentile")
+    fc1, fc2 = (next(ly for ly in layers if ly.name == f"backbone.blocks.1.mlp.{n}") for n in ("fc1", "fc2"))
+    assert minmax[fc1.activations[0]] != pct[fc1.activations[0]]
+    qdq = insert_qdq(graph, layers, minmax, "int8", layer_ranges={fc1.name: pct})
+    assert _act_scales(qdq, fc1.node) == pytest.approx([pct[fc1.activations[0]] / 127], rel=1e-6)
+    assert _act_scales(qdq, fc2.node) == pytest.approx([minmax[fc2.activations[0]] / 127], rel=1e-6)
+
+
+def test_refined_methods_lower_what_they_were_measured_to_lower(tiny):
+    """refine_methods keeps another method for a layer only where that layer alone measured a lower
+    error with it; the ranking is redone with those errors."""
+    _, graph, x = tiny
+    qm = QuantModel(graph, _feeds(graph, x), "int8", "seg", method="minmax")
+    sens = rank(qm)
+    methods, refined = refine_methods(qm, sens, floor=0.0)
+    assert set(methods.values()) <= {"percentile", "entropy"} and methods  # percentile clips: some layer gains
+    assert all(refined[n] <= sens[n] for n in sens) and list(refined.values()) == sorted(refined.values())[::-1]
+    again = rank(qm, names=list(methods), methods=methods)
+    assert all(again[n] == pytest.approx(refined[n]) for n in methods)

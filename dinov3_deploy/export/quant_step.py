@@ -42,6 +42,7 @@ class QuantReport:
     calibration_score: dict
     search_thresholds: dict
     seconds: float
+    layer_methods: dict[str, str] = field(default_factory=dict)
     sensitivity: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -103,7 +104,7 @@ def quantize_graph(model: onnx.ModelProto, x: torch.Tensor | np.ndarray, precisi
         smoothing_alpha=SMOOTH_ALPHA, smoothed=len(migrations or []),
         kept_layers=plan.kept_layers(), quantized_layers=len(qm.layers) - len(plan.keep),
         quantized_flop_share=round(plan.quantized_flop_share, 4), calibration_score=plan.score.to_dict(),
-        search_thresholds=vars(search_thresholds(precision)), seconds=plan.seconds,
+        search_thresholds=vars(search_thresholds(precision)), seconds=plan.seconds, layer_methods=plan.layer_methods,
         sensitivity={k: round(v, 6) for k, v in plan.sensitivity.items()},
     )
     return qdq, report
