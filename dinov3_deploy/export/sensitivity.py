@@ -62,14 +62,17 @@ class QuantModel:
 
     The images are split: ranges are calibrated on the first half and every score is taken on the
     other half. Scored on the images its ranges came from, the search underestimated the error: a
-    tiny seg model judged at rel 0.025 there measured 0.10 on the verifier's images.
+    tiny seg model judged at rel 0.025 there measured 0.10 on the verifier's images. `split`: where
+    the scoring images start, when not at half. The feeds may hold several input sizes (a dynamic
+    export is judged at each size its verifier runs): outputs are compared size by size, the worst
+    counts.
 
     `method` calibrates every layer but those `layer_methods` names (a layer whose measured error
     is lower with another method's ranges, refine_methods)."""
 
     def __init__(self, model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], precision: str,
-                 task: str, method: str = "minmax") -> None:
-        half = (len(feeds) + 1) // 2 if len(feeds) > 1 else len(feeds)
+                 task: str, method: str = "minmax", split: int | None = None) -> None:
+        half = split if split is not None else (len(feeds) + 1) // 2 if len(feeds) > 1 else len(feeds)
         self.calib_feeds = feeds[:half]
         self.model, self.feeds, self.precision, self.task = model, feeds[half:] or feeds, precision, task
         self.layers: list[QLayer] = quantizable_layers(model)
@@ -93,20 +96,25 @@ class QuantModel:
         own = {n: self.ranges_of(m) for n, m in methods.items() if m != self.method}
         return insert_qdq(self.model, self.layers, self.ranges, self.precision, keep=set(keep), layer_ranges=own)
 
-    def run(self, model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    def run(self, model: onnx.ModelProto) -> list[dict[str, np.ndarray]]:
+        """The outputs on the scoring images, one dict per input size (in the feeds' order)."""
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-        outs = [sess.run(self.output_names, f) for f in self.feeds]
-        return {n: np.concatenate([o[i] for o in outs]) for i, n in enumerate(self.output_names)}
+        by_size: dict[tuple, list] = {}
+        for f in self.feeds:
+            by_size.setdefault(next(iter(f.values())).shape, []).append(sess.run(self.output_names, f))
+        return [{n: np.concatenate([o[i] for o in outs]) for i, n in enumerate(self.output_names)}
+                for outs in by_size.values()]
 
     def score(self, model: onnx.ModelProto, thresholds: Thresholds | None = None) -> Score:
-        out = self.run(model)
         th = thresholds or search_thresholds(self.precision)
-        ref = {k: v for k, v in self.reference.items() if np.issubdtype(v.dtype, np.floating) and v.size}
-        rows = compare(ref, out, "calibration", self.task, self.precision)
+        rows = []
+        for ref, out in zip(self.reference, self.run(model), strict=True):
+            ref = {k: v for k, v in ref.items() if np.issubdtype(v.dtype, np.floating) and v.size}
+            rows += compare(ref, out, "calibration", self.task, self.precision)
         rel = max(r.rel_fro for r in rows if r.rel_fro is not None)
         cos = min(r.min_token_cos for r in rows if r.min_token_cos is not None)
         labels = [r.label_agreement for r in rows if r.label_agreement is not None]
@@ -171,9 +179,9 @@ def rank(qm: QuantModel, images: int = RANK_IMAGES, names: list[str] | None = No
         sens = {}
         for name in names:
             own = {name: (methods or {}).get(name, qm.layer_methods.get(name, qm.method))}
-            out = qm.run(qm.build(keep=every - {name}, layer_methods=own))
-            sens[name] = max(relative_frobenius(ref[k], out[k]) for k in ref
-                             if np.issubdtype(ref[k].dtype, np.floating) and ref[k].size)
+            outs = qm.run(qm.build(keep=every - {name}, layer_methods=own))
+            sens[name] = max(relative_frobenius(r[k], out[k]) for r, out in zip(ref, outs, strict=True) for k in r
+                             if np.issubdtype(r[k].dtype, np.floating) and r[k].size)
     finally:
         qm.feeds = feeds
     return dict(sorted(sens.items(), key=lambda kv: -kv[1]))
