@@ -175,7 +175,7 @@ def speed(model_name: str, size: int, reps: int, kept: dict[str, list[str]]) -> 
         load.append(os.getloadavg()[0])
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {"model": model_name, "input": f"1 x 3 x {size} x {size}", "backend": "onnxruntime-cpu",
-            "threads": torch.get_num_threads(), "reps": reps, "kept": {k: len(v) for k, v in kept.items()},
+            "threads": torch.get_num_threads(), "reps": reps, "kept": kept,
             "median_ms": {k: round(1e3 * v, 1) for k, v in med.items()},
             "all_ms": {k: [round(1e3 * t, 1) for t in v] for k, v in times.items()},
             "speedup_vs_fp32": {k: round(med["fp32"] / v, 2) for k, v in med.items() if k != "fp32"},
@@ -183,12 +183,12 @@ def speed(model_name: str, size: int, reps: int, kept: dict[str, list[str]]) -> 
 
 
 def _kept_from(paths: list[Path]) -> dict[str, list[str]]:
-    """The int8 'exported' rows' kept layers of quant reports, by the report's init."""
+    """The int8 'exported' rows' kept layers of quant reports, labelled by the report's file name."""
     kept = {}
     for p in paths:
         d = json.loads(p.read_text())
         row = next(r for r in d["rows"] if r["graph"] == "exported" and r["precision"] == "int8")
-        kept[f"searched ({d['init']}, {len(row['kept'])} kept)"] = row["kept"]
+        kept[f"searched {p.stem} ({len(row['kept'])} kept)"] = row["kept"]
     return kept
 
 
