@@ -198,3 +198,7 @@ def test_the_search_scores_the_worst_of_its_sizes(tiny):
     assert a.rel_fro != b.rel_fro
     assert s.rel_fro == pytest.approx(max(a.rel_fro, b.rel_fro))
     assert s.min_token_cos == pytest.approx(min(a.min_token_cos, b.min_token_cos))
+    # every method calibrates over both sizes (ONNX Runtime's histogram collectors stack what one call sees)
+    for method in ("percentile", "entropy"):
+        ranges = calibrate(graph, feeds, method)
+        assert ranges and all(np.isfinite(v) and v > 0 for v in ranges.values())

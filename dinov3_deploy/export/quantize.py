@@ -126,7 +126,11 @@ def calibrate(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], method
         cal = create_calibrator(path, ["MatMul", "Conv"], augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                 calibrate_method=ort_method, extra_options=extra,
                                 providers=["CPUExecutionProvider"])
-        cal.collect_data(_Feeds(feeds))
+        by_size: dict[tuple, list] = {}  # the histogram collectors stack a call's tensors: one call per input size
+        for feed in feeds:
+            by_size.setdefault(tuple(a.shape for a in feed.values()), []).append(feed)
+        for group in by_size.values():
+            cal.collect_data(_Feeds(group))  # ranges and histograms accumulate over calls
         data = cal.compute_data()
     ranges = {}
     for name in data:
