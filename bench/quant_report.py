@@ -3,13 +3,14 @@ everything, on the precision report's setup (vits16 seg, trained head, 4 verifie
 
     python -m bench.quant_report --head runs/vits16-seg/head                 # release-like backbone
     python -m bench.quant_report --head runs/vits16-seg-outliers/head        # outliers stress backbone
-    python -m bench.quant_report --speed --model vits16 --size 512           # ORT CPU fp32 vs int8 timing
+    python -m bench.quant_report --speed --kept-from bench/results/quant-vits16-*-trained-head.json  # ORT CPU timing
 
 Rows per precision, each against the fp32 PyTorch reference (the unfolded model) on the verifier's
 synthetic images, which calibration never sees:
   naive      every matmul quantized, min-max calibration, no smoothing (what a default PTQ does)
   smoothed   every matmul quantized, SmoothQuant migration, the calibration method the search chose
-  exported   what `export --precision int8|fp8` writes: smoothed, with the kept layers in fp32
+  exported   what `export --precision int8|fp8` writes: smoothed, the sensitive layers calibrated with
+             the method that suits each, the kept layers in fp32
 All run on ONNX Runtime's CPU provider; fp8 Q/DQ there rounds through float8e4m3fn as written and
 the matmul runs in fp32 (the ONNX reference evaluator gives the same numbers, tests/test_quant.py).
 """
@@ -30,7 +31,7 @@ import torch
 from dinov3_deploy.atomic import write_text
 from dinov3_deploy.bench.machine import machine_info
 from dinov3_deploy.deploy_module import DeployModule
-from dinov3_deploy.export.calibration import calibration_images, matmul_flops
+from dinov3_deploy.export.calibration import CALIB_IMAGES, calibration_images, matmul_flops
 from dinov3_deploy.export.onnx_graph import export_onnx
 from dinov3_deploy.export.quant_step import prepare, quantize_graph
 from dinov3_deploy.export.quantize import QUANT_PRECISIONS, calibrate, insert_qdq, quantizable_layers
@@ -87,7 +88,8 @@ def run(head: str | None, model_name: str | None, init: str, size: int, n_images
     x = _images(size, n_images)
     ref = _logits(DeployModule(model, "fp32"), x)
     folded, _ = fold_all(model)
-    xc = calibration_images(None, size, size, model.spec.mean, model.spec.std)
+    # as the export: twice the fp16 set, ranges from one half, the search judged on the other
+    xc = calibration_images(None, size, size, model.spec.mean, model.spec.std, n=2 * CALIB_IMAGES)
     flops = matmul_flops(folded, xc[:1])
     smoothed = copy.deepcopy(folded)
     migrations = prepare(smoothed, xc)
@@ -110,16 +112,44 @@ def run(head: str | None, model_name: str | None, init: str, size: int, n_images
                          {"method": report.calibration_method}))
         kept = [k["layer"] for k in report.kept_layers]
         rows.append(_row("exported", precision, ref, _run(qdq, x.numpy()), report.quantized_flop_share, kept,
-                         {"method": report.calibration_method, "search_seconds": round(search_s, 1)}))
+                         {"method": report.calibration_method, "layer_methods": report.layer_methods,
+                          "search_seconds": round(search_s, 1)}))
         details[precision] = report.to_dict()
     return {"model": source.backbone, "init": source.init, "task": "seg", "input": f"{n_images} x 3 x {size} x {size}",
             "head": "random" if head is None else _trained_head(head), "smoothed_inputs": len(migrations),
             "thresholds": {p: vars(THRESHOLDS[p]) for p in precisions}, "rows": rows, "quantization": details}
 
 
-def speed(model_name: str, size: int, reps: int) -> dict:
-    """fp32 and int8 (everything quantized: the fastest the int8 graph gets) on ONNX Runtime's CPU
-    provider, timed alternately in one process, best of `reps`."""
+def _sessions(graphs: dict[str, onnx.ModelProto], optimized_dir: Path | None = None) -> dict:
+    """One ONNX Runtime CPU session per graph; with `optimized_dir`, ORT writes there the graph it runs."""
+    import onnxruntime as ort
+
+    sessions = {}
+    for name, m in graphs.items():
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if optimized_dir is not None:
+            opts.optimized_model_filepath = str(optimized_dir / f"{name}.onnx")
+        sessions[name] = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sessions
+
+
+def _matmul_kernels(path: Path) -> dict[str, int]:
+    """Op types of the matmuls in an optimized graph (MatMulIntegerToFloat / QLinearMatMul: integer)."""
+    from collections import Counter
+
+    kinds = ("MatMul", "Gemm", "FusedMatMul", "Conv", "QLinearMatMul", "MatMulIntegerToFloat", "QLinearConv",
+             "ConvInteger", "MatMulInteger")
+    return dict(Counter(n.op_type for n in onnx.load(str(path)).graph.node if n.op_type in kinds))
+
+
+def speed(model_name: str, size: int, reps: int, kept: dict[str, list[str]]) -> dict:
+    """fp32, int8 with every matmul quantized, and int8 with each `kept` list in fp32 (the searched
+    graphs' kept layers, from quant reports), on ONNX Runtime's CPU provider, timed in turn in one
+    process (one run of each per round), medians over `reps` rounds. Timing does not depend on the
+    weights, so the backbone is random."""
+    import os
+
     import onnxruntime as ort
 
     torch.manual_seed(0)
@@ -128,24 +158,38 @@ def speed(model_name: str, size: int, reps: int) -> dict:
     xc = calibration_images(None, size, size, model.spec.mean, model.spec.std, n=1)
     with tempfile.TemporaryDirectory(prefix="quant-speed.") as tmp:
         graph = _fp32_onnx(folded, size, 18, Path(tmp))
-    feeds = [{graph.graph.input[0].name: xc.numpy()}]
-    layers = quantizable_layers(graph)
-    q = insert_qdq(graph, layers, calibrate(graph, feeds, "minmax"), "int8")
-    sessions = {}
-    for name, m in (("fp32", graph), ("int8", q)):
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        sessions[name] = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    best = {k: float("inf") for k in sessions}
+        feeds = [{graph.graph.input[0].name: xc.numpy()}]
+        layers = quantizable_layers(graph)
+        ranges = calibrate(graph, feeds, "minmax")
+        graphs = {"fp32": graph, "int8 all": insert_qdq(graph, layers, ranges, "int8")}
+        graphs |= {f"int8 {k}": insert_qdq(graph, layers, ranges, "int8", keep=set(v)) for k, v in kept.items()}
+        sessions = _sessions(graphs, Path(tmp))
+        kernels = {k: _matmul_kernels(Path(tmp) / f"{k}.onnx") for k in graphs}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    load = [os.getloadavg()[0]]
     for _ in range(reps):
         for k, s in sessions.items():
             t = time.perf_counter()
             s.run(None, feeds[0])
-            best[k] = min(best[k], time.perf_counter() - t)
+            times[k].append(time.perf_counter() - t)
+        load.append(os.getloadavg()[0])
+    med = {k: float(np.median(v)) for k, v in times.items()}
     return {"model": model_name, "input": f"1 x 3 x {size} x {size}", "backend": "onnxruntime-cpu",
-            "threads": torch.get_num_threads(), "reps": reps,
-            "best_ms": {k: round(1e3 * v, 1) for k, v in best.items()},
-            "speedup_int8": round(best["fp32"] / best["int8"], 2), "ort": ort.__version__}
+            "threads": torch.get_num_threads(), "reps": reps, "kept": kept,
+            "median_ms": {k: round(1e3 * v, 1) for k, v in med.items()},
+            "all_ms": {k: [round(1e3 * t, 1) for t in v] for k, v in times.items()},
+            "speedup_vs_fp32": {k: round(med["fp32"] / v, 2) for k, v in med.items() if k != "fp32"},
+            "optimized_matmuls": kernels, "load_average_1min": [round(v, 2) for v in load], "ort": ort.__version__}
+
+
+def _kept_from(paths: list[Path]) -> dict[str, list[str]]:
+    """The int8 'exported' rows' kept layers of quant reports, labelled by the report's file name."""
+    kept = {}
+    for p in paths:
+        d = json.loads(p.read_text())
+        row = next(r for r in d["rows"] if r["graph"] == "exported" and r["precision"] == "int8")
+        kept[f"searched {p.stem} ({len(row['kept'])} kept)"] = row["kept"]
+    return kept
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,13 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--precisions", default="int8,fp8")
     ap.add_argument("--speed", action="store_true", help="time fp32 vs int8 on ONNX Runtime CPU instead")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--kept-from", type=Path, nargs="*", default=[],
+                    help="--speed: quant report JSONs whose int8 kept layers are timed too")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     t = time.perf_counter()
     if args.speed:
         model = args.model or "vits16"
-        report = speed(model, args.size or 512, args.reps)
-        print(json.dumps(report["best_ms"]), f"int8 speedup {report['speedup_int8']}x")
+        report = speed(model, args.size or 512, args.reps, _kept_from(args.kept_from))
+        print(json.dumps(report["median_ms"]), "speedup vs fp32", json.dumps(report["speedup_vs_fp32"]))
         out = args.out or RESULTS / f"quant-speed-{model}-{args.size or 512}.json"
     else:
         if args.head is not None:

@@ -266,6 +266,7 @@ class QuantizationInfo:
     calibration_score: dict[str, Any]
     search_thresholds: dict[str, Any]
     seconds: float
+    layer_methods: dict[str, str] = field(default_factory=dict)  # quantized layers calibrated otherwise
 
     @classmethod
     def from_report(cls, report) -> QuantizationInfo:

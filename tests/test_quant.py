@@ -13,13 +13,14 @@ from onnx import numpy_helper
 from dinov3_deploy.deploy_module import DeployModule
 from dinov3_deploy.export.calibration import calibration_images
 from dinov3_deploy.export.onnx_graph import check_graph, export_onnx, graph_facts
+from dinov3_deploy.export.quant_step import split_feeds
 from dinov3_deploy.export.quantize import (
     calibrate,
     insert_qdq,
     quantizable_layers,
     quantized_layers,
 )
-from dinov3_deploy.export.sensitivity import QuantModel, rank
+from dinov3_deploy.export.sensitivity import QuantModel, rank, refine_methods
 from dinov3_deploy.export.smooth import smooth_
 from dinov3_deploy.model_source import ModelSource
 from dinov3_deploy.reference.models.fold import fold_all
@@ -39,7 +40,8 @@ def tiny(tmp_path_factory):
 
 
 def _export(model, path) -> onnx.ModelProto:
-    shapes = ShapeSpec(DimRange(1, 1, 1), DimRange(SIZE, SIZE, SIZE), DimRange(SIZE, SIZE, SIZE), 16)
+    """Dynamic H x W (SIZE .. SIZE + 16): the search may judge more than one size."""
+    shapes = ShapeSpec(DimRange(1, 1, 1), DimRange(SIZE, SIZE, SIZE + 16), DimRange(SIZE, SIZE, SIZE + 16), 16)
     export_onnx(DeployModule(model, "fp32", opset=19), path, shapes)
     return onnx.load(path)
 
@@ -91,9 +93,9 @@ def test_fp8_on_onnxruntime_matches_the_reference_evaluator(tiny):
     feeds = _feeds(graph, x[:1])
     qm = QuantModel(graph, feeds, "fp8", "seg")
     qdq = qm.build()
-    ort_out = qm.run(qdq)[qm.output_names[0]]
+    ort_out = qm.run(qdq)[0][qm.output_names[0]]
     ref_out = ReferenceEvaluator(qdq).run(None, feeds[0])[0]
-    fp32 = qm.reference[qm.output_names[0]]
+    fp32 = qm.reference[0][qm.output_names[0]]
     assert np.abs(ort_out - fp32).max() > 1e-4  # the rounding is there...
     np.testing.assert_allclose(ort_out, ref_out, rtol=1e-4, atol=1e-4)  # ...and the same in both
 
@@ -137,3 +139,66 @@ def test_smoothing_keeps_the_function_and_shrinks_the_outlier(tiny):
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
     # the planted channel no longer sets the tensor's range alone
     assert (peak.max() / peak.median()) > 50 * (peak_after.max() / peak_after.median())
+
+
+def _act_scales(qdq: onnx.ModelProto, node: str) -> list[float]:
+    """The activation scales in front of a node (its QuantizeLinear inputs)."""
+    inits = {i.name: numpy_helper.to_array(i) for i in qdq.graph.initializer}
+    return [float(inits[n.input[1]]) for n in qdq.graph.node
+            if n.op_type == "QuantizeLinear" and n.name.startswith(f"{node}_in")]
+
+
+def test_a_layer_calibrated_otherwise_gets_its_own_scale(tiny):
+    _, graph, x = tiny
+    layers = quantizable_layers(graph)
+    feeds = _feeds(graph, x)
+    minmax, pct = calibrate(graph, feeds, "minmax"), calibrate(graph, feeds, "percentile")
+    fc1, fc2 = (next(ly for ly in layers if ly.name == f"backbone.blocks.1.mlp.{n}") for n in ("fc1", "fc2"))
+    assert minmax[fc1.activations[0]] != pct[fc1.activations[0]]
+    qdq = insert_qdq(graph, layers, minmax, "int8", layer_ranges={fc1.name: pct})
+    assert _act_scales(qdq, fc1.node) == pytest.approx([pct[fc1.activations[0]] / 127], rel=1e-6)
+    assert _act_scales(qdq, fc2.node) == pytest.approx([minmax[fc2.activations[0]] / 127], rel=1e-6)
+
+
+def test_refined_methods_lower_what_they_were_measured_to_lower(tiny):
+    """refine_methods keeps another method for a layer only where that layer alone measured a lower
+    error with it; the ranking is redone with those errors."""
+    _, graph, x = tiny
+    qm = QuantModel(graph, _feeds(graph, x), "int8", "seg", method="minmax")
+    sens = rank(qm)
+    methods, refined = refine_methods(qm, sens, floor=0.0)
+    assert set(methods.values()) <= {"percentile", "entropy"} and methods  # percentile clips: some layer gains
+    assert all(refined[n] <= sens[n] for n in sens) and list(refined.values()) == sorted(refined.values())[::-1]
+    again = rank(qm, names=list(methods), methods=methods)
+    assert all(again[n] == pytest.approx(refined[n]) for n in methods)
+
+
+def test_quantized_exports_are_judged_at_every_size_verify_runs():
+    from dinov3_deploy.verification.verify import case_sizes
+
+    shapes = ShapeSpec(DimRange(1, 1, 1), DimRange(224, 224, 512), DimRange(224, 224, 512), 16)
+    assert case_sizes(shapes) == [(224, 224), (240, 256)]  # the size a vits16 int8 export failed at
+    static = ShapeSpec(DimRange(1, 1, 1), DimRange(64, 64, 64), DimRange(64, 64, 64), 16)
+    assert case_sizes(static) == [(64, 64)]
+
+
+def test_the_search_scores_the_worst_of_its_sizes(tiny):
+    """Images at two sizes: each size is calibrated on and judged, and the score is the worse size's."""
+    folded, graph, x = tiny
+    name = graph.graph.input[0].name
+    big = calibration_images(None, SIZE + 16, SIZE, folded.spec.mean, folded.spec.std, n=2).numpy()
+    feeds, split = split_feeds(name, [x.numpy(), big])
+    assert [f[name].shape[2:] for f in feeds] == [(SIZE, SIZE), (SIZE + 16, SIZE)] * 2 and split == 2
+    both = QuantModel(graph, feeds, "int8", "seg", split=split)
+    # the same calibration images (so the same ranges), judged at one size each
+    small_only = QuantModel(graph, feeds[:3], "int8", "seg", split=2)
+    big_only = QuantModel(graph, feeds[:2] + feeds[3:], "int8", "seg", split=2)
+    qdq = both.build()
+    s, a, b = both.score(qdq), small_only.score(qdq), big_only.score(qdq)
+    assert a.rel_fro != b.rel_fro
+    assert s.rel_fro == pytest.approx(max(a.rel_fro, b.rel_fro))
+    assert s.min_token_cos == pytest.approx(min(a.min_token_cos, b.min_token_cos))
+    # every method calibrates over both sizes (ONNX Runtime's histogram collectors stack what one call sees)
+    for method in ("percentile", "entropy"):
+        ranges = calibrate(graph, feeds, method)
+        assert ranges and all(np.isfinite(v) and v > 0 for v in ranges.values())

@@ -35,13 +35,15 @@ def test_what_cannot_be_quantized_is_refused_in_one_line(tmp_path, argv, expecte
 
 def test_int8_export_records_and_prints_what_it_kept(tmp_path):
     out = tmp_path / "int8"
-    res = invoke("export", "--task", "seg", "--model", "vit_tiny_test", "--precision", "int8", "--static", "64x64",
+    # a dynamic range: the search calibrates and judges at both sizes verify runs (64x64, 80x96)
+    res = invoke("export", "--task", "seg", "--model", "vit_tiny_test", "--precision", "int8", "--height", "64:64:96",
                  "--batch", "1", "--out", str(out))
     assert res.exit_code == 0, res.output
     manifest = json.loads((out / "manifest.json").read_text())
     q = manifest["quantization"]
     assert manifest["precision"] == "int8" and q["calibration_method"] in q["method_scores"]
     assert len(q["calibration_hash"]) == 64 and 0 < q["quantized_flop_share"] <= 1
+    assert q["calibration_images"] == 16 and q["calibration_shape"] == [3, 64, 64]  # 8 per size
     assert all(k["sensitivity"] is not None for k in q["kept_layers"])
     graph = onnx.load(out / "model.onnx")
     dq = {n.output[0] for n in graph.graph.node if n.op_type == "DequantizeLinear"}

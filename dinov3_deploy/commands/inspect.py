@@ -103,6 +103,8 @@ def _precision_rows(t, m) -> None:
                   f"{q.calibration_images} images {'x'.join(map(str, q.calibration_shape))}, sha256 "
                   f"{q.calibration_hash[:16]}; {100 * q.quantized_flop_share:.1f} % of matmul FLOPs quantized "
                   f"({q.quantized_layers} layers), SmoothQuant on {q.smoothed} inputs")
+        if q.layer_methods:
+            t.add_row("calibrated otherwise", "; ".join(f"{n} ({m})" for n, m in q.layer_methods.items()))
         t.add_row("kept in fp32", "; ".join(f"{k.layer} (sensitivity {k.sensitivity:.3g})" for k in q.kept_layers)
                   or "none")
     elif m.precision != "fp32":

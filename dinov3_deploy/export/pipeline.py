@@ -317,12 +317,14 @@ def _prepare_quantized(opts: ExportOptions, plan: ExportPlan, model, export_mode
     from dinov3_deploy.deploy_module import DeployModule
     from dinov3_deploy.export.calibration import CALIB_IMAGES, calibration_images
     from dinov3_deploy.export.quant_step import prepare_export_model
+    from dinov3_deploy.verification.verify import case_sizes
 
     with progress.step(f"calibration images ({opts.calib or 'built-in synthetic'}); SmoothQuant migration"):
-        # twice the fp16 set: the search calibrates on one half and judges on the other (sensitivity.QuantModel)
-        x = calibration_images(opts.calib, plan.shapes.height.opt, plan.shapes.width.opt,
-                               tuple(model.mean), tuple(model.std), n=2 * CALIB_IMAGES)
-        quant = prepare_export_model(export_model, x)
+        # twice the fp16 set: the search calibrates on one half and judges on the other (sensitivity.QuantModel),
+        # at every size verify runs (judged at the opt size alone, a vits16 export 224:224:512 failed at 240x256)
+        xs = [calibration_images(opts.calib, h, w, tuple(model.mean), tuple(model.std), n=2 * CALIB_IMAGES)
+              for h, w in case_sizes(plan.shapes)]
+        quant = prepare_export_model(export_model, xs[0], xs[1:])
     module = DeployModule(export_model, "fp32", seg_output=opts.seg_output, feature_layers=opts.feature_layers,
                           opset=plan.opset)
     return Prepared(model, module, folds, [], quant=quant)

@@ -42,6 +42,7 @@ class QuantReport:
     calibration_score: dict
     search_thresholds: dict
     seconds: float
+    layer_methods: dict[str, str] = field(default_factory=dict)
     sensitivity: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -79,16 +80,28 @@ def prepare(model: torch.nn.Module, x: torch.Tensor) -> list[Migration]:
         return smooth_(model, x, SMOOTH_ALPHA)
 
 
+def split_feeds(name: str, sets: list[np.ndarray]) -> tuple[list[dict[str, np.ndarray]], int]:
+    """One feed per image of every set (one set per input size): the first half of each set, then the
+    second half of each. Returns (feeds, where the second halves start): QuantModel calibrates on the
+    first part and judges on the second, so every size is in both, the first set's images first."""
+    parts: tuple[list, list] = ([], [])
+    for x in sets:
+        h = (len(x) + 1) // 2 if len(x) > 1 else len(x)
+        for i in range(len(x)):
+            parts[i >= h].append({name: np.ascontiguousarray(x[i:i + 1]).astype(np.float32)})
+    return parts[0] + parts[1], len(parts[0])
+
+
 def quantize_graph(model: onnx.ModelProto, x: torch.Tensor | np.ndarray, precision: str, task: str,
                    flops: dict[str, int], migrations: list[Migration] | None = None,
-                   log=None) -> tuple[onnx.ModelProto, QuantReport]:
-    """Quantize the fp32 graph `model` (input: the calibration images x, one feed per image):
-    choose the calibration method, keep the most sensitive layers until the search's gates hold
-    on the calibration images. Raises DeployError when even that cannot reach them."""
-    x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
-    name = model.graph.input[0].name
-    feeds = [{name: np.ascontiguousarray(x[i:i + 1]).astype(np.float32)} for i in range(len(x))]
-    qm = QuantModel(model, feeds, precision, task)
+                   log=None, more: list | tuple = ()) -> tuple[onnx.ModelProto, QuantReport]:
+    """Quantize the fp32 graph `model` (input: the calibration images x, one feed per image, and
+    the same images at the other sizes the artifact is verified at, `more`): choose the calibration
+    method, keep the most sensitive layers until the search's gates hold on the scoring images at
+    every size. Raises DeployError when even that cannot reach them."""
+    sets = [t.numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in (x, *more)]
+    feeds, split = split_feeds(model.graph.input[0].name, sets)
+    qm = QuantModel(model, feeds, precision, task, split=split)
     plan = search(qm, flops, log=log)
     if not plan.score.passed:
         th = search_thresholds(precision)
@@ -99,11 +112,11 @@ def quantize_graph(model: onnx.ModelProto, x: torch.Tensor | np.ndarray, precisi
     report = QuantReport(
         precision=precision, calibration_method=plan.method,
         method_scores={m: s.to_dict() for m, s in plan.method_scores.items()},
-        calibration_hash=feeds_hash(feeds), calibration_images=len(feeds), calibration_shape=list(x.shape[1:]),
+        calibration_hash=feeds_hash(feeds), calibration_images=len(feeds), calibration_shape=list(sets[0].shape[1:]),
         smoothing_alpha=SMOOTH_ALPHA, smoothed=len(migrations or []),
         kept_layers=plan.kept_layers(), quantized_layers=len(qm.layers) - len(plan.keep),
         quantized_flop_share=round(plan.quantized_flop_share, 4), calibration_score=plan.score.to_dict(),
-        search_thresholds=vars(search_thresholds(precision)), seconds=plan.seconds,
+        search_thresholds=vars(search_thresholds(precision)), seconds=plan.seconds, layer_methods=plan.layer_methods,
         sensitivity={k: round(v, 6) for k, v in plan.sensitivity.items()},
     )
     return qdq, report
@@ -114,23 +127,25 @@ class QuantInputs:
     """What the export measures on the folded model before tracing it: the calibration images, the
     matmul FLOPs per layer (for the quantized share) and the SmoothQuant migrations applied."""
 
-    x: torch.Tensor
+    x: torch.Tensor  # at the tuned (opt) size: smoothing, FLOPs, the search's ranking
     flops: dict[str, int]
     migrations: list[Migration]
+    more: list[torch.Tensor] = field(default_factory=list)  # the same images at the verifier's other sizes
 
 
-def prepare_export_model(model: torch.nn.Module, x: torch.Tensor) -> QuantInputs:
+def prepare_export_model(model: torch.nn.Module, x: torch.Tensor, more: list[torch.Tensor] = ()) -> QuantInputs:
     """Count FLOPs at the calibration shape, then smooth the folded model in place."""
     from dinov3_deploy.export.calibration import matmul_flops
 
     flops = matmul_flops(model, x[:1])
-    return QuantInputs(x, flops, prepare(model, x))
+    return QuantInputs(x, flops, prepare(model, x), list(more))
 
 
 def quantize_onnx_file(path, inputs: QuantInputs, precision: str, task: str, log=None) -> QuantReport:
     """Replace the fp32 graph at `path` by its QDQ graph (inside the export's temporary directory)."""
     model = onnx.load(str(path))
-    qdq, report = quantize_graph(model, inputs.x, precision, task, inputs.flops, inputs.migrations, log=log)
+    qdq, report = quantize_graph(model, inputs.x, precision, task, inputs.flops, inputs.migrations, log=log,
+                                 more=inputs.more)
     onnx.save(qdq, str(path))
     return report
 

@@ -126,7 +126,11 @@ def calibrate(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], method
         cal = create_calibrator(path, ["MatMul", "Conv"], augmented_model_path=str(Path(tmp) / "aug.onnx"),
                                 calibrate_method=ort_method, extra_options=extra,
                                 providers=["CPUExecutionProvider"])
-        cal.collect_data(_Feeds(feeds))
+        by_size: dict[tuple, list] = {}  # the histogram collectors stack a call's tensors: one call per input size
+        for feed in feeds:
+            by_size.setdefault(tuple(a.shape for a in feed.values()), []).append(feed)
+        for group in by_size.values():
+            cal.collect_data(_Feeds(group))  # ranges and histograms accumulate over calls
         data = cal.compute_data()
     ranges = {}
     for name in data:
@@ -165,8 +169,11 @@ def activation_scale(absmax: float, precision: str) -> float:
 
 
 def insert_qdq(model: onnx.ModelProto, layers: list[QLayer], ranges: dict[str, float], precision: str,
-               keep: set[str] | frozenset[str] = frozenset()) -> onnx.ModelProto:
-    """A copy of `model` with Q/DQ pairs on every layer not named in `keep` (module docstring)."""
+               keep: set[str] | frozenset[str] = frozenset(),
+               layer_ranges: dict[str, dict[str, float]] | None = None) -> onnx.ModelProto:
+    """A copy of `model` with Q/DQ pairs on every layer not named in `keep` (module docstring).
+    `layer_ranges`: for the layers it names, the activation ranges to use instead of `ranges` (a
+    layer calibrated with another method than the rest; each layer has its own Q/DQ pair)."""
     if precision not in QUANT_PRECISIONS:
         raise DeployError(f"quantization precision must be one of {', '.join(QUANT_PRECISIONS)}, got '{precision}'")
     out = copy.deepcopy(model)
@@ -192,9 +199,10 @@ def insert_qdq(model: onnx.ModelProto, layers: list[QLayer], ranges: dict[str, f
                 before.append(helper.make_node("DequantizeLinear", [f"{stem}_w", f"{stem}_scale", f"{stem}_zp"],
                                                [f"{stem}_dq"], name=f"{stem}_dq", axis=layer.axis))
             else:
-                if tensor not in ranges:
+                own = (layer_ranges or {}).get(layer.name, ranges)
+                if tensor not in own:
                     raise DeployError(f"no calibrated range for '{tensor}', input of {layer.name}")
-                scale = np.array(activation_scale(ranges[tensor], precision), np.float32)
+                scale = np.array(activation_scale(own[tensor], precision), np.float32)
                 g.initializer.extend([numpy_helper.from_array(scale, f"{stem}_scale"),
                                       _zero(precision, f"{stem}_zp", scale.shape)])
                 before += [helper.make_node("QuantizeLinear", [tensor, f"{stem}_scale", f"{stem}_zp"], [f"{stem}_q"],

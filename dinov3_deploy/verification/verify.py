@@ -51,6 +51,16 @@ def default_cases(shapes) -> list[Case]:
     return cases
 
 
+def case_sizes(shapes) -> list[tuple[int, int]]:
+    """The distinct input sizes (H, W) of default_cases, the opt size first: what an int8 / fp8
+    export is calibrated and judged at."""
+    sizes: list[tuple[int, int]] = []
+    for c in default_cases(shapes):
+        if (c.height, c.width) not in sizes:
+            sizes.append((c.height, c.width))
+    return sizes
+
+
 def make_batch(case: Case, io: DeployIO) -> np.ndarray:
     """`case.batch` synthetic images in the artifact's input format (uint8 NHWC or normalised fp32 NCHW)."""
     from dinov3_deploy.reference.protocol.synthetic import make_sample
