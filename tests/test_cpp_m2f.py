@@ -218,7 +218,9 @@ def test_m2f_labels_identical(build, m2f_artifact, m2f_images, tmp_path, tta):
 @pytest.mark.parametrize("tta", [False, True])
 def test_m2f_probabilities_bit_for_bit(build, m2f_artifact, m2f_images, tmp_path, tta):
     """Beyond the labels: the summed view probabilities themselves equal runtime/m2f_prediction.py's
-    float32 values exactly (every resize, sum, division and exp of the chain), at two strides and batches."""
+    float32 values exactly (every resize, sum, division and exp of the chain), at two strides and batches.
+    The C++ runtime sums the graph's `scores` output per window, as infer's `--stitch torch` does (infer's
+    default `chunked` stitch rebuilds the scores from the logits, summed in another order: labels equal)."""
     import torch
 
     from dinov3_deploy.artifact import load_artifact
@@ -230,7 +232,7 @@ def test_m2f_probabilities_bit_for_bit(build, m2f_artifact, m2f_images, tmp_path
     try:
         for name, stride, batch in (("tall.png", 0, 2), ("sub/rgba.png", 40, 1), ("odd.png", 0, 1)):
             image = read_rgb(m2f_images / name)
-            want = m2f_probabilities(predictor, image, 64, stride or None, batch, tta)[0].numpy()
+            want = m2f_probabilities(predictor, image, 64, stride or None, batch, tta, stitch="torch")[0].numpy()
             _probe(build, "m2f-probs", m2f_artifact, m2f_images / name, 64, stride, batch, int(tta), tmp_path / "p.bin",
                    threads=torch.get_num_threads())
             got = np.fromfile(tmp_path / "p.bin", dtype=np.float32).reshape(want.shape)
