@@ -82,8 +82,8 @@ def gate(precision: str, output: str) -> tuple[str, Thresholds]:
 
 def output_gates(precision: str, outputs) -> dict[str, dict]:
     """The outputs among `outputs` that have their own row, with its thresholds (reports print them)."""
-    return {o: asdict(OUTPUT_THRESHOLDS[(precision, o.rpartition(".")[2])]) for o in outputs
-            if (precision, o.rpartition(".")[2]) in OUTPUT_THRESHOLDS}
+    gates = {o: gate(precision, o) for o in outputs}
+    return {o: asdict(th) for o, (name, th) in gates.items() if name != precision}
 
 
 def _tokens(a: np.ndarray) -> np.ndarray:
